@@ -1,0 +1,116 @@
+package capture
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
+)
+
+var update = flag.Bool("update", false, "rewrite the expected findings under testdata/")
+
+const capturesDir = "../rules/testdata/captures"
+
+// captureReader replays a real capture: the iptables-save output of both backends and families
+// that test/cmd/capture-testdata took from a namespace after Istio's pilot-agent wrote its rules.
+type captureReader struct {
+	dir   string
+	addrs []netip.Addr
+}
+
+func (c captureReader) ReadRules(_ context.Context, _ string) (Snapshot, error) {
+	snap := Snapshot{Addrs: c.addrs}
+	files := []struct {
+		name    string
+		backend rules.Backend
+		family  rules.Family
+	}{
+		{"iptables-nft-save.txt", rules.BackendNft, rules.IPv4},
+		{"ip6tables-nft-save.txt", rules.BackendNft, rules.IPv6},
+		{"iptables-legacy-save.txt", rules.BackendLegacy, rules.IPv4},
+		{"ip6tables-legacy-save.txt", rules.BackendLegacy, rules.IPv6},
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(filepath.Join(c.dir, f.name))
+		if err != nil {
+			return snap, err
+		}
+		set, err := rules.ParseSave(bytes.NewReader(data), f.backend, f.family)
+		if err != nil {
+			return snap, err
+		}
+		snap.Sets = append(snap.Sets, set)
+	}
+	return snap, nil
+}
+
+// addrsOf gives the addresses the test bed puts in a namespace: dual stack, IPv4 first, unless
+// the scenario made it IPv6-only.
+func addrsOf(scenario string) []netip.Addr {
+	v4, v6 := netip.MustParseAddr("10.244.1.5"), netip.MustParseAddr("fd00:10:244::5")
+	if strings.Contains(scenario, "ipv6-only") {
+		return []netip.Addr{v6}
+	}
+	return []netip.Addr{v4, v6}
+}
+
+// TestCheckRealCaptures runs the check over every real capture and compares its findings with
+// testdata/<scenario>.json, the expected result kept beside each case. Native-nftables captures
+// are left to the end-to-end test (their rules are read over netlink, not from iptables-save).
+func TestCheckRealCaptures(t *testing.T) {
+	dirs, _ := filepath.Glob(filepath.Join(capturesDir, "*"))
+	if len(dirs) == 0 {
+		t.Fatal("no captures: run test/cmd/capture-testdata")
+	}
+	for _, dir := range dirs {
+		name := filepath.Base(dir)
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() || strings.Contains(name, "native-nftables") {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			var ann map[string]string
+			data, err := os.ReadFile(filepath.Join(dir, "annotations.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(data, &ann); err != nil {
+				t.Fatal(err)
+			}
+			chk := &Check{Reader: captureReader{dir: dir, addrs: addrsOf(name)}}
+			res, err := chk.Check(t.Context(), nodecheck.Target{Netns: dir, Annotations: ann})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := json.MarshalIndent(struct {
+				Capture  *nodecheck.Capture  `json:"capture"`
+				Findings []nodecheck.Finding `json:"findings"`
+			}{res.Capture, res.Findings}, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, '\n')
+			want := filepath.Join("testdata", name+".json")
+			if *update {
+				if err := os.WriteFile(want, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			exp, err := os.ReadFile(want)
+			if err != nil {
+				t.Fatalf("%v (go test -update writes it)", err)
+			}
+			if !bytes.Equal(got, exp) {
+				t.Errorf("findings differ from %s:\n--- got\n%s--- want\n%s", want, got, exp)
+			}
+		})
+	}
+}

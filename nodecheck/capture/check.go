@@ -1,0 +1,237 @@
+// Package capture verifies a pod's traffic-capture rules: it builds the rule set Istio's writer
+// (istio-init or the istio-cni plugin) produces for the pod's annotations, compares it by meaning
+// with the rules read from the pod's network namespace in every backend and family, and names what
+// is wrong — rules missing, incomplete, written for another configuration, or split across
+// iptables backends — with the evidence and the remedy of Istio's troubleshooting guide.
+package capture
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
+)
+
+// Snapshot is what a RuleReader saw in one network namespace.
+type Snapshot struct {
+	// Sets holds every rule set read, any backend and family, empty tables included.
+	Sets []*rules.RuleSet
+	// Addrs are the namespace's interface addresses in the kernel's order (Istio's writer decides
+	// IPv6 capture from them).
+	Addrs []netip.Addr
+}
+
+// RuleReader reads a network namespace's capture rules without changing anything in it.
+type RuleReader interface {
+	ReadRules(ctx context.Context, netnsPath string) (Snapshot, error)
+}
+
+// Check is the capture-rule check. NodeBackend, when known, is the iptables backend the node itself
+// uses (where kube-proxy's rules are); rules in the other one are worth a warning.
+type Check struct {
+	Reader      RuleReader
+	NodeBackend rules.Backend
+}
+
+// Name is the check's name in metrics and reports.
+func (c *Check) Name() string { return "capture" }
+
+// Detail is what the capture check hands the debug endpoint: the comparison and the raw rules.
+type Detail struct {
+	Config   Config       `json:"config"`
+	Families []FamilyDiff `json:"families"`
+	// Raw is each rule set read, in iptables-save syntax, keyed "backend/family".
+	Raw map[string]string `json:"raw"`
+}
+
+// Check reads the target's rules and diagnoses them.
+func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result, error) {
+	cfg, err := ConfigFromAnnotations(t.Annotations)
+	if err != nil {
+		return nodecheck.Result{}, fmt.Errorf("reading the capture configuration of %s: %w", t.ID(), err)
+	}
+	res := nodecheck.Result{Capture: &nodecheck.Capture{Mode: modeName(cfg), Backend: "none"}}
+	if cfg.Mode == ModeNone {
+		return res, nil
+	}
+	snap, err := c.Reader.ReadRules(ctx, t.Netns)
+	if err != nil {
+		return nodecheck.Result{}, fmt.Errorf("reading capture rules of %s: %w", t.ID(), err)
+	}
+	detail := Detail{Config: cfg, Raw: map[string]string{}}
+	for _, s := range snap.Sets {
+		detail.Raw[string(s.Backend)+"/"+s.Family.String()] = s.Save()
+	}
+	diffs := []FamilyDiff{
+		Compare(BuildExpected(cfg, rules.IPv4, true), snap.Sets),
+		Compare(BuildExpected(cfg, rules.IPv6, ExpectIPv6(cfg, snap.Addrs)), snap.Sets),
+	}
+	detail.Families = diffs
+	res.Detail = detail
+	res.Capture.Backend = backendName(diffs)
+	res.Findings = c.diagnose(cfg, diffs, snap)
+	return res, nil
+}
+
+func modeName(cfg Config) string {
+	switch cfg.Mode {
+	case ModeTProxy:
+		return "sidecar-tproxy"
+	case ModeNone:
+		return "none"
+	}
+	return "sidecar-redirect"
+}
+
+func backendName(diffs []FamilyDiff) string {
+	seen := map[rules.Backend]bool{}
+	for _, d := range diffs {
+		for _, b := range d.Backends {
+			seen[b] = true
+		}
+	}
+	switch len(seen) {
+	case 0:
+		return "none"
+	case 1:
+		for b := range seen {
+			return string(b)
+		}
+	}
+	return "mixed"
+}
+
+func (c *Check) diagnose(cfg Config, diffs []FamilyDiff, snap Snapshot) []nodecheck.Finding {
+	var findings []nodecheck.Finding
+	var missingFamilies []string
+	var incomplete, mismatch []map[string]any
+	for _, d := range diffs {
+		if !d.ExpectedNone && len(d.Backends) == 0 {
+			missingFamilies = append(missingFamilies, d.Family.String())
+			continue
+		}
+		if len(d.Backends) > 1 {
+			findings = append(findings, backendSplit(d))
+		}
+		var lost, other []ChainDiff
+		for _, cd := range d.Chains {
+			if cd.Absent || len(cd.Missing) > 0 {
+				lost = append(lost, cd)
+			}
+			if len(cd.Changed) > 0 || len(cd.Extra) > 0 || cd.OutOfOrder {
+				other = append(other, cd)
+			}
+		}
+		if len(lost) > 0 {
+			incomplete = append(incomplete, diffEvidence(d, lost))
+		}
+		if len(other) > 0 {
+			mismatch = append(mismatch, diffEvidence(d, other))
+		}
+		if c.NodeBackend != "" && d.Compared != "" && d.Compared != c.NodeBackend &&
+			!(d.Compared == rules.BackendNative && c.NodeBackend == rules.BackendNft) {
+			findings = append(findings, nodecheck.Finding{
+				Code:     nodecheck.IptablesBackendMismatch,
+				Severity: nodecheck.SeverityWarning,
+				Message: fmt.Sprintf("the pod's %s capture rules are in %s while the node uses %s",
+					d.Family, d.Compared, c.NodeBackend),
+				Remedy: "Capture works while every rule is in one backend, but tools that read the other " +
+					"backend (and Istio's own backend detection) will not see these rules. Use an istio-init / " +
+					"istio-cni image whose iptables matches the node's backend.",
+				Evidence: map[string]any{"family": d.Family.String(), "podBackend": d.Compared, "nodeBackend": c.NodeBackend},
+			})
+		}
+	}
+	if len(missingFamilies) > 0 {
+		findings = append(findings, missingFinding(cfg, missingFamilies, snap))
+	}
+	if len(incomplete) > 0 {
+		findings = append(findings, nodecheck.Finding{
+			Code:     nodecheck.RedirectRulesIncomplete,
+			Severity: nodecheck.SeverityError,
+			Message:  "part of the pod's capture rules is gone: " + summaries(incomplete),
+			Remedy: "Rules were deleted or a chain flushed after they were written, or the writer was interrupted. " +
+				"Restart the pod so istio-init (or the istio-cni plugin) writes them again, and look for what " +
+				"changes iptables inside pod namespaces on this node (another CNI plugin, a node agent, a manual command).",
+			Evidence: map[string]any{"families": incomplete},
+		})
+	}
+	if len(mismatch) > 0 {
+		findings = append(findings, nodecheck.Finding{
+			Code:     nodecheck.RedirectRulesMismatch,
+			Severity: nodecheck.SeverityError,
+			Message:  "the pod's capture rules differ from what its annotations call for: " + summaries(mismatch),
+			Remedy: "The rules were written for another configuration (annotations changed after the pod started, " +
+				"another Istio version) or were altered afterwards. Restart the pod so its rules are written from " +
+				"its current annotations; if they still differ, compare the istio-init arguments with the annotations.",
+			Evidence: map[string]any{"families": mismatch},
+		})
+	}
+	return findings
+}
+
+func diffEvidence(d FamilyDiff, chains []ChainDiff) map[string]any {
+	return map[string]any{"family": d.Family.String(), "backend": d.Compared, "chains": chains}
+}
+
+func summaries(ev []map[string]any) string {
+	var parts []string
+	for _, e := range ev {
+		for _, cd := range e["chains"].([]ChainDiff) {
+			parts = append(parts, fmt.Sprintf("%s %s %s", e["family"], e["backend"], cd.summary()))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func backendSplit(d FamilyDiff) nodecheck.Finding {
+	var names []string
+	for _, b := range d.Backends {
+		names = append(names, string(b))
+	}
+	return nodecheck.Finding{
+		Code:     nodecheck.IptablesBackendMismatch,
+		Severity: nodecheck.SeverityError,
+		Message: fmt.Sprintf("Istio's %s capture rules are split across backends: %s", d.Family,
+			strings.Join(names, ", ")),
+		Remedy: "Two writers used different iptables backends in this pod (e.g. istio-init with iptables-legacy " +
+			"and a later writer with iptables-nft). The kernel runs both, so capture depends on which NAT rule wins. " +
+			"Restart the pod after making every writer (istio-init, istio-cni, other CNI plugins) use the node's backend.",
+		Evidence: map[string]any{"family": d.Family.String(), "backends": d.Backends},
+	}
+}
+
+func missingFinding(cfg Config, families []string, snap Snapshot) nodecheck.Finding {
+	// Say which tables exist (empty ones are what Istio's backend probing leaves) so a reader can
+	// tell "never written" from "written elsewhere".
+	var tables []string
+	for _, s := range snap.Sets {
+		for _, t := range s.Tables {
+			tables = append(tables, fmt.Sprintf("%s %s %s (%d rules)", s.Backend, s.Family, t.Name, t.RuleCount()))
+		}
+	}
+	sort.Strings(tables)
+	writer := "istio-init"
+	remedy := "istio-init did not apply the pod's iptables rules to its network namespace. Read its exit state " +
+		"and logs (kubectl logs POD -c istio-init). The usual causes: a pod security policy that forbids " +
+		"CAP_NET_ADMIN (switch to the Istio CNI plugin), missing CAP_NET_ADMIN/NET_RAW on istio-init (the " +
+		"injector sets it; something stripped it), or an incomplete istio-cni install. Restart the pod once fixed."
+	if cfg.CNIMode {
+		writer = "the istio-cni plugin"
+		remedy = "The istio-cni plugin did not write the pod's rules. Check that the istio-cni-node pod on this " +
+			"node is ready and read its logs, check that the CNI configuration chains istio-cni, and look for " +
+			"nsenter errors in the node's logs. Restart the pod once istio-cni is healthy."
+	}
+	return nodecheck.Finding{
+		Code:     nodecheck.RedirectRulesMissing,
+		Severity: nodecheck.SeverityError,
+		Message: fmt.Sprintf("no Istio capture rules in the pod's network namespace (%s): %s never wrote them or they were removed",
+			strings.Join(families, ", "), writer),
+		Remedy:   remedy,
+		Evidence: map[string]any{"families": families, "tablesFound": tables},
+	}
+}

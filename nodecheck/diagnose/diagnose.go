@@ -1,0 +1,118 @@
+// Package diagnose runs checks over targets and turns what they find into a node Report: every
+// check on every target, in parallel with a bound, each check timed, a failing check never taking
+// the others down, and one verdict per target.
+package diagnose
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
+)
+
+// Runner runs a fixed list of checks.
+type Runner struct {
+	Checks []nodecheck.Check
+	// Parallel bounds how many targets are checked at once (default 4).
+	Parallel int
+	Log      *slog.Logger
+}
+
+// Outcome is one target's report plus each check's detail, for the debug endpoint.
+type Outcome struct {
+	Pod     nodecheck.PodReport
+	Details map[string]any
+}
+
+// Run checks every target and returns their outcomes in the targets' order.
+func (r *Runner) Run(ctx context.Context, targets []nodecheck.Target) []Outcome {
+	par := r.Parallel
+	if par <= 0 {
+		par = 4
+	}
+	out := make([]Outcome, len(targets))
+	sem := make(chan struct{}, par)
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out[i] = r.checkTarget(ctx, t)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func (r *Runner) logger() *slog.Logger {
+	if r.Log != nil {
+		return r.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (r *Runner) checkTarget(ctx context.Context, t nodecheck.Target) Outcome {
+	o := Outcome{
+		Pod: nodecheck.PodReport{
+			Namespace: t.Namespace, Name: t.Name, UID: t.UID, Netns: t.Netns,
+			Capture:  nodecheck.Capture{Mode: "none", Backend: "none"},
+			Findings: []nodecheck.Finding{},
+		},
+		Details: map[string]any{},
+	}
+	var errs []error
+	for _, c := range r.Checks {
+		start := time.Now()
+		res, err := r.safeCheck(ctx, c, t)
+		run := nodecheck.CheckRun{Check: c.Name(), Duration: time.Since(start), Result: "ok"}
+		switch {
+		case err != nil:
+			run.Result, run.Error = "error", err.Error()
+			errs = append(errs, err)
+			r.logger().Warn("check could not run", "check", c.Name(), "target", t.ID(), "err", err)
+		case len(res.Findings) > 0:
+			run.Result = "findings"
+		}
+		r.logger().Debug("check done", "check", c.Name(), "target", t.ID(), "result", run.Result,
+			"findings", len(res.Findings), "duration", run.Duration)
+		o.Pod.Checks = append(o.Pod.Checks, run)
+		o.Pod.Findings = append(o.Pod.Findings, res.Findings...)
+		if res.Capture != nil {
+			o.Pod.Capture = *res.Capture
+		}
+		if res.Detail != nil {
+			o.Details[c.Name()] = res.Detail
+		}
+	}
+	o.Pod.Verdict = nodecheck.VerdictOK
+	for _, f := range o.Pod.Findings {
+		if f.Severity == nodecheck.SeverityError {
+			o.Pod.Verdict = nodecheck.VerdictBroken
+		}
+	}
+	if len(errs) > 0 && o.Pod.Verdict != nodecheck.VerdictBroken {
+		o.Pod.Verdict = nodecheck.VerdictUnknown
+		o.Pod.Reason = errors.Join(errs...).Error()
+		if errors.Is(errors.Join(errs...), innetns.ErrNetnsGone) {
+			o.Pod.Reason = "the pod's network namespace disappeared during the check (pod deleted?): " + o.Pod.Reason
+		}
+	}
+	return o
+}
+
+// safeCheck turns a panicking check into an error so one bad check cannot take the node down.
+func (r *Runner) safeCheck(ctx context.Context, c nodecheck.Check, t nodecheck.Target) (res nodecheck.Result, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("check %s panicked on %s: %v", c.Name(), t.ID(), p)
+		}
+	}()
+	return c.Check(ctx, t)
+}

@@ -1,0 +1,91 @@
+// Package innetns runs a function inside another network namespace, safely: on a locked OS thread
+// of its own, so no other goroutine ever runs in the pod's namespace, and with that thread thrown
+// away (never returned to Go's pool) if switching back to the original namespace fails.
+package innetns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNetnsGone is wrapped by errors for a namespace path that no longer exists (the pod went away
+// between discovery and the check): callers report the pod as unknown, not broken.
+var ErrNetnsGone = errors.New("network namespace is gone")
+
+// Do runs fn with the calling OS thread inside the network namespace at path, and returns fn's
+// error. fn must not start goroutines that expect to be in the namespace: only its own thread is.
+// Child processes started by fn inherit the namespace, as they inherit the thread's.
+func Do(ctx context.Context, path string, fn func() error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("opening network namespace %s: %w: %w", path, ErrNetnsGone, err)
+		}
+		return fmt.Errorf("opening network namespace %s: %w", path, err)
+	}
+	defer target.Close()
+	if !isNetns(int(target)) {
+		return fmt.Errorf("%s is not a network namespace", path)
+	}
+
+	done := make(chan error, 1)
+	go func() {
+		// The goroutine owns its thread for its whole life. Only when the thread is back in
+		// the original namespace is it unlocked and handed back to the scheduler; otherwise
+		// the goroutine exits still locked and Go terminates the thread.
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("reading the agent's own network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("entering network namespace %s: %w", path, err)
+			return
+		}
+		fnErr := fn()
+		if err := netns.Set(orig); err != nil {
+			done <- errors.Join(fnErr, fmt.Errorf("returning from network namespace %s (thread discarded): %w", path, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- fnErr
+	}()
+	return <-done
+}
+
+// Open returns a file descriptor for the network namespace at path, for APIs that take one
+// (netlink sockets can be opened in a namespace without switching threads). The caller closes it.
+func Open(path string) (netns.NsHandle, error) {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return netns.None(), fmt.Errorf("opening network namespace %s: %w: %w", path, ErrNetnsGone, err)
+		}
+		return netns.None(), fmt.Errorf("opening network namespace %s: %w", path, err)
+	}
+	if !isNetns(int(h)) {
+		h.Close()
+		return netns.None(), fmt.Errorf("%s is not a network namespace", path)
+	}
+	return h, nil
+}
+
+func isNetns(fd int) bool {
+	// A bind-mounted /var/run/netns file or /proc/PID/ns/net; refuse a mount or PID namespace
+	// (setns would fail anyway, with a less helpful error).
+	kind, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+	return err == nil && kind == unix.CLONE_NEWNET
+}

@@ -1,0 +1,163 @@
+// Package nodecheck holds what every meshdoctor check shares: the Target a check looks at (one pod,
+// or one network namespace), the Finding it produces with the codes of the design contract, the
+// Check interface, and the Report that `meshdoctor check` prints and the agent serves.
+package nodecheck
+
+import (
+	"context"
+	"time"
+)
+
+// Severity says how bad a finding is. A pod with at least one error finding is broken.
+type Severity string
+
+// Severities, as in the JSON report.
+const (
+	SeverityError   Severity = "error"
+	SeverityWarning Severity = "warning"
+	SeverityInfo    Severity = "info"
+)
+
+// Code names a root cause. Codes are CamelCase like Kubernetes event reasons, are metric label
+// values, and keep their meaning forever (DESIGN.md).
+type Code string
+
+// The finding codes of the contract.
+const (
+	RedirectRulesMissing       Code = "RedirectRulesMissing"
+	RedirectRulesIncomplete    Code = "RedirectRulesIncomplete"
+	RedirectRulesMismatch      Code = "RedirectRulesMismatch"
+	IptablesBackendMismatch    Code = "IptablesBackendMismatch"
+	InitContainerFailed        Code = "InitContainerFailed"
+	InitMissingNetAdmin        Code = "InitMissingNetAdmin"
+	PodSecurityBlocksInit      Code = "PodSecurityBlocksInit"
+	IstioCNINotInstalled       Code = "IstioCNINotInstalled"
+	IstioCNIIncomplete         Code = "IstioCNIIncomplete"
+	IstioCNINodeNotReady       Code = "IstioCNINodeNotReady"
+	IstioCNIErrors             Code = "IstioCNIErrors"
+	NsenterErrors              Code = "NsenterErrors"
+	IstiodAPIServerUnreachable Code = "IstiodAPIServerUnreachable"
+	ProxyNotReady              Code = "ProxyNotReady"
+	AppStartedBeforeProxy      Code = "AppStartedBeforeProxy"
+)
+
+// AllCodes lists every code, in the contract's order, so reporters can initialise their series.
+func AllCodes() []Code {
+	return []Code{
+		RedirectRulesMissing, RedirectRulesIncomplete, RedirectRulesMismatch, IptablesBackendMismatch,
+		InitContainerFailed, InitMissingNetAdmin, PodSecurityBlocksInit, IstioCNINotInstalled,
+		IstioCNIIncomplete, IstioCNINodeNotReady, IstioCNIErrors, NsenterErrors,
+		IstiodAPIServerUnreachable, ProxyNotReady, AppStartedBeforeProxy,
+	}
+}
+
+// Finding is one diagnosed problem with the evidence that shows it and what to do about it.
+type Finding struct {
+	Code     Code           `json:"code"`
+	Severity Severity       `json:"severity"`
+	Message  string         `json:"message"`
+	Remedy   string         `json:"remedy,omitempty"`
+	Evidence map[string]any `json:"evidence,omitempty"`
+}
+
+// Target is what a check looks at: one pod sandbox on the node, or a bare network namespace given
+// with --netns. Discovery fills what it knows; checks must cope with empty fields.
+type Target struct {
+	Namespace string
+	Name      string
+	UID       string
+	// Netns is the network namespace path as the host sees it (under --host-root when set).
+	Netns string
+	// Annotations are the pod's annotations: how the injector meant capture to be set up.
+	Annotations map[string]string
+}
+
+// ID names the target for logs and messages: "ns/name", or the netns path for a bare netns.
+func (t Target) ID() string {
+	if t.Name != "" {
+		return t.Namespace + "/" + t.Name
+	}
+	return t.Netns
+}
+
+// Result is what one check found for one target.
+type Result struct {
+	Findings []Finding
+	// Capture is set by the check that read the capture rules.
+	Capture *Capture
+	// Detail is check-specific data for the debug endpoint (e.g. the raw rules read).
+	Detail any
+}
+
+// Check is one diagnosis over a target. Implementations hold their narrow reader of the node and
+// are safe for concurrent use. An error means the check could not run (the verdict becomes unknown
+// unless another check proves the pod broken); a problem found is a Finding, not an error.
+type Check interface {
+	Name() string
+	Check(ctx context.Context, target Target) (Result, error)
+}
+
+// Verdict is the one-word state of a pod.
+type Verdict string
+
+// Verdicts of the report.
+const (
+	VerdictOK      Verdict = "ok"
+	VerdictBroken  Verdict = "broken"
+	VerdictUnknown Verdict = "unknown"
+	VerdictSkipped Verdict = "skipped"
+)
+
+// Capture says how traffic is captured in a pod and where the rules live.
+type Capture struct {
+	// Mode is sidecar-redirect, sidecar-tproxy, ambient or none.
+	Mode string `json:"mode"`
+	// Backend is nft, legacy, native-nftables, mixed or none.
+	Backend string `json:"backend"`
+}
+
+// CheckRun records how one check went on one target, for metrics and the debug endpoint.
+type CheckRun struct {
+	Check    string        `json:"check"`
+	Result   string        `json:"result"` // ok, findings, error
+	Duration time.Duration `json:"durationNs"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// PodReport is one pod's (or one bare netns's) part of the report.
+type PodReport struct {
+	Namespace string    `json:"namespace"`
+	Name      string    `json:"name"`
+	UID       string    `json:"uid"`
+	Netns     string    `json:"netns"`
+	Verdict   Verdict   `json:"verdict"`
+	Reason    string    `json:"reason,omitempty"`
+	Capture   Capture   `json:"capture"`
+	Findings  []Finding `json:"findings"`
+	Checks    []CheckRun `json:"checks,omitempty"`
+}
+
+// Report is the whole node's diagnosis: what `check -o json` prints and `/debug/report` serves.
+type Report struct {
+	Node string      `json:"node"`
+	Pods []PodReport `json:"pods"`
+	// Findings are node-level: istio-cni install state, log evidence.
+	Findings []Finding `json:"findings"`
+}
+
+// HasErrors reports whether any pod or node finding has severity error.
+func (r *Report) HasErrors() bool {
+	for _, f := range r.Findings {
+		if f.Severity == SeverityError {
+			return true
+		}
+	}
+	for _, p := range r.Pods {
+		for _, f := range p.Findings {
+			if f.Severity == SeverityError {
+				return true
+			}
+		}
+	}
+	return false
+}

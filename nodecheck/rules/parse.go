@@ -1,0 +1,466 @@
+package rules
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// ParseSave reads iptables-save output (as printed by iptables-nft-save or iptables-legacy-save,
+// with or without counters) into a RuleSet. Errors name the line.
+func ParseSave(r io.Reader, backend Backend, family Family) (*RuleSet, error) {
+	set := &RuleSet{Backend: backend, Family: family}
+	var table *Table
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	lineNo := 0
+	for sc.Scan() {
+		lineNo++
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+			continue
+		case strings.HasPrefix(line, "*"):
+			table = set.AddTable(strings.TrimSpace(line[1:]))
+			if table.Origin == "" {
+				table.Origin = string(backend) + " " + table.Name
+			}
+		case line == "COMMIT":
+			table = nil
+		case table == nil:
+			return nil, fmt.Errorf("line %d: %q outside a table (no *TABLE line before it)", lineNo, line)
+		case strings.HasPrefix(line, ":"):
+			fields := strings.Fields(line[1:])
+			if len(fields) == 0 {
+				return nil, fmt.Errorf("line %d: chain declaration without a name", lineNo)
+			}
+			c := table.AddChain(fields[0])
+			if len(fields) > 1 && fields[1] != "-" {
+				c.Policy = fields[1]
+				c.Builtin = true
+			}
+		case strings.HasPrefix(line, "-A ") || strings.HasPrefix(line, "[") || strings.HasPrefix(line, "-N "):
+			if strings.HasPrefix(line, "[") { // "[pkts:bytes] -A CHAIN …" from iptables-save -c
+				_, rest, ok := strings.Cut(line, "]")
+				if !ok {
+					return nil, fmt.Errorf("line %d: unterminated counters", lineNo)
+				}
+				line = strings.TrimSpace(rest)
+			}
+			verb, rest, _ := strings.Cut(line, " ")
+			chainName, spec, _ := strings.Cut(strings.TrimSpace(rest), " ")
+			if chainName == "" {
+				return nil, fmt.Errorf("line %d: %s without a chain", lineNo, verb)
+			}
+			c := table.AddChain(chainName)
+			if verb == "-N" {
+				continue
+			}
+			rule, err := ParseRuleSpec(spec)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: %w", lineNo, err)
+			}
+			c.Rules = append(c.Rules, rule)
+		default:
+			return nil, fmt.Errorf("line %d: unrecognised %q", lineNo, line)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading iptables-save text: %w", err)
+	}
+	return set, nil
+}
+
+// MustParseRuleSpec is ParseRuleSpec for rule text written in the program itself; it panics on an
+// error, which is a bug in that text.
+func MustParseRuleSpec(spec string) Rule {
+	r, err := ParseRuleSpec(spec)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// ParseRuleSpec reads one rule's options as iptables accepts them ("-p tcp -m tcp --dport 15008 -j
+// RETURN"), normalized: implied modules (`-m tcp`), option order, counters and comments do not
+// change the result. Options it does not understand are kept as MatchOther, verbatim.
+func ParseRuleSpec(spec string) (Rule, error) {
+	toks, err := tokenize(spec)
+	if err != nil {
+		return Rule{}, err
+	}
+	p := specParser{toks: toks}
+	return p.parse()
+}
+
+type specParser struct {
+	toks   []string
+	pos    int
+	module string
+	rule   Rule
+	other  []string // unknown options of the current module, flushed as one MatchOther
+}
+
+func (p *specParser) next() (string, bool) {
+	if p.pos >= len(p.toks) {
+		return "", false
+	}
+	t := p.toks[p.pos]
+	p.pos++
+	return t, true
+}
+
+func (p *specParser) value(opt string) (string, error) {
+	v, ok := p.next()
+	if !ok {
+		return "", fmt.Errorf("option %s needs a value", opt)
+	}
+	return v, nil
+}
+
+func (p *specParser) add(kind MatchKind, not bool, value string) {
+	p.rule.Matches = append(p.rule.Matches, Match{Kind: kind, Not: not, Value: value})
+}
+
+func (p *specParser) flushOther() {
+	if len(p.other) > 0 {
+		p.add(MatchOther, false, strings.Join(p.other, " "))
+		p.other = nil
+	}
+}
+
+func (p *specParser) parse() (Rule, error) {
+	for {
+		tok, ok := p.next()
+		if !ok {
+			break
+		}
+		not := false
+		if tok == "!" {
+			not = true
+			if tok, ok = p.next(); !ok {
+				return Rule{}, fmt.Errorf("'!' at the end of the rule")
+			}
+		}
+		switch tok {
+		case "-j", "--jump", "-g", "--goto", "-m", "--match", "-c", "--set-counters":
+			if not {
+				return Rule{}, fmt.Errorf("'!' cannot negate %s", tok)
+			}
+		}
+		switch tok {
+		case "-j", "--jump", "-g", "--goto":
+			p.flushOther()
+			name, err := p.value(tok)
+			if err != nil {
+				return Rule{}, err
+			}
+			p.rule.Target = Target{Name: name, Goto: tok == "-g" || tok == "--goto"}
+			args, err := targetArgs(name, p.toks[p.pos:])
+			if err != nil {
+				return Rule{}, fmt.Errorf("target %s: %w", name, err)
+			}
+			p.rule.Target.Args = args
+			p.pos = len(p.toks)
+		case "-m", "--match":
+			p.flushOther()
+			mod, err := p.value(tok)
+			if err != nil {
+				return Rule{}, err
+			}
+			p.module = mod
+			if mod == "socket" {
+				p.add(MatchSocket, false, "")
+			}
+		case "-c", "--set-counters":
+			if _, err := p.value(tok); err != nil {
+				return Rule{}, err
+			}
+			if _, err := p.value(tok); err != nil {
+				return Rule{}, err
+			}
+		default:
+			if err := p.option(tok, not); err != nil {
+				return Rule{}, err
+			}
+		}
+	}
+	p.flushOther()
+	p.rule.Normalize()
+	return p.rule, nil
+}
+
+func (p *specParser) option(opt string, not bool) error {
+	v, err := p.valueFor(opt)
+	if err != nil {
+		return err
+	}
+	switch opt {
+	case "-s", "--source", "--src", "-d", "--destination", "--dst":
+		pfx, err := ParsePrefix(v)
+		if err != nil {
+			return err
+		}
+		kind := MatchSource
+		if opt == "-d" || opt == "--destination" || opt == "--dst" {
+			kind = MatchDestination
+		}
+		p.add(kind, not, PrefixValue(pfx))
+	case "-i", "--in-interface":
+		p.add(MatchInInterface, not, v)
+	case "-o", "--out-interface":
+		p.add(MatchOutInterface, not, v)
+	case "-p", "--protocol":
+		p.add(MatchProtocol, not, protocolName(v))
+	case "--sport", "--source-port", "--dport", "--destination-port":
+		if p.module == "multiport" {
+			return p.ports(opt, not, v)
+		}
+		lo, hi, err := ParsePortRange(v)
+		if err != nil {
+			return err
+		}
+		kind := MatchSourcePort
+		if opt == "--dport" || opt == "--destination-port" {
+			kind = MatchDestinationPort
+		}
+		p.add(kind, not, PortRangeValue(lo, hi))
+	case "--sports", "--source-ports", "--dports", "--destination-ports", "--ports":
+		return p.ports(opt, not, v)
+	case "--uid-owner", "--gid-owner":
+		kind := MatchUIDOwner
+		if opt == "--gid-owner" {
+			kind = MatchGIDOwner
+		}
+		p.add(kind, not, normalizeIDRange(v))
+	case "--mark":
+		val, mask, err := ParseMark(v)
+		if err != nil {
+			return err
+		}
+		kind := MatchMark
+		if p.module == "connmark" {
+			kind = MatchConnMark
+		}
+		p.add(kind, not, MarkValue(val, mask))
+	case "--ctstate", "--state":
+		p.add(MatchCTState, not, CTStateValue(strings.Split(v, ",")))
+	case "--comment":
+		// A comment changes nothing about what a rule does.
+	case "--transparent", "--nowildcard", "--restore-skmark":
+		p.setSocketOption(opt)
+	default:
+		if not {
+			p.other = append(p.other, "!")
+		}
+		p.other = append(p.other, opt)
+		if v != "" {
+			p.other = append(p.other, v)
+		}
+	}
+	return nil
+}
+
+// valueFor takes the value of opt; flag-only options take none.
+func (p *specParser) valueFor(opt string) (string, error) {
+	switch opt {
+	case "--transparent", "--nowildcard", "--restore-skmark", "--syn":
+		return "", nil
+	}
+	if !strings.HasPrefix(opt, "-") {
+		return "", fmt.Errorf("unexpected %q where an option was expected", opt)
+	}
+	if p.pos < len(p.toks) && strings.HasPrefix(p.toks[p.pos], "-") && len(p.toks[p.pos]) > 1 &&
+		!isNumber(p.toks[p.pos]) {
+		// An option followed directly by another option carries no value (e.g. an unknown flag).
+		return "", nil
+	}
+	return p.value(opt)
+}
+
+func (p *specParser) setSocketOption(opt string) {
+	for i := range p.rule.Matches {
+		if p.rule.Matches[i].Kind == MatchSocket {
+			p.rule.Matches[i].Value = strings.TrimSpace(p.rule.Matches[i].Value + " " + opt)
+			return
+		}
+	}
+	p.add(MatchSocket, false, opt)
+}
+
+func (p *specParser) ports(opt string, not bool, v string) error {
+	var parts []string
+	for _, s := range strings.Split(v, ",") {
+		lo, hi, err := ParsePortRange(s)
+		if err != nil {
+			return err
+		}
+		parts = append(parts, PortRangeValue(lo, hi))
+	}
+	kind := MatchDestinationPorts
+	if opt == "--sports" || opt == "--source-ports" {
+		kind = MatchSourcePorts
+	}
+	p.add(kind, not, strings.Join(parts, ","))
+	return nil
+}
+
+// targetArgs normalizes the options of the extension targets Istio uses; others stay verbatim.
+func targetArgs(name string, toks []string) (string, error) {
+	opts := map[string]string{}
+	var flags []string
+	for i := 0; i < len(toks); i++ {
+		t := toks[i]
+		if strings.HasPrefix(t, "--") && i+1 < len(toks) && !strings.HasPrefix(toks[i+1], "--") {
+			opts[t] = toks[i+1]
+			i++
+			continue
+		}
+		flags = append(flags, t)
+	}
+	switch name {
+	case "REDIRECT":
+		v, ok := opts["--to-ports"]
+		if !ok {
+			v, ok = opts["--to-port"]
+		}
+		if !ok {
+			return "", nil
+		}
+		lo, hi, err := ParsePortRange(v)
+		if err != nil {
+			return "", err
+		}
+		return RedirectArgs(lo, hi), nil
+	case "TPROXY":
+		port, err := strconv.ParseUint(opts["--on-port"], 10, 16)
+		if err != nil {
+			return "", fmt.Errorf("--on-port: %w", err)
+		}
+		var ip netip.Addr
+		if s, ok := opts["--on-ip"]; ok {
+			if ip, err = netip.ParseAddr(s); err != nil {
+				return "", fmt.Errorf("--on-ip: %w", err)
+			}
+		}
+		mark, mask := uint32(0), uint32(0)
+		if s, ok := opts["--tproxy-mark"]; ok {
+			if mark, mask, err = ParseMark(s); err != nil {
+				return "", err
+			}
+		}
+		return TProxyArgs(uint16(port), ip, mark, mask), nil
+	case "MARK":
+		for _, o := range []string{"--set-xmark", "--set-mark"} {
+			if s, ok := opts[o]; ok {
+				v, m, err := ParseMark(s)
+				if err != nil {
+					return "", err
+				}
+				return SetMarkArgs(v, m), nil
+			}
+		}
+	case "CONNMARK":
+		nf, ct := uint32(0xffffffff), uint32(0xffffffff)
+		for _, pair := range []struct {
+			opt string
+			dst *uint32
+		}{{"--nfmask", &nf}, {"--ctmask", &ct}, {"--mask", &nf}} {
+			if s, ok := opts[pair.opt]; ok {
+				v, err := strconv.ParseUint(s, 0, 32)
+				if err != nil {
+					return "", fmt.Errorf("%s: %w", pair.opt, err)
+				}
+				*pair.dst = uint32(v)
+				if pair.opt == "--mask" {
+					ct = uint32(v)
+				}
+			}
+		}
+		for _, f := range flags {
+			switch f {
+			case "--save-mark":
+				return ConnMarkArgs("save", nf, ct), nil
+			case "--restore-mark":
+				return ConnMarkArgs("restore", nf, ct), nil
+			}
+		}
+	case "CT":
+		if s, ok := opts["--zone"]; ok {
+			z, err := strconv.ParseUint(s, 10, 16)
+			if err != nil {
+				return "", fmt.Errorf("--zone: %w", err)
+			}
+			return CTZoneArgs(uint16(z)), nil
+		}
+	}
+	return strings.Join(toks, " "), nil
+}
+
+func normalizeIDRange(v string) string {
+	lo, hi, ok := strings.Cut(v, "-")
+	if ok && lo == hi {
+		return lo
+	}
+	return v
+}
+
+// protocolName maps protocol numbers to the names iptables-save prints.
+func protocolName(p string) string {
+	switch strings.ToLower(p) {
+	case "6", "tcp":
+		return "tcp"
+	case "17", "udp":
+		return "udp"
+	case "1", "icmp":
+		return "icmp"
+	case "58", "icmpv6", "ipv6-icmp":
+		return "ipv6-icmp"
+	case "132", "sctp":
+		return "sctp"
+	}
+	return strings.ToLower(p)
+}
+
+func isNumber(s string) bool {
+	_, err := strconv.ParseInt(s, 10, 64)
+	return err == nil
+}
+
+// tokenize splits a rule into words, keeping double-quoted strings (comments) whole.
+func tokenize(s string) ([]string, error) {
+	var toks []string
+	var cur strings.Builder
+	inQuote, escaped, have := false, false, false
+	for _, r := range s {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case r == '\\' && inQuote:
+			escaped = true
+		case r == '"':
+			inQuote = !inQuote
+			have = true
+		case (r == ' ' || r == '\t') && !inQuote:
+			if have {
+				toks = append(toks, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if inQuote {
+		return nil, fmt.Errorf("unterminated quote in %q", s)
+	}
+	if have {
+		toks = append(toks, cur.String())
+	}
+	return toks, nil
+}
