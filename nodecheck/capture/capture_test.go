@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"flag"
 	"net/netip"
 	"os"
@@ -49,7 +50,54 @@ func (c captureReader) ReadRules(_ context.Context, _ string) (Snapshot, error) 
 		}
 		snap.Sets = append(snap.Sets, set)
 	}
+	routing, err := readMarkRoutes(c.dir)
+	if err != nil {
+		return snap, err
+	}
+	snap.Routing = routing
 	return snap, nil
+}
+
+// readMarkRoutes reads the captured `ip rule` and `ip route show table 133` output.
+func readMarkRoutes(dir string) ([]MarkRoute, error) {
+	rulesText, err := os.ReadFile(filepath.Join(dir, "ip-rule.txt"))
+	if err != nil {
+		return nil, err
+	}
+	routesText, err := os.ReadFile(filepath.Join(dir, "ip-route-table-133.txt"))
+	if err != nil {
+		return nil, err
+	}
+	localDefault := map[rules.Family]bool{}
+	fam := rules.IPv4
+	for _, line := range strings.Split(string(routesText), "\n") {
+		switch {
+		case strings.HasPrefix(line, "# ip -6"):
+			fam = rules.IPv6
+		case strings.HasPrefix(line, "# ip -4"):
+			fam = rules.IPv4
+		case strings.HasPrefix(line, "local default dev lo"):
+			localDefault[fam] = true
+		}
+	}
+	var out []MarkRoute
+	fam = rules.IPv4
+	for _, line := range strings.Split(string(rulesText), "\n") {
+		switch {
+		case strings.HasPrefix(line, "# ip -6"):
+			fam = rules.IPv6
+		case strings.HasPrefix(line, "# ip -4"):
+			fam = rules.IPv4
+		case strings.Contains(line, "fwmark"):
+			var prio, table int
+			var mark uint32
+			if _, err := fmt.Sscanf(strings.TrimSpace(line), "%d:\tfrom all fwmark %v lookup %d", &prio, &mark, &table); err != nil {
+				return nil, fmt.Errorf("%s: %q: %w", dir, line, err)
+			}
+			out = append(out, MarkRoute{Family: fam, Mark: mark, Mask: 0xffffffff, Table: table, LocalDefault: table == 133 && localDefault[fam]})
+		}
+	}
+	return out, nil
 }
 
 // addrsOf gives the addresses the test bed puts in a namespace: dual stack, IPv4 first, unless
@@ -112,5 +160,35 @@ func TestCheckRealCaptures(t *testing.T) {
 				t.Errorf("findings differ from %s:\n--- got\n%s--- want\n%s", want, got, exp)
 			}
 		})
+	}
+}
+
+type noRouting struct{ captureReader }
+
+func (r noRouting) ReadRules(ctx context.Context, p string) (Snapshot, error) {
+	s, err := r.captureReader.ReadRules(ctx, p)
+	s.Routing = nil
+	return s, err
+}
+
+// TPROXY needs `ip rule fwmark 1337 lookup 133` besides its mangle rules: with the real mangle
+// rules but no policy routing, capture is incomplete.
+func TestTProxyWithoutPolicyRouting(t *testing.T) {
+	dir := filepath.Join(capturesDir, "sidecar-tproxy")
+	ann := map[string]string{AnnotationInterceptionMode: ModeTProxy}
+	with, err := (&Check{Reader: captureReader{dir: dir, addrs: addrsOf("")}}).Check(t.Context(), nodecheck.Target{Annotations: ann})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(with.Findings) != 0 {
+		t.Fatalf("the real TPROXY capture has findings: %+v", with.Findings)
+	}
+	without, err := (&Check{Reader: noRouting{captureReader{dir: dir, addrs: addrsOf("")}}}).Check(t.Context(), nodecheck.Target{Annotations: ann})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(without.Findings) != 1 || without.Findings[0].Code != nodecheck.RedirectRulesIncomplete ||
+		!strings.Contains(without.Findings[0].Message, "fwmark 0x539") {
+		t.Errorf("want one RedirectRulesIncomplete naming the fwmark rule, got %+v", without.Findings)
 	}
 }

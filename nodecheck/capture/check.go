@@ -20,9 +20,30 @@ import (
 type Snapshot struct {
 	// Sets holds every rule set read, any backend and family, empty tables included.
 	Sets []*rules.RuleSet
-	// Addrs are the namespace's interface addresses in the kernel's order (Istio's writer decides
-	// IPv6 capture from them).
+	// Addrs are the namespace's interface addresses, loopback device excluded, in the kernel's
+	// order (Istio's writer decides IPv6 capture from them).
 	Addrs []netip.Addr
+	// Routing holds the policy-routing rules that select packets by mark, with whether their
+	// table routes everything locally: what TPROXY capture needs besides its mangle rules.
+	Routing []MarkRoute
+}
+
+// MarkRoute is one `ip rule fwmark MARK lookup TABLE` and what TABLE holds.
+type MarkRoute struct {
+	Family rules.Family `json:"-"`
+	Mark   uint32       `json:"mark"`
+	Mask   uint32       `json:"mask"`
+	Table  int          `json:"table"`
+	// LocalDefault is true when TABLE has `local default dev lo`.
+	LocalDefault bool `json:"localDefault"`
+}
+
+func (m MarkRoute) String() string {
+	s := fmt.Sprintf("%s rule fwmark 0x%x/0x%x lookup %d", m.Family, m.Mark, m.Mask, m.Table)
+	if !m.LocalDefault {
+		s += " (table has no local default route via lo)"
+	}
+	return s
 }
 
 // RuleReader reads a network namespace's capture rules without changing anything in it.
@@ -74,6 +95,11 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	res.Detail = detail
 	res.Capture.Backend = backendName(diffs)
 	res.Findings = c.diagnose(cfg, diffs, snap)
+	if cfg.Mode == ModeTProxy {
+		if f, ok := tproxyRouting(cfg, diffs, snap); ok {
+			res.Findings = append(res.Findings, f)
+		}
+	}
 	return res, nil
 }
 
@@ -234,4 +260,41 @@ func missingFinding(cfg Config, families []string, snap Snapshot) nodecheck.Find
 		Remedy:   remedy,
 		Evidence: map[string]any{"families": families, "tablesFound": tables},
 	}
+}
+
+// tproxyRouting checks the policy routing TPROXY capture needs in every family that has rules:
+// packets marked by ISTIO_DIVERT must be looked up in a table that delivers them locally.
+func tproxyRouting(cfg Config, diffs []FamilyDiff, snap Snapshot) (nodecheck.Finding, bool) {
+	var missing []string
+	for _, d := range diffs {
+		if d.ExpectedNone || cfg.IncludeInboundPorts == "" {
+			continue
+		}
+		ok := false
+		for _, r := range snap.Routing {
+			if r.Family == d.Family && r.Mark&r.Mask == cfg.TProxyMark&r.Mask && r.Mask&cfg.TProxyMark == cfg.TProxyMark && r.LocalDefault {
+				ok = true
+			}
+		}
+		if !ok {
+			missing = append(missing, fmt.Sprintf("%s: no `ip rule fwmark 0x%x lookup TABLE` whose table has `local default dev lo`",
+				d.Family, cfg.TProxyMark))
+		}
+	}
+	if len(missing) == 0 {
+		return nodecheck.Finding{}, false
+	}
+	var found []string
+	for _, r := range snap.Routing {
+		found = append(found, r.String())
+	}
+	return nodecheck.Finding{
+		Code:     nodecheck.RedirectRulesIncomplete,
+		Severity: nodecheck.SeverityError,
+		Message:  "TPROXY capture lacks its policy routing: " + strings.Join(missing, "; "),
+		Remedy: "In TPROXY mode Istio's writer adds `ip rule add fwmark 1337 lookup 133` and `ip route add local default " +
+			"dev lo table 133`; without them marked inbound packets never reach the proxy. Restart the pod so " +
+			"istio-init writes them again, and look for what removed them (a node agent flushing ip rules).",
+		Evidence: map[string]any{"missing": missing, "markRulesFound": found},
+	}, true
 }

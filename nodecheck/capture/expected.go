@@ -197,7 +197,7 @@ func BuildExpected(cfg Config, family rules.Family, enabled bool) *Expected {
 		}
 	}
 	if tproxy {
-		e.tproxyMarks(cfg, family, loopback, passthrough)
+		e.tproxyMarks(cfg, loopback, passthrough)
 	}
 	return e
 }
@@ -243,7 +243,7 @@ func (e *Expected) inbound(cfg Config, loopback string) {
 
 // tproxyMarks are the mangle rules that keep TPROXY'd connections and the proxy's own loopback
 // traffic apart.
-func (e *Expected) tproxyMarks(cfg Config, family rules.Family, loopback, passthrough string) {
+func (e *Expected) tproxyMarks(cfg Config, loopback, passthrough string) {
 	mark := cfg.TProxyMark
 	e.append("mangle", "PREROUTING", "-p tcp -m mark --mark %d -j CONNMARK --save-mark", mark)
 	e.append("mangle", "OUTPUT", "-p tcp -o lo -m mark --mark %d -j RETURN", mark)
@@ -257,7 +257,6 @@ func (e *Expected) tproxyMarks(cfg Config, family rules.Family, loopback, passth
 	e.insert("mangle", chainInbound, 1, "-p tcp -m mark --mark %d -j RETURN", mark)
 	e.insert("mangle", chainInbound, 2, "-p tcp -s %s -i lo -j RETURN", passthrough)
 	e.insert("mangle", chainInbound, 3, "-p tcp -i lo -m mark ! --mark %d -j RETURN", outboundMark)
-	_ = family
 }
 
 func cidrsOf(list []netip.Prefix, family rules.Family) []string {
