@@ -97,6 +97,13 @@ type Check interface {
 	Check(ctx context.Context, target Target) (Result, error)
 }
 
+// NodeCheck is a diagnosis of the node itself rather than of one pod (istio-cni's install state,
+// log evidence). Its findings go to the report's top-level findings.
+type NodeCheck interface {
+	Name() string
+	CheckNode(ctx context.Context) (Result, error)
+}
+
 // Verdict is the one-word state of a pod.
 type Verdict string
 
@@ -126,14 +133,14 @@ type CheckRun struct {
 
 // PodReport is one pod's (or one bare netns's) part of the report.
 type PodReport struct {
-	Namespace string    `json:"namespace"`
-	Name      string    `json:"name"`
-	UID       string    `json:"uid"`
-	Netns     string    `json:"netns"`
-	Verdict   Verdict   `json:"verdict"`
-	Reason    string    `json:"reason,omitempty"`
-	Capture   Capture   `json:"capture"`
-	Findings  []Finding `json:"findings"`
+	Namespace string     `json:"namespace"`
+	Name      string     `json:"name"`
+	UID       string     `json:"uid"`
+	Netns     string     `json:"netns"`
+	Verdict   Verdict    `json:"verdict"`
+	Reason    string     `json:"reason,omitempty"`
+	Capture   Capture    `json:"capture"`
+	Findings  []Finding  `json:"findings"`
 	Checks    []CheckRun `json:"checks,omitempty"`
 }
 
