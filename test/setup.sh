@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# setup.sh installs what meshdoctor's privileged test bed needs on a Debian 12 machine and prints
+# the directory holding the tools it built. It is idempotent and fast when everything is present,
+# so `make test`, `make demo` and CI call it unconditionally.
+#
+#   - Debian packages (iptables with both the nft and legacy backends, nftables, iproute2 for
+#     `ip netns`, util-linux for setpriv and nsenter). `apt-get update` runs only when one is missing.
+#   - Istio's pilot-agent, built from source with `go install` at a pinned pseudo-version (istio.io/istio
+#     publishes no tags to the module proxy). It carries `istio-iptables`, the very code istio-init
+#     and istio-validation run, so the test bed writes and validates the rules Istio really writes.
+#     Nothing prebuilt is ever downloaded.
+#
+# Output: progress lines on stderr, the bin directory as the only line on stdout, so
+#   bin=$(test/setup.sh)
+# works. Environment: MESHDOCTOR_CACHE (default $HOME/.cache/meshdoctor) is where tools are kept;
+# the test bed (test/testbed) reads pilot-agent from the same place.
+set -euo pipefail
+
+# Keep in sync with testbed.PilotAgentVersion (test/testbed/pilotagent.go).
+readonly ISTIO_VERSION="v0.0.0-20260827124520-eed52ebb66ad"
+readonly PILOT_AGENT_PKG="istio.io/istio/pilot/cmd/pilot-agent"
+readonly DEBIAN_PACKAGES=(iptables nftables iproute2 util-linux)
+
+cache_dir="${MESHDOCTOR_CACHE:-${HOME:-/root}/.cache/meshdoctor}"
+bin_dir="${cache_dir}/bin"
+scratch="" # build directory of an unfinished pilot-agent build, removed on exit
+trap '[[ -z "$scratch" ]] || rm -rf "$scratch"' EXIT
+
+say() { echo "setup: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# missing_packages prints the Debian packages that are not installed, one per line.
+missing_packages() {
+  local pkg status
+  for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ "$status" == "installed" ]] || echo "$pkg"
+  done
+}
+
+install_packages() {
+  local missing
+  missing=$(missing_packages)
+  [[ -z "$missing" ]] && return 0
+  [[ $(id -u) -eq 0 ]] || die "missing Debian packages ($(echo $missing)); run as root"
+  say "installing Debian packages: $(echo $missing)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  # shellcheck disable=SC2086 # word splitting of the package list is wanted
+  apt-get install -y -qq --no-install-recommends $missing >&2
+}
+
+# pilot_agent_is_current succeeds when the cached binary was built from the pinned Istio version.
+# `go version -m` reads the module info Go embeds in the binary, so no stamp file can go stale.
+pilot_agent_is_current() {
+  local bin="$bin_dir/pilot-agent"
+  [[ -x "$bin" ]] || return 1
+  go version -m "$bin" 2>/dev/null | awk '$1 == "mod" { print $2, $3 }' |
+    grep -qx "istio.io/istio ${ISTIO_VERSION}"
+}
+
+build_pilot_agent() {
+  pilot_agent_is_current && return 0
+  command -v go >/dev/null || die "go is not on PATH; the Go toolchain in go.mod is needed to build pilot-agent"
+  say "building Istio pilot-agent ${ISTIO_VERSION} (first run takes ~2 min)"
+  mkdir -p "$bin_dir"
+  # Build into a scratch GOBIN and move into place, so an interrupted build never leaves a
+  # half-written binary that a later run would take as current.
+  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
+  # GOFLAGS is cleared: flags meant for this module (-mod=vendor, ...) break `go install pkg@version`.
+  # CGO_ENABLED=0 as Istio's own release builds: no C toolchain needed, a static binary.
+  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" go install "${PILOT_AGENT_PKG}@${ISTIO_VERSION}" >&2
+  mv -f "$scratch/pilot-agent" "$bin_dir/pilot-agent"
+  say "pilot-agent ready: $bin_dir/pilot-agent"
+}
+
+install_packages
+build_pilot_agent
+echo "$bin_dir"
