@@ -153,7 +153,7 @@ func diffChain(table, chain string, want []ExpectedRule, actual *rules.RuleSet) 
 		return d
 	}
 
-	d.Emptied = len(have) == 0 && required > 0
+	d.Emptied = len(have) == 0 && required > 0 && istioChain(chain)
 	wantSpecs := make([]string, len(want))
 	optional := map[string]bool{}
 	for i, w := range want {
