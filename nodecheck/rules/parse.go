@@ -228,8 +228,11 @@ func (p *specParser) option(opt string, not bool) error {
 			kind = MatchDestinationPort
 		}
 		p.add(kind, not, PortRangeValue(lo, hi))
-	case "--sports", "--source-ports", "--dports", "--destination-ports", "--ports":
+	case "--sports", "--source-ports", "--dports", "--destination-ports":
 		return p.ports(opt, not, v)
+	case "--ports":
+		// Either direction: no canonical kind of its own, kept whole.
+		p.add(MatchOther, false, bang(not)+"-m multiport --ports "+v)
 	case "--uid-owner", "--gid-owner":
 		kind := MatchUIDOwner
 		if opt == "--gid-owner" {
@@ -260,8 +263,20 @@ func (p *specParser) option(opt string, not bool) error {
 		if v != "" {
 			p.other = append(p.other, v)
 		}
+		// Some options take more than one value (--tcp-flags MASK COMP).
+		for p.pos < len(p.toks) && !strings.HasPrefix(p.toks[p.pos], "-") && p.toks[p.pos] != "!" {
+			p.other = append(p.other, p.toks[p.pos])
+			p.pos++
+		}
 	}
 	return nil
+}
+
+func bang(not bool) string {
+	if not {
+		return "! "
+	}
+	return ""
 }
 
 // valueFor takes the value of opt; flag-only options take none.
@@ -328,13 +343,13 @@ func targetArgs(name string, toks []string) (string, error) {
 			v, ok = opts["--to-port"]
 		}
 		if !ok {
-			return "", nil
+			return strings.Join(flags, " "), nil
 		}
 		lo, hi, err := ParsePortRange(v)
 		if err != nil {
 			return "", err
 		}
-		return RedirectArgs(lo, hi), nil
+		return strings.Join(append([]string{RedirectArgs(lo, hi)}, flags...), " "), nil
 	case "TPROXY":
 		port, err := strconv.ParseUint(opts["--on-port"], 10, 16)
 		if err != nil {
@@ -389,7 +404,7 @@ func targetArgs(name string, toks []string) (string, error) {
 			}
 		}
 	case "CT":
-		if s, ok := opts["--zone"]; ok {
+		if s, ok := opts["--zone"]; ok && len(opts) == 1 && len(flags) == 0 {
 			z, err := strconv.ParseUint(s, 10, 16)
 			if err != nil {
 				return "", fmt.Errorf("--zone: %w", err)

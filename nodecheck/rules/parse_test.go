@@ -162,3 +162,24 @@ func FuzzParseSave(f *testing.F) {
 		}
 	})
 }
+
+// Options Istio does not write still parse, and keep what makes them differ.
+func TestParseRuleSpecRareOptions(t *testing.T) {
+	cases := []struct{ spec, want string }{
+		{"-p tcp -m tcp --tcp-flags SYN,RST SYN -j RETURN", "-p tcp --tcp-flags SYN,RST SYN -j RETURN"},
+		{"-p tcp -m multiport --ports 80,443 -j RETURN", "-p tcp -m multiport --ports 80,443 -j RETURN"},
+		{"-p tcp -j REDIRECT --to-ports 15001 --random", "-p tcp -j REDIRECT --to-ports 15001 --random"},
+		{"-j CT --notrack --zone 2", "-j CT --notrack --zone 2"},
+		{"-m conntrack --ctstate ZZZ,NEW,AAA -j RETURN", "-m conntrack --ctstate NEW,AAA,ZZZ -j RETURN"},
+	}
+	for _, c := range cases {
+		r, err := ParseRuleSpec(c.spec)
+		if err != nil {
+			t.Errorf("ParseRuleSpec(%q): %v", c.spec, err)
+			continue
+		}
+		if r.Spec() != c.want {
+			t.Errorf("ParseRuleSpec(%q).Spec() = %q, want %q", c.spec, r.Spec(), c.want)
+		}
+	}
+}

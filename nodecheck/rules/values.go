@@ -3,6 +3,7 @@ package rules
 import (
 	"fmt"
 	"net/netip"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -141,10 +142,12 @@ func CTStateValue(states []string) string {
 			delete(seen, s)
 		}
 	}
+	rest := make([]string, 0, len(seen))
 	for s := range seen {
-		out = append(out, s)
+		rest = append(rest, s)
 	}
-	return strings.Join(out, ",")
+	sort.Strings(rest)
+	return strings.Join(append(out, rest...), ",")
 }
 
 // RedirectArgs is the canonical option text of REDIRECT to one port (or a range).
@@ -174,3 +177,7 @@ func ConnMarkArgs(op string, nfmask, ctmask uint32) string {
 
 // CTZoneArgs is the canonical option text of CT --zone.
 func CTZoneArgs(zone uint16) string { return "--zone " + strconv.Itoa(int(zone)) }
+
+// ProtocolValue renders an IP protocol number as a -p value, the way rule text names it
+// ("tcp", "udp", or the number), for readers that see the number (nftables' meta l4proto).
+func ProtocolValue(proto uint8) string { return protocolName(strconv.Itoa(int(proto))) }
