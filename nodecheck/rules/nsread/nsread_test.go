@@ -1,0 +1,173 @@
+package nsread
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
+	"github.com/meshdoctor/meshdoctor/test/testbed"
+)
+
+// Reading must leave the namespace exactly as it was: no table created (legacy tables are
+// instantiated by merely asking for them), no rule, no counter touched. Checked on a fresh
+// namespace, where a careless read would create tables, and on every backend Istio writes to.
+func TestReadRulesLeavesNoTrace(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+	}{
+		{"fresh namespace", nil},
+		{"iptables-nft", testbed.DefaultSidecarArgs()},
+		{"iptables-legacy", append(testbed.DefaultSidecarArgs(), "--force-iptables-binary", "legacy")},
+		{"native nftables", append(testbed.DefaultSidecarArgs(), "--native-nftables")},
+		{"tproxy", []string{"-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			n := testbed.NewNetns(t)
+			if c.args != nil {
+				if err := n.IstioIptables(ctx, c.args...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before, err := n.Trace(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap, err := Reader{}.ReadRules(ctx, n.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			after, err := n.Trace(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := before.Diff(after); d != "" {
+				t.Errorf("reading left a trace:\n%s", d)
+			}
+			if c.args != nil && len(snap.Sets) == 0 {
+				t.Errorf("read no rule set from a namespace with Istio rules")
+			}
+			if len(snap.Addrs) == 0 {
+				t.Errorf("read no address; the test bed gives every namespace one")
+			}
+		})
+	}
+}
+
+func TestReadRulesVanishedNamespace(t *testing.T) {
+	testbed.RequirePrivileged(t)
+	_, err := Reader{}.ReadRules(context.Background(), "/var/run/netns/md-never-existed")
+	if !errors.Is(err, innetns.ErrNetnsGone) {
+		t.Errorf("ReadRules on a missing namespace: %v, want ErrNetnsGone", err)
+	}
+}
+
+// cpuTime is this process's user+system CPU time, plus that of its waited-for children.
+func cpuTime() time.Duration {
+	var self, children syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
+	total := time.Duration(0)
+	for _, ru := range []syscall.Rusage{self, children} {
+		total += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	return total
+}
+
+// benchNetns is a namespace with Istio's default rules in iptables-nft, dual stack with IPv6
+// capture on, and Istio's probing leftovers (empty legacy tables) as on a real node.
+func benchNetns(b *testing.B) *testbed.Netns {
+	n := testbed.NewNetns(b)
+	if err := n.IstioIptablesEnv(context.Background(), []string{"ISTIO_DUAL_STACK=true"}, testbed.DefaultSidecarArgs()...); err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
+
+// BenchmarkCheck is meshdoctor's whole capture check of one namespace: read every backend and
+// family over netlink and getsockopt, build the expected rules, compare. Compare its cpu-ns/op
+// with BenchmarkExecSaveBaseline's, measured in the same run.
+func BenchmarkCheck(b *testing.B) {
+	n := benchNetns(b)
+	chk := &capture.Check{Reader: Reader{}}
+	target := nodecheck.Target{Netns: n.Path(), Annotations: map[string]string{
+		capture.AnnotationProxyConfig: `{"proxyMetadata":{"ISTIO_DUAL_STACK":"true"}}`}}
+	ctx := context.Background()
+	b.ReportAllocs()
+	start := cpuTime()
+	b.ResetTimer()
+	for b.Loop() {
+		res, err := chk.Check(ctx, target)
+		if err != nil || len(res.Findings) != 0 {
+			b.Fatalf("check: %v %+v", err, res.Findings)
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+}
+
+// BenchmarkExecSaveBaseline is what a person (or a naive tool) runs to see the same rules:
+// iptables-save and ip6tables-save of both backends through nsenter, without even comparing.
+func BenchmarkExecSaveBaseline(b *testing.B) {
+	n := benchNetns(b)
+	cmds := [][]string{
+		{"iptables-nft-save"}, {"ip6tables-nft-save"}, {"iptables-legacy-save"}, {"ip6tables-legacy-save"},
+	}
+	start := cpuTime()
+	b.ResetTimer()
+	for b.Loop() {
+		for _, c := range cmds {
+			out, err := exec.Command("nsenter", append([]string{"--net=" + n.Path()}, c...)...).CombinedOutput()
+			if err != nil {
+				b.Fatalf("%v: %v\n%s", c, err, out)
+			}
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+}
+
+// The node's backend is the one holding the host's rules (kube-proxy's); a namespace stands in
+// for the host here, with rules shaped like kube-proxy's.
+func TestNodeBackend(t *testing.T) {
+	cases := []struct {
+		name    string
+		backend testbed.Backend
+		want    rules.Backend
+	}{
+		{"no rules", "", ""},
+		{"kube-proxy on iptables-nft", testbed.Nft, rules.BackendNft},
+		{"kube-proxy on iptables-legacy", testbed.Legacy, rules.BackendLegacy},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			n := testbed.NewNetns(t)
+			if c.backend != "" {
+				for _, args := range [][]string{
+					{"-t", "nat", "-N", "KUBE-SERVICES"},
+					{"-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES"},
+					{"-t", "nat", "-A", "OUTPUT", "-j", "KUBE-SERVICES"},
+				} {
+					if err := n.Iptables(ctx, c.backend, testbed.IPv4, args...); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			got, err := NodeBackend(ctx, n.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != c.want {
+				t.Errorf("NodeBackend = %q, want %q", got, c.want)
+			}
+		})
+	}
+}
