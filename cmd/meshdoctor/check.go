@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
+	"github.com/meshdoctor/meshdoctor/nodecheck/report"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
+)
+
+type checkOptions struct {
+	netns       []string
+	annotations string
+	output      string
+	nodeName    string
+	nodeBackend string
+	hostRoot    string
+	verbose     bool
+}
+
+func newCheckCommand() *cobra.Command {
+	var o checkOptions
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Diagnose traffic capture once, print a report and exit",
+		Long: `check runs one pass of every check and prints a report.
+
+With --netns it checks the given network namespaces, expected to carry Istio's sidecar capture as
+described by --annotations (Istio's defaults without it).
+
+Exit status: 0 nothing wrong, 1 at least one finding of severity error, 2 could not run (bad
+flags, or no target could be checked at all).`,
+		Example: `  meshdoctor check --netns /var/run/netns/cni-1234
+  meshdoctor check --netns /var/run/netns/cni-1234 --annotations pod-annotations.json -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runCheck(cmd, o) },
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&o.netns, "netns", nil, "check this network namespace instead of discovering pods (repeatable)")
+	f.StringVar(&o.annotations, "annotations", "", "JSON file with the pod annotations that apply to the --netns targets")
+	f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "node name for the report (default $NODE_NAME, else the hostname)")
+	f.StringVar(&o.hostRoot, "host-root", "/", "where the node's filesystem is seen (the DaemonSet mounts the host's / under a prefix)")
+	f.StringVar(&o.nodeBackend, "node-backend", "auto",
+		"iptables backend the node uses (nft, legacy, none); auto reads the host network namespace's rules")
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "log each check as it runs (to stderr)")
+	return cmd
+}
+
+func runCheck(cmd *cobra.Command, o checkOptions) error {
+	if o.output != "table" && o.output != "json" {
+		return &exitError{code: exitCannot, err: fmt.Errorf("--output %q: want table or json", o.output)}
+	}
+	if len(o.netns) == 0 {
+		return &exitError{code: exitCannot, err: errors.New(
+			"pod discovery through containerd is not built yet: give the namespaces to check with --netns PATH")}
+	}
+	annotations := map[string]string{}
+	if o.annotations != "" {
+		var err error
+		if annotations, err = readAnnotations(o.annotations); err != nil {
+			return &exitError{code: exitCannot, err: err}
+		}
+	}
+	if _, err := capture.ConfigFromAnnotations(annotations); err != nil {
+		return &exitError{code: exitCannot, err: fmt.Errorf("%s: %w", o.annotations, err)}
+	}
+	level := slog.LevelWarn
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+
+	targets := make([]nodecheck.Target, 0, len(o.netns))
+	for _, p := range o.netns {
+		targets = append(targets, nodecheck.Target{Netns: p, Annotations: annotations})
+	}
+	backend, err := resolveNodeBackend(cmd.Context(), o, log)
+	if err != nil {
+		return &exitError{code: exitCannot, err: err}
+	}
+	log.Debug("node iptables backend", "backend", backend)
+	runner := diagnose.Runner{
+		Checks: []nodecheck.Check{&capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}},
+		Log:    log,
+	}
+	log.Info("checking network namespaces", "count", len(targets))
+	outcomes := runner.Run(cmd.Context(), targets)
+
+	rep := &nodecheck.Report{Node: nodeName(o.nodeName), Pods: []nodecheck.PodReport{}, Findings: []nodecheck.Finding{}}
+	unknown := 0
+	for _, oc := range outcomes {
+		rep.Pods = append(rep.Pods, oc.Pod)
+		if oc.Pod.Verdict == nodecheck.VerdictUnknown {
+			unknown++
+		}
+	}
+	if o.output == "json" {
+		err = report.WriteJSON(cmd.OutOrStdout(), rep)
+	} else {
+		err = report.WriteTable(cmd.OutOrStdout(), rep)
+	}
+	switch {
+	case err != nil:
+		return &exitError{code: exitCannot, err: err}
+	case rep.HasErrors():
+		return &exitError{code: exitFindings}
+	case unknown == len(rep.Pods):
+		return &exitError{code: exitCannot, err: errors.New("no target could be checked")}
+	}
+	return nil
+}
+
+func readAnnotations(path string) (map[string]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading annotations: %w", err)
+	}
+	var a map[string]string
+	if err := json.Unmarshal(data, &a); err != nil {
+		return nil, fmt.Errorf("annotations file %s must be a JSON object of strings: %w", path, err)
+	}
+	return a, nil
+}
+
+func nodeName(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if h, err := os.Hostname(); err == nil {
+		return h
+	}
+	return ""
+}
+
+// resolveNodeBackend turns --node-backend into the backend the capture check compares with; a
+// host whose rules cannot be read is no reason to stop diagnosing pods, so auto degrades to none
+// with a warning.
+func resolveNodeBackend(ctx context.Context, o checkOptions, log *slog.Logger) (rules.Backend, error) {
+	switch o.nodeBackend {
+	case "nft":
+		return rules.BackendNft, nil
+	case "legacy":
+		return rules.BackendLegacy, nil
+	case "none", "":
+		return "", nil
+	case "auto":
+		host := filepath.Join(o.hostRoot, "proc/1/ns/net")
+		b, err := nsread.NodeBackend(ctx, host)
+		if err != nil {
+			log.Warn("cannot tell the node's iptables backend; backend mismatches will not be reported", "err", err)
+			return "", nil
+		}
+		return b, nil
+	}
+	return "", fmt.Errorf("--node-backend %q: want auto, nft, legacy or none", o.nodeBackend)
+}
