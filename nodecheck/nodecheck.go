@@ -58,7 +58,14 @@ type Finding struct {
 	Message  string         `json:"message"`
 	Remedy   string         `json:"remedy,omitempty"`
 	Evidence map[string]any `json:"evidence,omitempty"`
+	// Component names the node component a pod finding implicates (ComponentIstioCNI), so that
+	// a reporter can join it with that component's node-level findings in the same report.
+	Component string `json:"component,omitempty"`
 }
+
+// ComponentIstioCNI is the istio-cni plugin and node agent: they write the capture rules of pods in
+// CNI mode (istio-validation instead of istio-init) and of ambient pods.
+const ComponentIstioCNI = "istio-cni"
 
 // Target is what a check looks at: one pod sandbox on the node, or a bare network namespace given
 // with --netns. Discovery fills what it knows; checks must cope with empty fields.
@@ -70,6 +77,87 @@ type Target struct {
 	Netns string
 	// Annotations are the pod's annotations: how the injector meant capture to be set up.
 	Annotations map[string]string
+
+	// The fields below are filled by pod discovery (nodecheck/discover); a bare --netns target
+	// has none of them.
+
+	// SandboxID is the runtime's id of the pod sandbox.
+	SandboxID string
+	// IP is the pod's primary IP as the runtime reports it.
+	IP string
+	// HostNetwork is true for a pod in the node's network namespace (never captured by Istio).
+	HostNetwork bool
+	// Labels are the pod's labels (istio.io/dataplane-mode enrols a pod in ambient).
+	Labels map[string]string
+	// Containers are the pod's containers, the latest attempt of each.
+	Containers []Container
+	// SkipReason, when set, says why the pod is not meant to be captured (no sidecar, not in
+	// ambient, host network): no check runs and the pod's verdict is skipped.
+	SkipReason string
+	// DiscoveryError, when set, is what discovery could not learn about the pod (its sandbox was
+	// removed while being read, the runtime failed to answer). Checks still run on what is known;
+	// unless one proves the pod broken, its verdict is unknown with this reason.
+	DiscoveryError string
+}
+
+// ContainerRole says what a container is for in the pod.
+type ContainerRole string
+
+// Container roles.
+const (
+	// RoleInit is an init container that runs to completion before the others (istio-init,
+	// istio-validation).
+	RoleInit ContainerRole = "init"
+	// RoleSidecar is istio-proxy, as a regular container or as a native sidecar (an init
+	// container with restartPolicy Always).
+	RoleSidecar ContainerRole = "sidecar"
+	// RoleApp is any other container.
+	RoleApp ContainerRole = "app"
+)
+
+// ContainerState is the runtime's state of a container.
+type ContainerState string
+
+// Container states, as CRI names them.
+const (
+	ContainerCreated ContainerState = "created"
+	ContainerRunning ContainerState = "running"
+	ContainerExited  ContainerState = "exited"
+	ContainerUnknown ContainerState = "unknown"
+)
+
+// Container is one container of a pod as the runtime reports it.
+type Container struct {
+	Name  string         `json:"name"`
+	ID    string         `json:"id"`
+	Role  ContainerRole  `json:"role"`
+	Image string         `json:"image,omitempty"`
+	State ContainerState `json:"state"`
+	// ExitCode, Reason and Message are set once the container has exited.
+	ExitCode int32  `json:"exitCode"`
+	Reason   string `json:"reason,omitempty"`
+	Message  string `json:"message,omitempty"`
+	// Attempt is kubelet's restart count of the container: 0 on its first run.
+	Attempt    uint32    `json:"attempt"`
+	CreatedAt  time.Time `json:"createdAt,omitzero"`
+	StartedAt  time.Time `json:"startedAt,omitzero"`
+	FinishedAt time.Time `json:"finishedAt,omitzero"`
+	// Capabilities are the effective capabilities of the container's process from its OCI
+	// spec ("CAP_NET_ADMIN"…); nil when the runtime did not give the spec, empty when it has none.
+	Capabilities []string `json:"capabilities"`
+	// UID and GID are the process's user and group from the OCI spec; -1 when unknown.
+	UID int64 `json:"uid"`
+	GID int64 `json:"gid"`
+}
+
+// Container returns the pod's container with that name, or nil.
+func (t Target) Container(name string) *Container {
+	for i := range t.Containers {
+		if t.Containers[i].Name == name {
+			return &t.Containers[i]
+		}
+	}
+	return nil
 }
 
 // ID names the target for logs and messages: "ns/name", or the netns path for a bare netns.

@@ -67,6 +67,10 @@ func (r *Runner) checkTarget(ctx context.Context, t nodecheck.Target) Outcome {
 		},
 		Details: map[string]any{},
 	}
+	if t.SkipReason != "" {
+		o.Pod.Verdict, o.Pod.Reason = nodecheck.VerdictSkipped, t.SkipReason
+		return o
+	}
 	var errs []error
 	for _, c := range r.Checks {
 		start := time.Now()
@@ -102,6 +106,14 @@ func (r *Runner) checkTarget(ctx context.Context, t nodecheck.Target) Outcome {
 		o.Pod.Reason = errors.Join(errs...).Error()
 		if errors.Is(errors.Join(errs...), innetns.ErrNetnsGone) {
 			o.Pod.Reason = "the pod's network namespace disappeared during the check (pod deleted?): " + o.Pod.Reason
+		}
+	}
+	if t.DiscoveryError != "" && o.Pod.Verdict != nodecheck.VerdictBroken {
+		o.Pod.Verdict = nodecheck.VerdictUnknown
+		if o.Pod.Reason == "" {
+			o.Pod.Reason = t.DiscoveryError
+		} else {
+			o.Pod.Reason = t.DiscoveryError + "; " + o.Pod.Reason
 		}
 	}
 	return o
