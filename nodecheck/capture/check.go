@@ -56,6 +56,8 @@ type RuleReader interface {
 type Check struct {
 	Reader      RuleReader
 	NodeBackend rules.Backend
+
+	expected expectedCache
 }
 
 // Name is the check's name in metrics and reports.
@@ -93,8 +95,8 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 		sets = dropInetProjection(sets)
 	}
 	diffs := []FamilyDiff{
-		Compare(BuildExpected(cfg, rules.IPv4, true), sets),
-		Compare(BuildExpected(cfg, rules.IPv6, v6), sets),
+		Compare(c.expected.get(cfg, rules.IPv4, true), sets),
+		Compare(c.expected.get(cfg, rules.IPv6, v6), sets),
 	}
 	detail.Families = diffs
 	res.Detail = detail

@@ -79,6 +79,21 @@ func Read(ctx context.Context, netnsPath string) (*Result, error) {
 	return res, nil
 }
 
+// ReadHere reads the nftables rules of the network namespace the calling thread is in: for a
+// caller that has already entered a pod's namespace (innetns.Do) to read several things at once.
+// where names the namespace in errors.
+func ReadHere(ctx context.Context, where string) (*Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// Without a NetNS option the socket is created on this thread, so in its namespace.
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, fmt.Errorf("opening a netfilter netlink socket in %s: %w", where, err)
+	}
+	return readAndDecode(ctx, conn, where)
+}
+
 // readSnapshot fetches the raw dumps of the namespace at netnsPath.
 func readSnapshot(ctx context.Context, netnsPath string) (*snapshot, error) {
 	if err := ctx.Err(); err != nil {
@@ -95,6 +110,23 @@ func readSnapshot(ctx context.Context, netnsPath string) (*snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening a netfilter netlink socket in %s: %w", netnsPath, err)
 	}
+	return fetchOn(ctx, conn, netnsPath)
+}
+
+func readAndDecode(ctx context.Context, conn *netlink.Conn, where string) (*Result, error) {
+	snap, err := fetchOn(ctx, conn, where)
+	if err != nil {
+		return nil, err
+	}
+	res, err := decode(snap)
+	if err != nil {
+		return nil, fmt.Errorf("decoding nftables of %s: %w", where, err)
+	}
+	return res, nil
+}
+
+// fetchOn dumps everything over conn, which it closes.
+func fetchOn(ctx context.Context, conn *netlink.Conn, where string) (*snapshot, error) {
 	defer conn.Close()
 	// A deadline in the past wakes a blocked receive at once; netlink has no other way to be
 	// interrupted.
@@ -103,14 +135,14 @@ func readSnapshot(ctx context.Context, netnsPath string) (*snapshot, error) {
 
 	raw, err := conn.SyscallConn()
 	if err != nil {
-		return nil, fmt.Errorf("netlink socket in %s: %w", netnsPath, err)
+		return nil, fmt.Errorf("netlink socket in %s: %w", where, err)
 	}
 	snap, err := fetch(&transport{raw: raw, buf: make([]byte, recvBufferSize)})
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("reading nftables in %s: %w", netnsPath, ctxErr)
+			return nil, fmt.Errorf("reading nftables in %s: %w", where, ctxErr)
 		}
-		return nil, fmt.Errorf("reading nftables in %s: %w", netnsPath, err)
+		return nil, fmt.Errorf("reading nftables in %s: %w", where, err)
 	}
 	return snap, nil
 }

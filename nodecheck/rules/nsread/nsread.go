@@ -6,7 +6,6 @@ package nsread
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -27,41 +26,64 @@ type Reader struct{}
 // ReadRules reads the rule sets of every backend and family, and the addresses, of netnsPath.
 func (Reader) ReadRules(ctx context.Context, netnsPath string) (capture.Snapshot, error) {
 	var snap capture.Snapshot
-	nft, err := nftread.Read(ctx, netnsPath)
-	if err != nil {
-		return snap, fmt.Errorf("reading nftables: %w", err)
-	}
-	snap.Sets = append(snap.Sets, nft.Sets...)
-	legacy, err := xtlegacy.Read(ctx, netnsPath)
-	if err != nil {
-		return snap, fmt.Errorf("reading iptables-legacy: %w", err)
-	}
-	snap.Sets = append(snap.Sets, legacy...)
-	if snap.Addrs, err = Addrs(ctx, netnsPath); err != nil {
-		return snap, err
-	}
-	if snap.Routing, err = MarkRoutes(ctx, netnsPath); err != nil {
-		return snap, err
-	}
-	return snap, nil
+	// One entry into the pod's namespace for everything: each read opens its socket on this
+	// thread, which binds the socket to the namespace; the decoding then runs on plain data.
+	err := innetns.Do(ctx, netnsPath, func() error {
+		nft, err := nftread.ReadHere(ctx, netnsPath)
+		if err != nil {
+			return fmt.Errorf("reading nftables: %w", err)
+		}
+		snap.Sets = append(snap.Sets, nft.Sets...)
+		legacy, err := xtlegacy.ReadHere(ctx, netnsPath)
+		if err != nil {
+			return fmt.Errorf("reading iptables-legacy: %w", err)
+		}
+		snap.Sets = append(snap.Sets, legacy...)
+		// One route-netlink socket for the address and policy-routing requests.
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("opening rtnetlink in %s: %w", netnsPath, err)
+		}
+		defer h.Close()
+		if snap.Addrs, err = podAddrs(h); err != nil {
+			return fmt.Errorf("listing addresses in %s: %w", netnsPath, err)
+		}
+		if snap.Routing, err = markRoutes(h); err != nil {
+			return fmt.Errorf("reading policy routing in %s: %w", netnsPath, err)
+		}
+		return nil
+	})
+	return snap, err
 }
 
-// MarkRoutes lists the policy-routing rules that match a firewall mark, in both families, and
-// whether each one's table routes everything to the local host (what TPROXY capture needs).
-func MarkRoutes(ctx context.Context, netnsPath string) ([]capture.MarkRoute, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	ns, err := innetns.Open(netnsPath)
+// loopbackIndex is the loopback device's index in every network namespace (the kernel creates it
+// first, LOOPBACK_IFINDEX).
+const loopbackIndex = 1
+
+// podAddrs lists the addresses of the calling thread's namespace in the order the kernel dumps
+// them, which is the order Istio's writer sees them in, less the loopback device's (it carries ::6
+// once Istio ran with IPv6). One RTM_GETADDR dump.
+func podAddrs(h *netlink.Handle) ([]netip.Addr, error) {
+	list, err := h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, err
 	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("opening rtnetlink in %s: %w", netnsPath, err)
+	out := make([]netip.Addr, 0, len(list))
+	for _, a := range list {
+		if a.LinkIndex == loopbackIndex || a.IPNet == nil {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			out = append(out, ip.Unmap())
+		}
 	}
-	defer h.Close()
+	return out, nil
+}
+
+// markRoutes lists the calling thread's namespace's policy-routing rules that match a firewall
+// mark, in both families, and whether each one's table routes everything to the local host (what
+// TPROXY capture needs).
+func markRoutes(h *netlink.Handle) ([]capture.MarkRoute, error) {
 	var out []capture.MarkRoute
 	for _, fam := range []struct {
 		af     int
@@ -69,7 +91,7 @@ func MarkRoutes(ctx context.Context, netnsPath string) ([]capture.MarkRoute, err
 	}{{unix.AF_INET, rules.IPv4}, {unix.AF_INET6, rules.IPv6}} {
 		list, err := h.RuleList(fam.af)
 		if err != nil {
-			return nil, fmt.Errorf("listing %s ip rules in %s: %w", fam.family, netnsPath, err)
+			return nil, fmt.Errorf("listing %s ip rules: %w", fam.family, err)
 		}
 		for _, r := range list {
 			if r.Mark == 0 || r.Table <= 0 {
@@ -81,7 +103,7 @@ func MarkRoutes(ctx context.Context, netnsPath string) ([]capture.MarkRoute, err
 			}
 			local, err := hasLocalDefault(h, fam.af, r.Table)
 			if err != nil {
-				return nil, fmt.Errorf("listing %s routes of table %d in %s: %w", fam.family, r.Table, netnsPath, err)
+				return nil, fmt.Errorf("listing %s routes of table %d: %w", fam.family, r.Table, err)
 			}
 			out = append(out, capture.MarkRoute{Family: fam.family, Mark: r.Mark, Mask: mask, Table: r.Table, LocalDefault: local})
 		}
@@ -105,61 +127,6 @@ func hasLocalDefault(h *netlink.Handle, af, table int) (bool, error) {
 func isDefault(n *net.IPNet) bool {
 	ones, _ := n.Mask.Size()
 	return ones == 0
-}
-
-// Addrs lists the namespace's interface addresses in the order the kernel dumps them, which is
-// the order Istio's writer sees them in.
-func Addrs(ctx context.Context, netnsPath string) ([]netip.Addr, error) {
-	var out []netip.Addr
-	err := innetns.Do(ctx, netnsPath, func() error {
-		// The same dump, in the same order, that Istio's writer reads (net.InterfaceAddrs), less
-		// the loopback device's addresses: it carries ::6 once Istio ran with IPv6.
-		all, err := net.InterfaceAddrs()
-		if err != nil {
-			return err
-		}
-		onLoopback := map[netip.Addr]bool{}
-		ifaces, err := net.Interfaces()
-		if err != nil {
-			return err
-		}
-		for _, ifc := range ifaces {
-			if ifc.Flags&net.FlagLoopback == 0 {
-				continue
-			}
-			addrs, err := ifc.Addrs()
-			if err != nil {
-				return err
-			}
-			for _, a := range addrs {
-				if ip, ok := ipOf(a); ok {
-					onLoopback[ip] = true
-				}
-			}
-		}
-		for _, a := range all {
-			if ip, ok := ipOf(a); ok && !onLoopback[ip] {
-				out = append(out, ip)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		if errors.Is(err, innetns.ErrNetnsGone) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("listing addresses in %s: %w", netnsPath, err)
-	}
-	return out, nil
-}
-
-func ipOf(a net.Addr) (netip.Addr, bool) {
-	ipn, ok := a.(*net.IPNet)
-	if !ok {
-		return netip.Addr{}, false
-	}
-	ip, ok := netip.AddrFromSlice(ipn.IP)
-	return ip.Unmap(), ok
 }
 
 // NodeBackend tells which iptables backend the node itself writes to, from the rules in the host's

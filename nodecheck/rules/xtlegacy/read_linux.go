@@ -57,6 +57,10 @@ func Read(ctx context.Context, netnsPath string) ([]*rules.RuleSet, error) {
 	if err != nil {
 		return nil, err
 	}
+	return decodeRaw(raws, netnsPath)
+}
+
+func decodeRaw(raws []RawTable, where string) ([]*rules.RuleSet, error) {
 	var sets []*rules.RuleSet
 	for _, raw := range raws {
 		if len(sets) == 0 || sets[len(sets)-1].Family != raw.Family {
@@ -64,7 +68,7 @@ func Read(ctx context.Context, netnsPath string) ([]*rules.RuleSet, error) {
 		}
 		t, err := raw.Decode()
 		if err != nil {
-			return nil, fmt.Errorf("reading legacy %s table %s in %s: %w", raw.Family, raw.Name, netnsPath, err)
+			return nil, fmt.Errorf("reading legacy %s table %s in %s: %w", raw.Family, raw.Name, where, err)
 		}
 		set := sets[len(sets)-1]
 		set.Tables = append(set.Tables, t)
@@ -82,29 +86,52 @@ func ReadRaw(ctx context.Context, netnsPath string) ([]RawTable, error) {
 	}
 	var raws []RawTable
 	err := innetns.Do(ctx, netnsPath, func() error {
-		for _, l := range []*entryLayout{&ipv4Layout, &ipv6Layout} {
-			family := rules.IPv4
-			if l == &ipv6Layout {
-				family = rules.IPv6
-			}
-			// /proc/thread-self, not /proc/self: only this locked thread is in the namespace.
-			names, err := tableNames("/proc/thread-self/net/" + l.namesFileName)
-			if err != nil {
-				return fmt.Errorf("listing legacy %s tables in %s: %w", family, netnsPath, err)
-			}
-			if len(names) == 0 {
-				continue
-			}
-			tables, err := fetchTables(ctx, l, family, names, netnsPath)
-			if err != nil {
-				return err
-			}
-			raws = append(raws, tables...)
-		}
-		return nil
+		var err error
+		raws, err = readRawHere(ctx, netnsPath)
+		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	return raws, nil
+}
+
+// ReadHere is Read for the network namespace the calling thread is in: for a caller that has
+// already entered a pod's namespace (innetns.Do) to read several things at once. where names the
+// namespace in errors.
+func ReadHere(ctx context.Context, where string) ([]*rules.RuleSet, error) {
+	raws, err := readRawHere(ctx, where)
+	if err != nil {
+		return nil, err
+	}
+	return decodeRaw(raws, where)
+}
+
+// readRawHere runs on a thread inside the namespace.
+func readRawHere(ctx context.Context, netnsPath string) ([]RawTable, error) {
+	if unsafe.Sizeof(uintptr(0)) != 8 {
+		// The layouts in layout.go are those of a 64-bit kernel ABI.
+		return nil, errors.New("reading legacy iptables needs a 64-bit build")
+	}
+	var raws []RawTable
+	for _, l := range []*entryLayout{&ipv4Layout, &ipv6Layout} {
+		family := rules.IPv4
+		if l == &ipv6Layout {
+			family = rules.IPv6
+		}
+		// /proc/thread-self, not /proc/self: only this locked thread is in the namespace.
+		names, err := tableNames("/proc/thread-self/net/" + l.namesFileName)
+		if err != nil {
+			return nil, fmt.Errorf("listing legacy %s tables in %s: %w", family, netnsPath, err)
+		}
+		if len(names) == 0 {
+			continue
+		}
+		tables, err := fetchTables(ctx, l, family, names, netnsPath)
+		if err != nil {
+			return nil, err
+		}
+		raws = append(raws, tables...)
 	}
 	return raws, nil
 }
