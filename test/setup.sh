@@ -19,7 +19,7 @@ set -euo pipefail
 # Keep in sync with testbed.PilotAgentVersion (test/testbed/pilotagent.go).
 readonly ISTIO_VERSION="v0.0.0-20260827124520-eed52ebb66ad"
 readonly PILOT_AGENT_PKG="istio.io/istio/pilot/cmd/pilot-agent"
-readonly DEBIAN_PACKAGES=(iptables nftables iproute2 util-linux)
+readonly DEBIAN_PACKAGES=(iptables nftables iproute2 util-linux systemd-journal-remote)
 
 cache_dir="${MESHDOCTOR_CACHE:-${HOME:-/root}/.cache/meshdoctor}"
 bin_dir="${cache_dir}/bin"
@@ -74,6 +74,27 @@ build_pilot_agent() {
   say "pilot-agent ready: $bin_dir/pilot-agent"
 }
 
+# istio-cni is the CNI plugin binary Istio installs into the node's CNI bin dir; the istiocni check
+# is tested against the real one, built like pilot-agent.
+readonly ISTIO_CNI_PKG="istio.io/istio/cni/cmd/istio-cni"
+
+build_istio_cni() {
+  local bin="$bin_dir/istio-cni"
+  if [[ -x "$bin" ]] && go version -m "$bin" 2>/dev/null | awk '$1 == "mod" { print $2, $3 }' |
+    grep -qx "istio.io/istio ${ISTIO_VERSION}"; then
+    return 0
+  fi
+  command -v go >/dev/null || die "go is not on PATH; the Go toolchain in go.mod is needed to build istio-cni"
+  say "building Istio istio-cni ${ISTIO_VERSION} (first run takes ~4 min)"
+  mkdir -p "$bin_dir"
+  [[ -z "$scratch" ]] || rm -rf "$scratch"
+  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
+  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" go install "${ISTIO_CNI_PKG}@${ISTIO_VERSION}" >&2
+  mv -f "$scratch/istio-cni" "$bin"
+  say "istio-cni ready: $bin"
+}
+
 install_packages
 build_pilot_agent
+build_istio_cni
 echo "$bin_dir"
