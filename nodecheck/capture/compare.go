@@ -240,7 +240,8 @@ func sameShape(a, b rules.Rule) bool {
 	return true
 }
 
-// summary is a one-line description of a chain diff for messages.
+// summary is a one-line description of a chain diff for messages, naming the first rule of each
+// kind so a person sees what is wrong without opening the evidence.
 func (d ChainDiff) summary() string {
 	var parts []string
 	switch n := len(d.Missing); {
@@ -249,16 +250,19 @@ func (d ChainDiff) summary() string {
 	case d.Emptied:
 		parts = append(parts, fmt.Sprintf("chain empty, flushed? (%d rule(s) missing)", n))
 	case n > 0:
-		parts = append(parts, fmt.Sprintf("%d rule(s) missing", n))
+		parts = append(parts, fmt.Sprintf("%d rule(s) missing%s", n, example(d.Missing[0])))
 	}
 	if n := len(d.Changed); n > 0 {
-		parts = append(parts, fmt.Sprintf("%d rule(s) with other values", n))
+		parts = append(parts, fmt.Sprintf("%d rule(s) with other values (want `%s`, found `%s`)", n,
+			d.Changed[0].Expected, d.Changed[0].Found))
 	}
 	if n := len(d.Extra); n > 0 {
-		parts = append(parts, fmt.Sprintf("%d unexpected rule(s)", n))
+		parts = append(parts, fmt.Sprintf("%d unexpected rule(s)%s", n, example(d.Extra[0])))
 	}
 	if d.OutOfOrder {
 		parts = append(parts, "rules out of order")
 	}
 	return fmt.Sprintf("%s/%s: %s", d.Table, d.Chain, strings.Join(parts, ", "))
 }
+
+func example(spec string) string { return " (`" + spec + "`)" }
