@@ -288,12 +288,26 @@ func (p *specParser) valueFor(opt string) (string, error) {
 	if !strings.HasPrefix(opt, "-") {
 		return "", fmt.Errorf("unexpected %q where an option was expected", opt)
 	}
-	if p.pos < len(p.toks) && strings.HasPrefix(p.toks[p.pos], "-") && len(p.toks[p.pos]) > 1 &&
-		!isNumber(p.toks[p.pos]) {
-		// An option followed directly by another option carries no value (e.g. an unknown flag).
-		return "", nil
+	if !valued(opt) {
+		// An option we do not know takes a value only when one follows: a flag followed by another
+		// option, or ending the rule, carries none.
+		if p.pos >= len(p.toks) || (strings.HasPrefix(p.toks[p.pos], "-") && len(p.toks[p.pos]) > 1 && !isNumber(p.toks[p.pos])) {
+			return "", nil
+		}
 	}
 	return p.value(opt)
+}
+
+// valued reports whether opt is an option meshdoctor understands that must have a value.
+func valued(opt string) bool {
+	switch opt {
+	case "-s", "--source", "--src", "-d", "--destination", "--dst", "-i", "--in-interface",
+		"-o", "--out-interface", "-p", "--protocol", "--sport", "--source-port", "--dport",
+		"--destination-port", "--sports", "--source-ports", "--dports", "--destination-ports",
+		"--ports", "--uid-owner", "--gid-owner", "--mark", "--ctstate", "--state", "--comment":
+		return true
+	}
+	return false
 }
 
 func (p *specParser) setSocketOption(opt string) {
