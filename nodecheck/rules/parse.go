@@ -198,6 +198,9 @@ func (p *specParser) option(opt string, not bool) error {
 	if err != nil {
 		return err
 	}
+	if valued(opt) && strings.TrimSpace(v) == "" {
+		return fmt.Errorf("option %s has an empty value", opt)
+	}
 	switch opt {
 	case "-s", "--source", "--src", "-d", "--destination", "--dst":
 		pfx, err := ParsePrefix(v)
@@ -238,7 +241,11 @@ func (p *specParser) option(opt string, not bool) error {
 		if opt == "--gid-owner" {
 			kind = MatchGIDOwner
 		}
-		p.add(kind, not, normalizeIDRange(v))
+		id, err := normalizeIDRange(v)
+		if err != nil {
+			return fmt.Errorf("%s: %w", opt, err)
+		}
+		p.add(kind, not, id)
 	case "--mark":
 		val, mask, err := ParseMark(v)
 		if err != nil {
@@ -429,12 +436,20 @@ func targetArgs(name string, toks []string) (string, error) {
 	return strings.Join(toks, " "), nil
 }
 
-func normalizeIDRange(v string) string {
-	lo, hi, ok := strings.Cut(v, "-")
-	if ok && lo == hi {
-		return lo
+// normalizeIDRange reads a uid/gid or a range of them ("1337", "1000-2000").
+func normalizeIDRange(v string) (string, error) {
+	a, b, isRange := strings.Cut(v, "-")
+	lo, err := strconv.ParseUint(a, 10, 32)
+	if err != nil {
+		return "", fmt.Errorf("owner id %q: %w", v, err)
 	}
-	return v
+	hi := lo
+	if isRange {
+		if hi, err = strconv.ParseUint(b, 10, 32); err != nil || hi < lo {
+			return "", fmt.Errorf("owner id range %q is not LOW-HIGH", v)
+		}
+	}
+	return IDRangeValue(uint32(lo), uint32(hi)), nil
 }
 
 // protocolName maps protocol numbers to the names iptables-save prints.
