@@ -192,3 +192,38 @@ func TestTProxyWithoutPolicyRouting(t *testing.T) {
 		t.Errorf("want one RedirectRulesIncomplete naming the fwmark rule, got %+v", without.Findings)
 	}
 }
+
+// Swapping two adjacent RETURN rules changes nothing; moving the catch-all redirect above the
+// exclusions changes everything.
+func TestCompareOrderByMeaning(t *testing.T) {
+	cfg, err := ConfigFromAnnotations(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := BuildExpected(cfg, rules.IPv4, true)
+	build := func(order []int) *rules.RuleSet {
+		set := &rules.RuleSet{Backend: rules.BackendNft, Family: rules.IPv4}
+		for _, tc := range exp.Chains() {
+			want := exp.Tables[tc.Table][tc.Chain]
+			c := set.AddTable(tc.Table).AddChain(tc.Chain)
+			if tc.Chain == chainInbound && order != nil {
+				for _, i := range order {
+					c.Rules = append(c.Rules, want[i].Rule)
+				}
+				continue
+			}
+			for _, w := range want {
+				c.Rules = append(c.Rules, w.Rule)
+			}
+		}
+		return set
+	}
+	// ISTIO_INBOUND: 15008, 15090, 15021, 15020 RETURNs, then the jump to ISTIO_IN_REDIRECT.
+	if d := Compare(exp, []*rules.RuleSet{build([]int{3, 1, 0, 2, 4})}); len(d.Chains) != 0 {
+		t.Errorf("reordered RETURN rules reported: %+v", d.Chains)
+	}
+	d := Compare(exp, []*rules.RuleSet{build([]int{4, 0, 1, 2, 3})})
+	if len(d.Chains) != 1 || !d.Chains[0].OutOfOrder {
+		t.Errorf("redirect before the exclusions not reported as out of order: %+v", d.Chains)
+	}
+}

@@ -218,8 +218,18 @@ func diffChain(table, chain string, want []ExpectedRule, actual *rules.RuleSet) 
 	for _, x := range extra {
 		d.Extra = append(d.Extra, x.Spec())
 	}
+	// Order matters only between rules that do different things: adjacent rules with the same
+	// target (a run of RETURNs) give the same result in any order. Istio's native nftables writer
+	// interleaves its IPv4 and IPv6 rules differently from iptables within such runs.
+	block := make([]int, len(want))
+	for i := 1; i < len(want); i++ {
+		block[i] = block[i-1]
+		if want[i].Rule.Target != want[i-1].Rule.Target {
+			block[i]++
+		}
+	}
 	for i := 1; i < len(matchedOrder); i++ {
-		if matchedOrder[i] < matchedOrder[i-1] {
+		if block[matchedOrder[i]] < block[matchedOrder[i-1]] {
 			d.OutOfOrder = true
 			break
 		}
