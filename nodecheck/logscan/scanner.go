@@ -224,7 +224,7 @@ func (s *Scanner) rule(name string) *compiledRule {
 func (s *Scanner) Findings(now time.Time) []nodecheck.Finding {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []nodecheck.Finding
+	out := []nodecheck.Finding{}
 	if s.state == nil {
 		return out
 	}
