@@ -19,7 +19,8 @@ func ParseSave(r io.Reader, backend Backend, family Family) (*RuleSet, error) {
 	lineNo := 0
 	for sc.Scan() {
 		lineNo++
-		line := strings.TrimSpace(sc.Text())
+		// Tabs separate words as spaces do (iptables' own tokenizer treats them alike).
+		line := strings.TrimSpace(strings.ReplaceAll(sc.Text(), "\t", " "))
 		switch {
 		case line == "" || strings.HasPrefix(line, "#"):
 			continue
