@@ -25,7 +25,11 @@ func ParseSave(r io.Reader, backend Backend, family Family) (*RuleSet, error) {
 		case line == "" || strings.HasPrefix(line, "#"):
 			continue
 		case strings.HasPrefix(line, "*"):
-			table = set.AddTable(strings.TrimSpace(line[1:]))
+			name := strings.TrimSpace(line[1:])
+			if !validName(name) {
+				return nil, fmt.Errorf("line %d: %q is not a table name", lineNo, name)
+			}
+			table = set.AddTable(name)
 			if table.Origin == "" {
 				table.Origin = string(backend) + " " + table.Name
 			}
@@ -37,6 +41,9 @@ func ParseSave(r io.Reader, backend Backend, family Family) (*RuleSet, error) {
 			fields := strings.Fields(line[1:])
 			if len(fields) == 0 {
 				return nil, fmt.Errorf("line %d: chain declaration without a name", lineNo)
+			}
+			if !validName(fields[0]) {
+				return nil, fmt.Errorf("line %d: %q is not a chain name", lineNo, fields[0])
 			}
 			c := table.AddChain(fields[0])
 			if len(fields) > 1 && fields[1] != "-" {
@@ -53,8 +60,8 @@ func ParseSave(r io.Reader, backend Backend, family Family) (*RuleSet, error) {
 			}
 			verb, rest, _ := strings.Cut(line, " ")
 			chainName, spec, _ := strings.Cut(strings.TrimSpace(rest), " ")
-			if chainName == "" {
-				return nil, fmt.Errorf("line %d: %s without a chain", lineNo, verb)
+			if !validName(chainName) {
+				return nil, fmt.Errorf("line %d: %s without a valid chain name (%q)", lineNo, verb, chainName)
 			}
 			c := table.AddChain(chainName)
 			if verb == "-N" {
@@ -73,6 +80,20 @@ func ParseSave(r io.Reader, backend Backend, family Family) (*RuleSet, error) {
 		return nil, fmt.Errorf("reading iptables-save text: %w", err)
 	}
 	return set, nil
+}
+
+// validName accepts what the kernel accepts as a table or chain name: up to 31 printable,
+// non-blank ASCII characters.
+func validName(s string) bool {
+	if s == "" || len(s) > 31 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // MustParseRuleSpec is ParseRuleSpec for rule text written in the program itself; it panics on an
