@@ -392,7 +392,7 @@ func targetArgs(name string, toks []string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		return strings.Join(append([]string{RedirectArgs(lo, hi)}, flags...), " "), nil
+		return joinNonEmpty(append([]string{RedirectArgs(lo, hi)}, flags...)), nil
 	case "TPROXY":
 		port, err := strconv.ParseUint(opts["--on-port"], 10, 16)
 		if err != nil {
@@ -459,6 +459,16 @@ func targetArgs(name string, toks []string) (string, error) {
 }
 
 // normalizeIDRange reads a uid/gid or a range of them ("1337", "1000-2000").
+func joinNonEmpty(parts []string) string {
+	out := parts[:0:0]
+	for _, p := range parts {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
 func normalizeIDRange(v string) (string, error) {
 	a, b, isRange := strings.Cut(v, "-")
 	lo, err := strconv.ParseUint(a, 10, 32)
