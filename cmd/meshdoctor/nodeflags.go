@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
+	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
+)
+
+// nodeOptions are the flags of the node-level checks (istio-cni's install state, log evidence):
+// where the node's CNI config, CNI plugins and logs are, how far back logs are read, which log
+// rules apply. Paths default to their place under --host-root; an explicit one is used as given.
+type nodeOptions struct {
+	cniConfDir string
+	cniBinDir  string
+	podLogDir  string
+	since      time.Duration
+	nodeOnly   bool
+	logRules   string
+}
+
+func (n *nodeOptions) register(f *pflag.FlagSet) {
+	f.StringVar(&n.cniConfDir, "cni-conf-dir", "", "the node's CNI config directory (default <host-root>/etc/cni/net.d)")
+	f.StringVar(&n.cniBinDir, "cni-bin-dir", "", "the node's CNI plugin directory (default <host-root>/opt/cni/bin)")
+	f.StringVar(&n.podLogDir, "pod-log-dir", "", "kubelet's container log directory (default <host-root>/var/log/pods)")
+	f.DurationVar(&n.since, "since", 30*time.Minute, "how far back logs are read")
+	f.BoolVar(&n.nodeOnly, "node-only", false, "report node-level findings (istio-cni install, logs) without touching pods")
+	f.StringVar(&n.logRules, "log-rules", "", "YAML file of log rules replacing the embedded defaults")
+}
+
+func (n *nodeOptions) path(flag, hostRoot, underRoot string) string {
+	if flag != "" {
+		return flag
+	}
+	return filepath.Join(hostRoot, underRoot)
+}
+
+// checks builds the node checks. discovered are the pods discovery found (nil with --netns or
+// --node-only): the runtime's view of istio-cni-node and of the pods in CNI mode. close releases
+// what the checks hold.
+func (n *nodeOptions) checks(hostRoot string, discovered []nodecheck.Target, log *slog.Logger) (checks []nodecheck.NodeCheck, close func(), err error) {
+	if n.since <= 0 {
+		return nil, nil, fmt.Errorf("--since %s: want a positive duration", n.since)
+	}
+	rules, err := logscan.DefaultRules()
+	if n.logRules != "" {
+		var data []byte
+		if data, err = os.ReadFile(n.logRules); err != nil {
+			return nil, nil, fmt.Errorf("--log-rules: %w", err)
+		}
+		if rules, err = logscan.ParseRules(data); err != nil {
+			return nil, nil, fmt.Errorf("--log-rules %s: %w", n.logRules, err)
+		}
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	scanner, err := logscan.New(logscan.Config{
+		PodLogDir: n.path(n.podLogDir, hostRoot, "var/log/pods"),
+		JournalDirs: []string{
+			filepath.Join(hostRoot, "var/log/journal"),
+			filepath.Join(hostRoot, "run/log/journal"),
+		},
+		SyslogFiles: []string{
+			filepath.Join(hostRoot, "var/log/syslog"),
+			filepath.Join(hostRoot, "var/log/messages"),
+		},
+		Rules: rules,
+		Since: n.since,
+		Log:   log,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	cni := &istiocni.Check{
+		HostRoot: hostRoot,
+		ConfDir:  n.path(n.cniConfDir, hostRoot, "etc/cni/net.d"),
+		BinDir:   n.path(n.cniBinDir, hostRoot, "opt/cni/bin"),
+	}
+	if discovered != nil {
+		cni.Pods = istiocni.FromTargets(discovered)
+	}
+	return []nodecheck.NodeCheck{cni, &logscan.Check{Scanner: scanner}}, scanner.Close, nil
+}
+
+// runNodeChecks runs the node checks in parallel and returns their findings in check order; a
+// check that fails is logged and leaves the others alone. It fails only when none could run.
+func runNodeChecks(ctx context.Context, checks []nodecheck.NodeCheck, log *slog.Logger) ([]nodecheck.Finding, error) {
+	results := make([]nodecheck.Result, len(checks))
+	errs := make([]error, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if p := recover(); p != nil {
+					errs[i] = fmt.Errorf("%s check panicked: %v", c.Name(), p)
+				}
+			}()
+			start := time.Now()
+			results[i], errs[i] = c.CheckNode(ctx)
+			log.Debug("node check", "check", c.Name(), "duration", time.Since(start), "findings", len(results[i].Findings), "err", errs[i])
+		}()
+	}
+	wg.Wait()
+	findings := []nodecheck.Finding{}
+	var failed []error
+	for i, c := range checks {
+		if errs[i] != nil {
+			log.Warn("node check could not run", "check", c.Name(), "err", errs[i])
+			failed = append(failed, fmt.Errorf("%s: %w", c.Name(), errs[i]))
+			continue
+		}
+		findings = append(findings, results[i].Findings...)
+	}
+	if len(failed) == len(checks) && len(checks) > 0 {
+		return findings, fmt.Errorf("no node check could run: %w", errors.Join(failed...))
+	}
+	return findings, nil
+}
+
+// nodeFindings builds and runs the node checks: what `check` adds to every report. Its error is
+// for bad node flags, or, with --node-only, for no node check able to run; otherwise a check that
+// cannot run is a warning and the pods' report still stands.
+func (n *nodeOptions) nodeFindings(ctx context.Context, hostRoot string, discovered []nodecheck.Target, log *slog.Logger) ([]nodecheck.Finding, error) {
+	checks, closeChecks, err := n.checks(hostRoot, discovered, log)
+	if err != nil {
+		return nil, err
+	}
+	defer closeChecks()
+	findings, err := runNodeChecks(ctx, checks, log)
+	if err != nil && !n.nodeOnly {
+		log.Warn("node-level findings are missing from the report", "err", err)
+		err = nil
+	}
+	return findings, err
+}
