@@ -257,7 +257,7 @@ func (p *specParser) option(opt string, not bool) error {
 		return p.ports(opt, not, v)
 	case "--ports":
 		// Either direction: no canonical kind of its own, kept whole.
-		p.add(MatchOther, false, bang(not)+"-m multiport --ports "+v)
+		p.add(MatchOther, false, "-m multiport "+bang(not)+"--ports "+v)
 	case "--uid-owner", "--gid-owner":
 		kind := MatchUIDOwner
 		if opt == "--gid-owner" {

@@ -195,7 +195,7 @@ func decodeMultiport(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
 	case 1: // XT_MULTIPORT_DESTINATION
 		o.add(rules.MatchDestinationPorts, not, list)
 	case 2: // XT_MULTIPORT_EITHER: the model has no kind for "source or destination"
-		o.addOther(not, "-m multiport --ports "+list)
+		o.other = append(o.other, "-m multiport "+bang(not)+"--ports "+list)
 	default:
 		return false
 	}
