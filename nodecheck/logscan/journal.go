@@ -75,6 +75,8 @@ type journalFile struct {
 	h    journalHeader
 	// scratch buffers, reused so reading allocates little whatever the file holds
 	buf     []byte
+	blocks  [journalBlocks]journalBlock
+	tick    uint64
 	dbuf    []byte
 	items   []uint64
 	zstd    *zstd.Decoder
@@ -143,23 +145,67 @@ func (j *journalFile) readHeader() error {
 	return nil
 }
 
-// readAt reads n bytes at off into the scratch buffer, bounded by the file's size.
+// Reads go through a few cached blocks: an entry, its data objects and the next entries are
+// usually close together (journald appends them in that order), so most reads are served
+// without a system call.
+const (
+	journalBlockSize = 64 << 10
+	journalBlocks    = 4
+)
+
+type journalBlock struct {
+	off  uint64
+	data []byte
+	used uint64 // last use, for eviction
+}
+
+// readAt returns n bytes at off, bounded by the file's size. The slice is only valid until the
+// next read.
 func (j *journalFile) readAt(off uint64, n int) ([]byte, error) {
-	if off < j.h.headerSize || off%8 != 0 || int64(off)+int64(n) > j.size || n < 0 {
-		return nil, fmt.Errorf("object at %d (+%d) outside the file", off, n)
+	if off < j.h.headerSize || int64(off)+int64(n) > j.size || n < 0 {
+		return nil, fmt.Errorf("read at %d (+%d) outside the file", off, n)
 	}
-	if cap(j.buf) < n {
-		j.buf = make([]byte, n)
+	if n > journalBlockSize {
+		if cap(j.buf) < n {
+			j.buf = make([]byte, n)
+		}
+		b := j.buf[:n]
+		if _, err := j.f.ReadAt(b, int64(off)); err != nil {
+			return nil, fmt.Errorf("reading at %d: %w", off, err)
+		}
+		return b, nil
 	}
-	b := j.buf[:n]
-	if _, err := j.f.ReadAt(b, int64(off)); err != nil {
+	j.tick++
+	victim := 0
+	for i := range j.blocks {
+		b := &j.blocks[i]
+		if b.data != nil && off >= b.off && off+uint64(n) <= b.off+uint64(len(b.data)) {
+			b.used = j.tick
+			return b.data[off-b.off : off-b.off+uint64(n)], nil
+		}
+		if b.used < j.blocks[victim].used {
+			victim = i
+		}
+	}
+	b := &j.blocks[victim]
+	if b.data == nil {
+		b.data = make([]byte, journalBlockSize)
+	}
+	size := min(uint64(journalBlockSize), uint64(j.size)-off)
+	b.data = b.data[:size]
+	if _, err := j.f.ReadAt(b.data, int64(off)); err != nil && !errors.Is(err, io.EOF) {
+		b.data = b.data[:0]
 		return nil, fmt.Errorf("reading at %d: %w", off, err)
 	}
-	return b, nil
+	b.off, b.used = off, j.tick
+	return b.data[:n], nil
 }
 
 // object reads an object header and checks its type.
 func (j *journalFile) objectHeader(off uint64, want uint8) (flags uint8, size uint64, err error) {
+	if off%8 != 0 {
+		return 0, 0, fmt.Errorf("object offset %d is not aligned", off)
+	}
 	b, err := j.readAt(off, objectHeaderSize)
 	if err != nil {
 		return 0, 0, err
@@ -221,21 +267,38 @@ func (j *journalFile) entries(ctx context.Context, after uint64, since time.Time
 		}
 		next := binary.LittleEndian.Uint64(b)
 		n := (size - objectHeaderSize - 8) / itemSize
-		// Skip a whole array whose last used item is not newer than where we stopped.
-		if n > 0 && after > 0 {
-			lastItem, count, err := j.lastArrayItem(arr, n, itemSize)
-			if err == nil && lastItem != 0 {
-				if sq, err := j.entrySeqnum(lastItem); err == nil && sq <= after {
-					seen += count
-					arr = next
-					continue
-				}
-			}
+		lastItem, used, err := j.lastArrayItem(arr, n, itemSize)
+		if err != nil {
+			j.stats.DamagedObjects++
+			return last, nil
 		}
+		if used == 0 {
+			return last, nil // an array journald has not filled yet
+		}
+		// Start past what was read before (seqnums only grow in a file) and, on a first start,
+		// at the look-back (realtime, as far as the clock went forward): a whole array when its
+		// last entry is older, else by bisection in it.
+		start := uint64(0)
+		if after > 0 || sinceUsec > 0 {
+			sq, rt, err := j.entryKeys(lastItem)
+			if err != nil {
+				j.stats.DamagedObjects++
+				return last, nil
+			}
+			if sq <= after || rt < sinceUsec {
+				seen += used
+				last = max(last, sq)
+				arr = next
+				continue
+			}
+			start = j.firstItem(arr, used, itemSize, func(sq, rt uint64) bool { return sq > after && rt >= sinceUsec })
+			seen += start
+		}
+		n = used
 		// Read the items in bounded batches.
 		const batch = 4096
 		items := make([]uint64, 0, batch)
-		for i := uint64(0); i < n && seen < j.h.nEntries; i += batch {
+		for i := start; i < n && seen < j.h.nEntries; i += batch {
 			k := min(batch, n-i)
 			raw, err := j.readAt(arr+objectHeaderSize+8+i*itemSize, int(k*itemSize))
 			if err != nil {
@@ -306,15 +369,43 @@ func (j *journalFile) lastArrayItem(arr, n, itemSize uint64) (uint64, uint64, er
 	return 0, 0, nil
 }
 
-func (j *journalFile) entrySeqnum(off uint64) (uint64, error) {
+// entryKeys reads an entry's seqnum and realtime.
+func (j *journalFile) entryKeys(off uint64) (seqnum, realtime uint64, err error) {
 	if _, _, err := j.objectHeader(off, objEntry); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	b, err := j.readAt(off+objectHeaderSize, 8)
+	b, err := j.readAt(off+objectHeaderSize, 16)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return binary.LittleEndian.Uint64(b), nil
+	return binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:]), nil
+}
+
+// firstItem finds by bisection the first of an array's used items whose entry satisfies ok, a
+// predicate false then true along the array; used if none. An unreadable entry counts as
+// satisfying it, so that reading starts no later than it and meets the damage itself.
+func (j *journalFile) firstItem(arr, used, itemSize uint64, ok func(seqnum, realtime uint64) bool) uint64 {
+	lo, hi := uint64(0), used
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		raw, err := j.readAt(arr+objectHeaderSize+8+mid*itemSize, int(itemSize))
+		if err != nil {
+			return lo
+		}
+		var off uint64
+		if itemSize == 4 {
+			off = uint64(binary.LittleEndian.Uint32(raw))
+		} else {
+			off = binary.LittleEndian.Uint64(raw)
+		}
+		sq, rt, err := j.entryKeys(off)
+		if err != nil || ok(sq, rt) {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo
 }
 
 var errSkipEntry = errors.New("entry skipped")
