@@ -9,6 +9,9 @@
 #     publishes no tags to the module proxy). It carries `istio-iptables`, the very code istio-init
 #     and istio-validation run, so the test bed writes and validates the rules Istio really writes.
 #     Nothing prebuilt is ever downloaded.
+#   - containerd with its CRI plugin, runc, the CNI plugins and busybox (Debian packages), plus
+#     containerd 2.x and 1.7 built from source, for the real pod sandboxes of test/testbed/kubelet;
+#     and ambient-inpod (test/tools/ambient-inpod), Istio's own ambient in-pod rule writer.
 #
 # Output: progress lines on stderr, the bin directory as the only line on stdout, so
 #   bin=$(test/setup.sh)
@@ -19,7 +22,7 @@ set -euo pipefail
 # Keep in sync with testbed.PilotAgentVersion (test/testbed/pilotagent.go).
 readonly ISTIO_VERSION="v0.0.0-20260827124520-eed52ebb66ad"
 readonly PILOT_AGENT_PKG="istio.io/istio/pilot/cmd/pilot-agent"
-readonly DEBIAN_PACKAGES=(iptables nftables iproute2 util-linux systemd-journal-remote)
+readonly DEBIAN_PACKAGES=(iptables nftables iproute2 util-linux systemd-journal-remote containerd runc containernetworking-plugins busybox-static)
 
 cache_dir="${MESHDOCTOR_CACHE:-${HOME:-/root}/.cache/meshdoctor}"
 bin_dir="${cache_dir}/bin"
@@ -94,7 +97,64 @@ build_istio_cni() {
   say "istio-cni ready: $bin"
 }
 
+# Keep in sync with testbed.Containerd2Version and testbed.Containerd17Version.
+readonly CONTAINERD2_VERSION="v2.2.9"
+readonly CONTAINERD17_VERSION="v1.7.30"
+repo_dir="$(cd "$(dirname "$0")/.." && pwd)"
+
+# build_containerd2 builds containerd 2.x (Debian ships 1.6 only); it runs with Debian's shim.
+build_containerd2() {
+  local bin="$bin_dir/containerd-${CONTAINERD2_VERSION}"
+  [[ -x "$bin" ]] && return 0
+  say "building containerd ${CONTAINERD2_VERSION} (first run takes a few minutes)"
+  mkdir -p "$bin_dir"
+  [[ -z "$scratch" ]] || rm -rf "$scratch"
+  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
+  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" \
+    go install "github.com/containerd/containerd/v2/cmd/containerd@${CONTAINERD2_VERSION}" >&2
+  mv -f "$scratch/containerd" "$bin"
+  say "containerd ${CONTAINERD2_VERSION} ready: $bin"
+}
+
+# build_containerd17 builds containerd 1.7. Its go.mod has exclude directives, which `go install
+# pkg@version` refuses, so it is built as the main module from a copy of its module source.
+build_containerd17() {
+  local bin="$bin_dir/containerd-${CONTAINERD17_VERSION}" src
+  [[ -x "$bin" ]] && return 0
+  say "building containerd ${CONTAINERD17_VERSION} (first run takes a few minutes)"
+  mkdir -p "$bin_dir"
+  [[ -z "$scratch" ]] || rm -rf "$scratch"
+  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
+  src=$(GOFLAGS="" go mod download -json "github.com/containerd/containerd@${CONTAINERD17_VERSION}" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -n "$src" ]] || die "cannot download containerd ${CONTAINERD17_VERSION} source"
+  cp -r "$src" "$scratch/src" && chmod -R u+w "$scratch/src"
+  (cd "$scratch/src" && GOFLAGS="-mod=mod" CGO_ENABLED=0 go build -trimpath -o "$scratch/containerd" ./cmd/containerd) >&2
+  mv -f "$scratch/containerd" "$bin"
+  say "containerd ${CONTAINERD17_VERSION} ready: $bin"
+}
+
+# build_ambient_inpod builds test/tools/ambient-inpod, a module of its own that calls Istio's
+# istio-cni code to write ambient mode's in-pod rules.
+build_ambient_inpod() {
+  local bin="$bin_dir/ambient-inpod"
+  if [[ -x "$bin" && "$bin" -nt "$repo_dir/test/tools/ambient-inpod/main.go" ]] &&
+    go version -m "$bin" 2>/dev/null | awk '$1 == "dep" { print $2, $3 }' | grep -qx "istio.io/istio ${ISTIO_VERSION}"; then
+    return 0
+  fi
+  say "building ambient-inpod with Istio ${ISTIO_VERSION} (first run takes a few minutes)"
+  mkdir -p "$bin_dir"
+  [[ -z "$scratch" ]] || rm -rf "$scratch"
+  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
+  (cd "$repo_dir/test/tools/ambient-inpod" && GOFLAGS="" CGO_ENABLED=0 go build -o "$scratch/ambient-inpod" .) >&2
+  mv -f "$scratch/ambient-inpod" "$bin"
+  say "ambient-inpod ready: $bin"
+}
+
 install_packages
 build_pilot_agent
 build_istio_cni
+build_containerd2
+build_containerd17
+build_ambient_inpod
 echo "$bin_dir"

@@ -149,9 +149,22 @@ func (p *specParser) add(kind MatchKind, not bool, value string) {
 
 func (p *specParser) flushOther() {
 	if len(p.other) > 0 {
-		p.add(MatchOther, false, strings.Join(p.other, " "))
+		words := make([]string, len(p.other))
+		for i, w := range p.other {
+			words[i] = quoteWord(w)
+		}
+		p.add(MatchOther, false, strings.Join(words, " "))
 		p.other = nil
 	}
+}
+
+// quoteWord quotes a word that would not survive tokenize as one word again.
+func quoteWord(w string) string {
+	if w != "" && !strings.ContainsAny(w, " \t\"\\") {
+		return w
+	}
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+	return `"` + r.Replace(w) + `"`
 }
 
 func (p *specParser) parse() (Rule, error) {

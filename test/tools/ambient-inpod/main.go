@@ -1,0 +1,55 @@
+// Command ambient-inpod writes Istio ambient mode's in-pod capture rules into the network
+// namespace it runs in, with Istio's own code (istio.io/istio cni/pkg/iptables, what the istio-cni
+// node agent runs when it enrols a pod), so the test bed can make real ambient pods without a
+// Kubernetes API server. Run it inside the pod's network namespace:
+//
+//	nsenter --net=/var/run/netns/cni-… ambient-inpod --netns /var/run/netns/cni-… [--dns=false] [--ingress]
+//
+// It is a module of its own so that meshdoctor itself never depends on istio.io/istio.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"istio.io/istio/cni/pkg/config"
+	"istio.io/istio/cni/pkg/iptables"
+	"istio.io/istio/cni/pkg/scopes"
+	dep "istio.io/istio/tools/istio-iptables/pkg/dependencies"
+)
+
+func main() {
+	netns := flag.String("netns", "", "path of the network namespace this runs in (the agent's pod-scoped xtables lock)")
+	ipv6 := flag.Bool("ipv6", true, "istio-cni's ENABLE_INBOUND_IPV6 (its default is on)")
+	dns := flag.Bool("dns", true, "istio-cni's REDIRECT_DNS (ambient.dnsCapture, on by default)")
+	ingress := flag.Bool("ingress", false, "the pod's ambient.istio.io/bypass-inbound-capture")
+	virt := flag.String("virtual-interfaces", "", "the pod's istio.io/reroute-virtual-interfaces")
+	flag.Parse()
+
+	cfg := &config.AmbientConfig{
+		EnableIPv6:             *ipv6,
+		RedirectDNS:            *dns,
+		HostProbeSNATAddress:   netip.MustParseAddr("169.254.7.127"),
+		HostProbeV6SNATAddress: netip.MustParseAddr("fd16:9254:7127:1337:ffff:ffff:ffff:ffff"),
+	}
+	hostDeps := &dep.RealDependencies{}
+	podDeps := &dep.RealDependencies{UsePodScopedXtablesLock: *netns != "", NetworkNamespace: *netns}
+	_, inPod, err := iptables.NewIptablesConfigurator(cfg, cfg, hostDeps, podDeps, iptables.RealNlDeps())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ambient-inpod:", err)
+		os.Exit(1)
+	}
+	overrides := config.PodLevelOverrides{IngressMode: *ingress, DNSProxy: config.PodDNSUnset}
+	for _, v := range strings.Split(*virt, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			overrides.VirtualInterfaces = append(overrides.VirtualInterfaces, v)
+		}
+	}
+	if err := inPod.CreateInpodRules(scopes.CNIAgent, overrides); err != nil {
+		fmt.Fprintln(os.Stderr, "ambient-inpod:", err)
+		os.Exit(1)
+	}
+}
