@@ -418,6 +418,16 @@ func (c *Containerd) stop() error {
 	defer cancel()
 	var errs []error
 	running := c.cmd != nil && !c.exitedNow()
+	if c.cmd != nil && !running {
+		// Killed or crashed: its pods still run. Start it again on the same root and state so
+		// that it recovers them and they can be removed the proper way (CNI DEL, netns, cgroups).
+		c.exited = make(chan struct{})
+		if err := c.start(); err == nil {
+			if err := c.waitReady(ctx); err == nil {
+				running = true
+			}
+		}
+	}
 	if running {
 		for i := len(c.beforeStop) - 1; i >= 0; i-- {
 			if err := c.beforeStop[i](ctx); err != nil {

@@ -3,6 +3,8 @@ package kubelet_test
 import (
 	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,44 +13,141 @@ import (
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
 
-// IstioInit is istio-init as Istio's injector writes it, with the test bed's image.
-func istioInit() kubelet.Container {
+func istioInit(caps ...string) kubelet.Container {
 	return kubelet.Container{
 		Name:      "istio-init",
 		Args:      append([]string{"istio-iptables"}, testbed.DefaultSidecarArgs()...),
 		RunAsUser: kubelet.Int64(0), RunAsGroup: kubelet.Int64(0),
-		CapAdd: []string{"NET_ADMIN", "NET_RAW"}, CapDrop: []string{"ALL"},
+		CapAdd: caps, CapDrop: []string{"ALL"},
 	}
 }
 
-func TestSmoke(t *testing.T) {
+func natRules(t *testing.T, netns string) string {
+	t.Helper()
+	out, err := exec.Command("nsenter", "--net="+netns, "iptables-nft-save", "-t", "nat").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables-nft-save in %s: %v\n%s", netns, err, out)
+	}
+	return string(out)
+}
+
+// A real istio-init, Istio's pilot-agent in the test bed's image, writes the pod's rules when it
+// has NET_ADMIN and NET_RAW, and fails without NET_ADMIN; on Debian's containerd and on 2.x.
+func TestIstioInitInARealPod(t *testing.T) {
 	for _, d := range []struct {
 		name string
 		opts func(t *testing.T) []testbed.ContainerdOption
 	}{
-		{"debian", func(*testing.T) []testbed.ContainerdOption { return nil }},
-		{"v2", func(t *testing.T) []testbed.ContainerdOption {
+		{"containerd-1.6-debian", func(*testing.T) []testbed.ContainerdOption { return nil }},
+		{"containerd-2", func(t *testing.T) []testbed.ContainerdOption {
 			return []testbed.ContainerdOption{testbed.WithContainerdBinary(testbed.Containerd2Binary(t))}
 		}},
 	} {
 		t.Run(d.name, func(t *testing.T) {
+			t.Parallel()
 			n := kubelet.Start(t, d.opts(t)...)
-			t.Log(n.Containerd.Version)
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
-			start := time.Now()
-			p, err := n.RunPod(ctx, kubelet.Pod{Namespace: "shop", Name: "cart", InitContainers: []kubelet.Container{istioInit()},
+			ok, err := n.RunPod(ctx, kubelet.Pod{Namespace: "shop", Name: "cart",
+				InitContainers: []kubelet.Container{istioInit("NET_ADMIN", "NET_RAW")},
+				Containers:     []kubelet.Container{{Name: "app", Command: []string{"sleep", "3600"}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok.ExitCodes["istio-init"] != 0 {
+				t.Fatalf("istio-init exited %d:\n%s", ok.ExitCodes["istio-init"], n.Logs(ok, "istio-init"))
+			}
+			if !strings.HasPrefix(ok.Netns, "/var/run/netns/cni-") || ok.IP == "" {
+				t.Errorf("netns %q ip %q", ok.Netns, ok.IP)
+			}
+			if rules := natRules(t, ok.Netns); !strings.Contains(rules, "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001") {
+				t.Errorf("istio-init wrote no redirect:\n%s", rules)
+			}
+			failed, err := n.RunPod(ctx, kubelet.Pod{Namespace: "shop", Name: "no-net-admin",
+				InitContainers: []kubelet.Container{istioInit("NET_RAW")},
+				Containers:     []kubelet.Container{{Name: "app", Command: []string{"sleep", "3600"}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if failed.ExitCodes["istio-init"] == 0 {
+				t.Errorf("istio-init without NET_ADMIN succeeded:\n%s", n.Logs(failed, "istio-init"))
+			}
+			if _, started := failed.ContainerIDs["app"]; started {
+				t.Error("the app container started after a failed init container")
+			}
+			host, err := n.RunPod(ctx, kubelet.Pod{Namespace: "kube-system", Name: "hostnet", HostNetwork: true,
 				Containers: []kubelet.Container{{Name: "app", Command: []string{"sleep", "3600"}}}})
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("pod %s %s %v in %s", p.Netns, p.IP, p.ExitCodes, time.Since(start))
-			out, _ := n.Containerd.Ctr(ctx, "containers", "info", p.SandboxID)
-			os.WriteFile("/tmp/sandbox-info-"+d.name+".json", out, 0o644)
-			out, _ = n.Containerd.Ctr(ctx, "containers", "info", p.ContainerIDs["istio-init"])
-			os.WriteFile("/tmp/init-info-"+d.name+".json", out, 0o644)
-			if !strings.HasPrefix(p.Netns, "/var/run/netns/cni-") {
-				t.Errorf("netns %q", p.Netns)
+			if host.Netns != "" {
+				t.Errorf("host-network pod has netns %q", host.Netns)
+			}
+		})
+	}
+}
+
+// Stopping a node removes everything its pods put on the host, also when the daemon was killed
+// first and could not tear its pods down.
+func TestStopLeavesNothing(t *testing.T) {
+	for _, kill := range []bool{false, true} {
+		name := "clean stop"
+		if kill {
+			name = "daemon killed"
+		}
+		t.Run(name, func(t *testing.T) {
+			testbed.RequirePrivileged(t)
+			pilotAgent := testbed.PilotAgent(t)
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+			defer cancel()
+			c, err := testbed.LaunchContainerd(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Stop()
+			dir := t.TempDir()
+			pause, err := testbed.BuildPauseImage(ctx, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			istio, err := testbed.BuildIstioImage(ctx, dir, pilotAgent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range []string{pause, istio} {
+				if err := c.ImportImage(ctx, a); err != nil {
+					t.Fatal(err)
+				}
+			}
+			parent := "/md-pods-stoptest-" + filepath.Base(c.Dir)
+			defer testbed.RemoveCgroupTree(parent)
+			n, err := kubelet.Connect(c, parent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := n.RunPod(ctx, kubelet.Pod{Namespace: "shop", Name: "cart",
+				Containers: []kubelet.Container{{Name: "app", Command: []string{"sleep", "3600"}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kill {
+				if err := c.Kill(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := c.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			if err := testbed.RemoveCgroupTree(parent); err != nil {
+				t.Error(err)
+			}
+			for _, path := range []string{p.Netns, c.Dir, filepath.Join("/sys/fs/cgroup/memory", parent)} {
+				if _, err := os.Stat(path); !os.IsNotExist(err) {
+					t.Errorf("%s left behind (%v)", path, err)
+				}
+			}
+			if m, _ := filepath.Glob("/var/lib/cni/results/*" + p.SandboxID + "*"); len(m) > 0 {
+				t.Errorf("CNI cache left behind: %v", m)
 			}
 		})
 	}
