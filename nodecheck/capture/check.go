@@ -77,6 +77,9 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	if err != nil {
 		return nodecheck.Result{}, fmt.Errorf("reading the capture configuration of %s: %w", t.ID(), err)
 	}
+	if AmbientEnrolled(t) && !Injected(t) {
+		return c.checkAmbient(ctx, t, cfg)
+	}
 	res := nodecheck.Result{Capture: &nodecheck.Capture{Mode: modeName(cfg), Backend: "none"}}
 	if cfg.Mode == ModeNone {
 		return res, nil
@@ -248,13 +251,20 @@ func missingFinding(cfg Config, families []string, snap Snapshot) nodecheck.Find
 		}
 	}
 	sort.Strings(tables)
-	writer := "istio-init"
+	writer, component := "istio-init", ""
 	remedy := "istio-init did not apply the pod's iptables rules to its network namespace. Read its exit state " +
 		"and logs (kubectl logs POD -c istio-init). The usual causes: a pod security policy that forbids " +
 		"CAP_NET_ADMIN (switch to the Istio CNI plugin), missing CAP_NET_ADMIN/NET_RAW on istio-init (the " +
 		"injector sets it; something stripped it), or an incomplete istio-cni install. Restart the pod once fixed."
-	if cfg.CNIMode {
-		writer = "the istio-cni plugin"
+	switch {
+	case cfg.Ambient != nil:
+		writer, component = "the istio-cni node agent (ambient mode)", nodecheck.ComponentIstioCNI
+		remedy = "In ambient mode the istio-cni node agent on this node enters the pod's network namespace and " +
+			"writes these rules when the pod starts, then annotates it ambient.istio.io/redirection: enabled. Check " +
+			"that the istio-cni-node pod on this node is ready and read its logs (it names pods it failed to " +
+			"enrol), check that ztunnel runs on this node, and restart the pod once both are healthy."
+	case cfg.CNIMode:
+		writer, component = "the istio-cni plugin", nodecheck.ComponentIstioCNI
 		remedy = "The istio-cni plugin did not write the pod's rules. Check that the istio-cni-node pod on this " +
 			"node is ready and read its logs, check that the CNI configuration chains istio-cni, and look for " +
 			"nsenter errors in the node's logs. Restart the pod once istio-cni is healthy."
@@ -264,8 +274,9 @@ func missingFinding(cfg Config, families []string, snap Snapshot) nodecheck.Find
 		Severity: nodecheck.SeverityError,
 		Message: fmt.Sprintf("no Istio capture rules in the pod's network namespace (%s): %s never wrote them or they were removed",
 			strings.Join(families, ", "), writer),
-		Remedy:   remedy,
-		Evidence: map[string]any{"families": families, "tablesFound": tables},
+		Remedy:    remedy,
+		Evidence:  map[string]any{"families": families, "tablesFound": tables},
+		Component: component,
 	}
 }
 

@@ -67,6 +67,8 @@ type Config struct {
 	TProxyMark           uint32
 	// CNIMode is true when the istio-cni plugin wrote the rules (its defaults differ slightly).
 	CNIMode bool
+	// Ambient is set for a pod captured by ambient mode instead of a sidecar.
+	Ambient *AmbientConfig `json:",omitempty"`
 }
 
 // ConfigFromAnnotations resolves a pod's capture configuration the way the injector template and

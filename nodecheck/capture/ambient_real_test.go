@@ -1,0 +1,138 @@
+package capture_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
+	"github.com/meshdoctor/meshdoctor/test/testbed"
+)
+
+// Ambient pods on the real test bed: Istio's own istio-cni code writes the in-pod rules
+// (test/tools/ambient-inpod), meshdoctor's real reader reads them, and the ambient expected rule
+// set must match them exactly, for each configuration the pod's annotations select, and must
+// name what is wrong once the rules are damaged the way a node damages them.
+func TestAmbientRulesFromIstiosWriter(t *testing.T) {
+	writer := testbed.AmbientInpod(t)
+	enrolled := map[string]string{capture.AnnotationAmbientRedirection: "enabled"}
+	with := func(extra map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range enrolled {
+			out[k] = v
+		}
+		for k, v := range extra {
+			out[k] = v
+		}
+		return out
+	}
+	cases := []struct {
+		name        string
+		opts        []testbed.Option
+		args        []string // nil: the writer never ran
+		annotations map[string]string
+		breakIt     func(ctx context.Context, n *testbed.Netns) error
+		codes       []nodecheck.Code
+		contains    string
+	}{
+		{name: "default dual-stack", args: []string{}, annotations: enrolled},
+		{name: "ipv4-only pod, ipv6 rules written anyway", opts: []testbed.Option{testbed.IPv4Only()}, args: []string{}, annotations: enrolled},
+		{name: "dns capture off globally, pod silent", args: []string{"--dns=false"}, annotations: enrolled},
+		{name: "dns capture off for the pod", args: []string{"--dns=false"},
+			annotations: with(map[string]string{capture.AnnotationAmbientDNSCapture: "false"})},
+		{name: "ingress mode", args: []string{"--ingress"},
+			annotations: with(map[string]string{capture.AnnotationAmbientBypassInbound: "true"})},
+		{name: "virtual interfaces", args: []string{"--virtual-interfaces=eth0peer"},
+			annotations: with(map[string]string{capture.AnnotationRerouteInterfaces: "eth0peer"})},
+		{name: "never written", annotations: enrolled,
+			codes: []nodecheck.Code{nodecheck.RedirectRulesMissing}, contains: "istio-cni node agent"},
+		{name: "label enrolment, never written", annotations: nil,
+			codes: []nodecheck.Code{nodecheck.RedirectRulesMissing}},
+		{name: "outbound chain flushed", args: []string{}, annotations: enrolled,
+			breakIt: func(ctx context.Context, n *testbed.Netns) error {
+				return n.FlushChain(ctx, testbed.Nft, testbed.IPv4, "nat", "ISTIO_OUTPUT")
+			},
+			codes: []nodecheck.Code{nodecheck.RedirectRulesIncomplete}, contains: "nat/ISTIO_OUTPUT"},
+		{name: "policy routing removed", args: []string{}, annotations: enrolled,
+			breakIt: func(ctx context.Context, n *testbed.Netns) error {
+				_, err := n.Exec(ctx, "ip", "rule", "del", "fwmark", "0x111/0xfff", "lookup", "100")
+				return err
+			},
+			codes: []nodecheck.Code{nodecheck.RedirectRulesIncomplete}, contains: "fwmark 0x111/0xfff"},
+		{name: "written for ingress mode, pod not in it", args: []string{"--ingress"}, annotations: enrolled,
+			codes: []nodecheck.Code{nodecheck.RedirectRulesIncomplete}, contains: "ISTIO_PRERT"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			n := testbed.NewNetns(t, c.opts...)
+			if c.args != nil {
+				if err := n.AmbientRules(ctx, writer, c.args...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.breakIt != nil {
+				if err := c.breakIt(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+			}
+			target := nodecheck.Target{Netns: n.Path(), Annotations: c.annotations}
+			if c.annotations == nil {
+				target.Labels = map[string]string{capture.LabelDataplaneMode: "ambient"}
+			}
+			before, err := n.Trace(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := (&capture.Check{Reader: nsread.Reader{}}).Check(ctx, target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			after, err := n.Trace(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := before.Diff(after); d != "" {
+				t.Errorf("the check changed the namespace:\n%s", d)
+			}
+			if res.Capture == nil || res.Capture.Mode != "ambient" {
+				t.Fatalf("capture %+v, want mode ambient", res.Capture)
+			}
+			var got []nodecheck.Code
+			var text strings.Builder
+			for _, f := range res.Findings {
+				got = append(got, f.Code)
+				text.WriteString(f.Message + " " + f.Remedy + "\n")
+				if f.Component != nodecheck.ComponentIstioCNI {
+					t.Errorf("finding %s does not point at istio-cni", f.Code)
+				}
+			}
+			if !equalCodes(got, c.codes) {
+				t.Fatalf("findings %v, want %v:\n%s\nraw rules: %+v", got, c.codes, text.String(), res.Detail)
+			}
+			if c.contains != "" && !strings.Contains(text.String(), c.contains) {
+				t.Errorf("findings do not mention %q:\n%s", c.contains, text.String())
+			}
+			if len(c.codes) == 0 && res.Capture.Backend != "nft" {
+				t.Errorf("backend %s, want nft", res.Capture.Backend)
+			}
+		})
+	}
+}
+
+func equalCodes(a, b []nodecheck.Code) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
