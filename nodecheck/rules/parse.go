@@ -327,13 +327,14 @@ func (p *specParser) valueFor(opt string) (string, error) {
 	case "--transparent", "--nowildcard", "--restore-skmark", "--syn":
 		return "", nil
 	}
-	if !strings.HasPrefix(opt, "-") {
+	if !strings.HasPrefix(opt, "-") || opt == "-" {
 		return "", fmt.Errorf("unexpected %q where an option was expected", opt)
 	}
 	if !valued(opt) {
 		// An option we do not know takes a value only when one follows: a flag followed by another
 		// option, or ending the rule, carries none.
-		if p.pos >= len(p.toks) || (strings.HasPrefix(p.toks[p.pos], "-") && len(p.toks[p.pos]) > 1 && !isNumber(p.toks[p.pos])) {
+		if p.pos >= len(p.toks) || p.toks[p.pos] == "!" ||
+			(strings.HasPrefix(p.toks[p.pos], "-") && len(p.toks[p.pos]) > 1 && !isNumber(p.toks[p.pos])) {
 			return "", nil
 		}
 	}
