@@ -193,6 +193,9 @@ func (p *specParser) parse() (Rule, error) {
 			if err != nil {
 				return Rule{}, err
 			}
+			if !validName(name) {
+				return Rule{}, fmt.Errorf("%s %q: not a target or chain name", tok, name)
+			}
 			p.rule.Target = Target{Name: name, Goto: tok == "-g" || tok == "--goto"}
 			args, err := targetArgs(name, p.toks[p.pos:])
 			if err != nil {
@@ -469,7 +472,11 @@ func targetArgs(name string, toks []string) (string, error) {
 			return CTZoneArgs(uint16(z)), nil
 		}
 	}
-	return strings.Join(toks, " "), nil
+	words := make([]string, len(toks))
+	for i, t := range toks {
+		words[i] = quoteWord(t)
+	}
+	return strings.Join(words, " "), nil
 }
 
 // normalizeIDRange reads a uid/gid or a range of them ("1337", "1000-2000").
