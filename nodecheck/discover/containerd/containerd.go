@@ -1,0 +1,321 @@
+// Package containerd discovers the node's pods through containerd's Go client: every CRI pod
+// sandbox (containers labelled io.cri-containerd.kind=sandbox in the k8s.io namespace) with its
+// sandbox metadata extension (io.cri-containerd.sandbox.metadata: netns path, IP, the pod's
+// annotations and labels), its containers with their OCI spec (effective capabilities), and the
+// running tasks. Three requests list the whole node.
+//
+// One thing containerd's own API cannot say: how a container that has exited ended. The CRI
+// plugin deletes a container's task as soon as it exits and keeps the exit code, reason and
+// times in its own store, which it serves over CRI on the same socket. So the state of each
+// container comes from a CRI ContainerStatus on the same connection (falling back to the task
+// list if CRI does not answer), which is also what kubelet sees.
+//
+// Works with containerd 1.6, 1.7 and 2.x daemons: the client speaks the same v1 gRPC services to
+// all of them, and the CRI plugin has kept its extension formats ("Version": "v1") since 1.x.
+package containerd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/typeurl/v2"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/discover"
+)
+
+// Namespace is the containerd namespace the CRI plugin keeps Kubernetes' containers in.
+const Namespace = "k8s.io"
+
+// What the CRI plugin puts on its containers.
+const (
+	labelKind                = "io.cri-containerd.kind"
+	kindSandbox              = "sandbox"
+	kindContainer            = "container"
+	sandboxMetadataExtension = "io.cri-containerd.sandbox.metadata"
+	containerMetadataExt     = "io.cri-containerd.container.metadata"
+	specAnnotationSandboxID  = "io.kubernetes.cri.sandbox-id"
+)
+
+// DefaultAddress is containerd's socket on a node.
+const DefaultAddress = "/run/containerd/containerd.sock"
+
+// Runtime is discovery through one containerd daemon.
+type Runtime struct {
+	address  string
+	hostRoot string
+	client   *client.Client
+	cri      runtimeapi.RuntimeServiceClient
+}
+
+// New connects to the containerd at address (a socket path). hostRoot is where the node's
+// filesystem is seen ("/" on the node itself). The connection is made lazily: a daemon that is
+// down makes Discover fail, not New.
+func New(address, hostRoot string) (*Runtime, error) {
+	c, err := client.New(address, client.WithDefaultNamespace(Namespace), client.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to containerd at %s: %w", address, err)
+	}
+	r := &Runtime{address: address, hostRoot: hostRoot, client: c}
+	if conn, ok := c.Conn().(*grpc.ClientConn); ok {
+		r.cri = runtimeapi.NewRuntimeServiceClient(conn)
+	}
+	return r, nil
+}
+
+// Close closes the connection.
+func (r *Runtime) Close() error { return r.client.Close() }
+
+// record is one CRI container of containerd with what its extension says.
+type record struct {
+	c         nodecheck.Container
+	sandboxID string
+}
+
+// Discover lists every ready pod sandbox of the node with its containers.
+func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
+	// containerd's dialer waits for a missing socket to appear until its timeout; say at once
+	// that nothing listens there.
+	if _, err := os.Stat(r.address); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no containerd socket at %s (is containerd running, and is this its --containerd-address?): %w", r.address, err)
+	}
+	all, err := r.client.ContainerService().List(ctx, `labels."`+labelKind+`"`)
+	if err != nil {
+		return nil, fmt.Errorf("listing containers of containerd at %s (namespace %s): %w", r.address, Namespace, err)
+	}
+	tasks, err := r.client.TaskService().List(ctx, &tasksapi.ListTasksRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("listing tasks of containerd at %s: %w", r.address, err)
+	}
+	procs := make(map[string]*tasktypes.Process, len(tasks.Tasks))
+	for _, p := range tasks.Tasks {
+		procs[p.ID] = p
+	}
+
+	var sandboxes []*discover.Sandbox
+	bySandbox := map[string]*discover.Sandbox{}
+	var recs []record
+	for _, ctr := range all {
+		switch ctr.Labels[labelKind] {
+		case kindSandbox:
+			p := procs[ctr.ID]
+			if p == nil || p.Status != tasktypes.Status_RUNNING {
+				continue // not ready: a stopped sandbox kubelet has not removed yet
+			}
+			s := sandboxOf(ctr, p.Pid)
+			sandboxes = append(sandboxes, s)
+			bySandbox[s.ID] = s
+		case kindContainer:
+			recs = append(recs, recordOf(ctr))
+		}
+	}
+	// Only the containers of ready sandboxes are worth a status request.
+	var mine []int
+	for i, rec := range recs {
+		if bySandbox[rec.sandboxID] != nil {
+			mine = append(mine, i)
+		}
+	}
+	problems := r.fillStates(ctx, recs, mine, procs)
+	for _, i := range mine {
+		s := bySandbox[recs[i].sandboxID]
+		switch p := problems[i]; p {
+		case removed:
+			continue
+		case "":
+		default:
+			s.Problems = append(s.Problems, p)
+		}
+		s.Containers = append(s.Containers, recs[i].c)
+	}
+	out := make([]nodecheck.Target, 0, len(sandboxes))
+	for _, s := range sandboxes {
+		out = append(out, discover.Target(*s, r.hostRoot))
+	}
+	discover.SortTargets(out)
+	return out, nil
+}
+
+// sandboxMetadata is the CRI plugin's sandbox metadata extension.
+type sandboxMetadata struct {
+	Version  string
+	Metadata struct {
+		ID        string
+		Config    discover.Metadata
+		NetNSPath string
+		IP        string
+	}
+}
+
+// containerMetadata is the CRI plugin's container metadata extension.
+type containerMetadata struct {
+	Version  string
+	Metadata struct {
+		ID        string
+		SandboxID string
+		Config    discover.Metadata
+	}
+}
+
+func sandboxOf(ctr containers.Container, pid uint32) *discover.Sandbox {
+	s := &discover.Sandbox{
+		ID:        ctr.ID,
+		Namespace: ctr.Labels[discover.LabelPodNamespace],
+		Name:      ctr.Labels[discover.LabelPodName],
+		UID:       ctr.Labels[discover.LabelPodUID],
+		Pid:       pid,
+	}
+	var meta sandboxMetadata
+	if err := decodeExtension(ctr, sandboxMetadataExtension, &meta); err != nil {
+		s.Problems = append(s.Problems, err.Error())
+	} else {
+		cfg := meta.Metadata.Config
+		s.NetnsPath, s.IP = meta.Metadata.NetNSPath, meta.Metadata.IP
+		s.Labels, s.Annotations = cfg.Labels, cfg.Annotations
+		s.HostNetwork = cfg.Linux.SecurityContext.NamespaceOptions.Network == discover.NamespaceModeNode
+		if cfg.Metadata.Name != "" {
+			s.Namespace, s.Name, s.UID = cfg.Metadata.Namespace, cfg.Metadata.Name, cfg.Metadata.UID
+		}
+	}
+	if ctr.Spec != nil {
+		if spec, err := discover.ParseSpec(ctr.Spec.GetValue()); err == nil {
+			if path, own := spec.NetworkNamespace(); !own {
+				s.HostNetwork = true
+			} else if s.NetnsPath == "" {
+				s.NetnsPath = path
+			}
+		}
+	}
+	return s
+}
+
+func recordOf(ctr containers.Container) record {
+	rec := record{c: nodecheck.Container{
+		ID:    ctr.ID,
+		Name:  ctr.Labels[discover.LabelContainerName],
+		Image: ctr.Image,
+		State: nodecheck.ContainerUnknown,
+		UID:   -1, GID: -1,
+	}}
+	var meta containerMetadata
+	if err := decodeExtension(ctr, containerMetadataExt, &meta); err == nil {
+		rec.sandboxID = meta.Metadata.SandboxID
+		if n := meta.Metadata.Config.Metadata.Name; n != "" {
+			rec.c.Name = n
+		}
+		rec.c.Attempt = meta.Metadata.Config.Metadata.Attempt
+		if img := meta.Metadata.Config.Image.Image; img != "" {
+			rec.c.Image = img
+		}
+	}
+	if ctr.Spec != nil {
+		if spec, err := discover.ParseSpec(ctr.Spec.GetValue()); err == nil {
+			spec.ApplyTo(&rec.c)
+		}
+		if rec.sandboxID == "" {
+			var a struct {
+				Annotations map[string]string `json:"annotations"`
+			}
+			if json.Unmarshal(ctr.Spec.GetValue(), &a) == nil {
+				rec.sandboxID = a.Annotations[specAnnotationSandboxID]
+			}
+		}
+	}
+	rec.c.CreatedAt = ctr.CreatedAt.UTC()
+	return rec
+}
+
+// decodeExtension reads one of the CRI plugin's JSON extensions ({"Version":"v1","Metadata":…}).
+func decodeExtension(ctr containers.Container, name string, v any) error {
+	ext, ok := ctr.Extensions[name]
+	if !ok || ext == nil {
+		return fmt.Errorf("container %s has no %s extension", ctr.ID, name)
+	}
+	if err := json.Unmarshal(ext.GetValue(), v); err != nil {
+		return fmt.Errorf("reading %s of %s (%s): %w", name, ctr.ID, typeurl.Any(ext).GetTypeUrl(), err)
+	}
+	return nil
+}
+
+// removed marks a container that no longer exists.
+const removed = "\x00removed"
+
+// fillStates asks CRI for the status of the chosen records, in parallel, falling back to the
+// task list when CRI cannot answer. It returns, by record index, what went wrong.
+func (r *Runtime) fillStates(ctx context.Context, recs []record, which []int, procs map[string]*tasktypes.Process) map[int]string {
+	problems := map[int]string{}
+	var mu sync.Mutex
+	var g errgroup.Group
+	g.SetLimit(discover.Parallel)
+	for _, i := range which {
+		g.Go(func() error {
+			c := &recs[i].c
+			if r.cri != nil {
+				resp, err := r.cri.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: c.ID})
+				if err == nil && resp.Status != nil {
+					discover.ApplyStatus(c, resp.Status)
+					return nil
+				}
+				if status.Code(err) == codes.NotFound {
+					// Removed since the listing: an old attempt kubelet collected, or the
+					// whole pod (then its netns is gone too, and the check says so).
+					mu.Lock()
+					problems[i] = removed
+					mu.Unlock()
+					return nil
+				}
+				if err != nil && !errors.Is(ctx.Err(), context.Canceled) && status.Code(err) != codes.Unimplemented {
+					mu.Lock()
+					problems[i] = fmt.Sprintf("status of container %s (%s): %v", c.Name, shortID(c.ID), err)
+					mu.Unlock()
+				}
+			}
+			taskState(c, procs[c.ID])
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return problems
+}
+
+// taskState is the state containerd's task list gives: enough for running containers.
+func taskState(c *nodecheck.Container, p *tasktypes.Process) {
+	if p == nil {
+		return
+	}
+	switch p.Status {
+	case tasktypes.Status_CREATED:
+		c.State = nodecheck.ContainerCreated
+	case tasktypes.Status_RUNNING, tasktypes.Status_PAUSED, tasktypes.Status_PAUSING:
+		c.State = nodecheck.ContainerRunning
+	case tasktypes.Status_STOPPED:
+		c.State = nodecheck.ContainerExited
+		c.ExitCode = int32(p.ExitStatus)
+		if p.ExitedAt != nil {
+			c.FinishedAt = p.ExitedAt.AsTime()
+		}
+	}
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return strings.Clone(id)
+}

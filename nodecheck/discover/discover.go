@@ -1,0 +1,188 @@
+// Package discover finds every pod sandbox on the node through its container runtime and turns
+// each into the nodecheck.Target the checks look at: identity, network namespace, IP, annotations,
+// labels, and containers with their role, state, exit code, times and effective capabilities.
+// Nothing comes from the API server, so a node can be diagnosed while it is down: the runtime keeps
+// the pod's annotations as kubelet handed them over when it created the sandbox.
+//
+// The runtimes themselves are in the sub-packages: discover/containerd (the containerd Go client)
+// and discover/cri (any CRI runtime, CRI-O included). This package holds what both share: the
+// rules that give containers their role, decide whether a pod is meant to be captured, and find
+// its network namespace under --host-root.
+package discover
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+)
+
+// Runtime lists the pods of the node. Discover fails only when the runtime cannot be asked at all
+// (socket down); what goes wrong with one pod is that pod's DiscoveryError.
+type Runtime interface {
+	Discover(ctx context.Context) ([]nodecheck.Target, error)
+	Close() error
+}
+
+// Labels kubelet sets on sandboxes and containers.
+const (
+	LabelPodName       = "io.kubernetes.pod.name"
+	LabelPodNamespace  = "io.kubernetes.pod.namespace"
+	LabelPodUID        = "io.kubernetes.pod.uid"
+	LabelContainerName = "io.kubernetes.container.name"
+)
+
+// Parallel bounds how many requests one discovery sends to the runtime at once.
+const Parallel = 8
+
+// Sandbox is what a runtime says of one pod sandbox, before Target applies the shared rules.
+type Sandbox struct {
+	ID                   string
+	Namespace, Name, UID string
+	// NetnsPath is the network namespace as the runtime reports it, in the host's view.
+	NetnsPath string
+	// Pid is the sandbox process (0 when unknown): /proc/PID/ns/net is the fallback netns.
+	Pid         uint32
+	IP          string
+	Labels      map[string]string
+	Annotations map[string]string
+	HostNetwork bool
+	// Containers are every container record of the sandbox, all attempts.
+	Containers []nodecheck.Container
+	// Problems are what could not be read about the pod.
+	Problems []string
+}
+
+// Target applies the shared rules to a sandbox: the latest attempt of each container with its
+// role, the capture expectation (a pod not meant to be captured is skipped), CNI mode and the
+// proxy's UID as meshdoctor annotations, and the netns path under hostRoot.
+func Target(s Sandbox, hostRoot string) nodecheck.Target {
+	annotations := make(map[string]string, len(s.Annotations)+2)
+	for k, v := range s.Annotations {
+		annotations[k] = v
+	}
+	t := nodecheck.Target{
+		Namespace:   s.Namespace,
+		Name:        s.Name,
+		UID:         s.UID,
+		SandboxID:   s.ID,
+		IP:          s.IP,
+		HostNetwork: s.HostNetwork,
+		Labels:      s.Labels,
+		Annotations: annotations,
+		Containers:  LatestAttempts(s.Containers),
+	}
+	AssignRoles(t.Containers, annotations)
+	if t.Container(capture.ContainerIstioValidation) != nil && t.Container(capture.ContainerIstioInit) == nil {
+		if _, set := annotations[capture.AnnotationCNIMode]; !set {
+			annotations[capture.AnnotationCNIMode] = "true"
+		}
+	}
+	if proxy := t.Container(capture.ContainerIstioProxy); proxy != nil && proxy.UID >= 0 {
+		if _, set := annotations[capture.AnnotationProxyUID]; !set {
+			annotations[capture.AnnotationProxyUID] = strconv.FormatInt(proxy.UID, 10)
+			if proxy.GID >= 0 {
+				annotations[capture.AnnotationProxyGID] = strconv.FormatInt(proxy.GID, 10)
+			}
+		}
+	}
+	problems := s.Problems
+	if !t.HostNetwork {
+		if s.NetnsPath == "" && s.Pid == 0 {
+			problems = append(problems, "the runtime reports no network namespace for the sandbox")
+		} else {
+			t.Netns = NetnsPath(hostRoot, s.NetnsPath, s.Pid)
+		}
+	}
+	if len(problems) > 0 {
+		t.DiscoveryError = strings.Join(problems, "; ")
+	}
+	if mode, why := capture.Expect(t); mode == capture.ExpectNone {
+		t.SkipReason = why
+	}
+	return t
+}
+
+// SortTargets orders targets by namespace and name, so reports are stable.
+func SortTargets(ts []nodecheck.Target) {
+	sort.SliceStable(ts, func(i, j int) bool {
+		if ts[i].Namespace != ts[j].Namespace {
+			return ts[i].Namespace < ts[j].Namespace
+		}
+		return ts[i].Name < ts[j].Name
+	})
+}
+
+// NetnsPath is where the node's filesystem, seen under hostRoot, has the pod's network namespace:
+// the path the runtime reports, else the sandbox process's /proc/PID/ns/net. When neither exists
+// the reported path is returned anyway, and reading it says the namespace is gone.
+func NetnsPath(hostRoot, reported string, pid uint32) string {
+	if hostRoot == "" {
+		hostRoot = "/"
+	}
+	var p string
+	if reported != "" {
+		p = filepath.Join(hostRoot, reported)
+		if _, err := os.Stat(p); err == nil || pid == 0 {
+			return p
+		}
+	}
+	if pid > 0 {
+		proc := filepath.Join(hostRoot, "proc", strconv.FormatUint(uint64(pid), 10), "ns", "net")
+		if _, err := os.Stat(proc); err == nil || p == "" {
+			return proc
+		}
+	}
+	return p
+}
+
+// LatestAttempts keeps the newest attempt of each container name (kubelet keeps the previous
+// one around for its logs), in creation order.
+func LatestAttempts(all []nodecheck.Container) []nodecheck.Container {
+	latest := map[string]int{}
+	for i, c := range all {
+		j, seen := latest[c.Name]
+		if !seen || c.Attempt > all[j].Attempt ||
+			(c.Attempt == all[j].Attempt && c.CreatedAt.After(all[j].CreatedAt)) {
+			latest[c.Name] = i
+		}
+	}
+	out := make([]nodecheck.Container, 0, len(latest))
+	for _, i := range latest {
+		out = append(out, all[i])
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].CreatedAt.Equal(out[j].CreatedAt) {
+			return out[i].CreatedAt.Before(out[j].CreatedAt)
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// AssignRoles gives each container its role. The runtime does not know which containers are
+// init containers; Istio's injector says which it added in sidecar.istio.io/status, and its
+// names are fixed: istio-init and istio-validation are init containers, istio-proxy is the
+// sidecar (a native sidecar when the status lists it among the init containers). Other init
+// containers of the pod cannot be told from app containers on the node and are called app.
+func AssignRoles(containers []nodecheck.Container, annotations map[string]string) {
+	status, _ := capture.ParseSidecarStatus(annotations)
+	for i := range containers {
+		c := &containers[i]
+		switch {
+		case c.Name == capture.ContainerIstioProxy:
+			c.Role = nodecheck.RoleSidecar
+		case c.Name == capture.ContainerIstioInit, c.Name == capture.ContainerIstioValidation,
+			slices.Contains(status.InitContainers, c.Name):
+			c.Role = nodecheck.RoleInit
+		default:
+			c.Role = nodecheck.RoleApp
+		}
+	}
+}
