@@ -96,6 +96,20 @@ func validName(s string) bool {
 	return true
 }
 
+// isWord reports whether v is one non-empty word without blanks, quotes or control characters:
+// the shape of every value iptables accepts for the options meshdoctor understands.
+func isWord(v string) bool {
+	if v == "" {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c <= ' ' || c == '"' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
 // MustParseRuleSpec is ParseRuleSpec for rule text written in the program itself; it panics on an
 // error, which is a bug in that text.
 func MustParseRuleSpec(spec string) Rule {
@@ -236,8 +250,8 @@ func (p *specParser) option(opt string, not bool) error {
 	if err != nil {
 		return err
 	}
-	if valued(opt) && strings.TrimSpace(v) == "" {
-		return fmt.Errorf("option %s has an empty value", opt)
+	if valued(opt) && opt != "--comment" && !isWord(v) {
+		return fmt.Errorf("option %s: %q is not a value (empty, or blanks or quotes inside)", opt, v)
 	}
 	switch opt {
 	case "-s", "--source", "--src", "-d", "--destination", "--dst":
