@@ -233,8 +233,10 @@ type podView struct {
 	ready       *logscan.Sample // pilot-agent's first "Envoy proxy is ready" in this run of istio-proxy
 }
 
-// search runs a query on one container's current log; a log that cannot be read is noted in the
-// detail and gives nothing.
+// search runs a query on the log of the container's current run (kubelet writes one file per
+// run, so nothing in it predates the run: the runtime records a start time a moment after the
+// process may have written its first lines); a log that cannot be read is noted in the detail
+// and gives nothing.
 func (v *podView) search(ctx context.Context, q *logscan.LogQuery, c *nodecheck.Container, w logscan.Window) []logscan.Sample {
 	if v.c.cfg.PodLogDir == "" || v.t.Name == "" || c == nil {
 		return nil
@@ -248,12 +250,12 @@ func (v *podView) search(ctx context.Context, q *logscan.LogQuery, c *nodecheck.
 	return found
 }
 
-// proxyReadyLine returns pilot-agent's first "Envoy proxy is ready" since istio-proxy started.
+// proxyReadyLine returns pilot-agent's first "Envoy proxy is ready" in this run of istio-proxy.
 func (v *podView) proxyReadyLine(ctx context.Context) *logscan.Sample {
 	if !v.readyLooked {
 		v.readyLooked = true
 		if v.proxy != nil && !v.proxy.StartedAt.IsZero() {
-			if s := v.search(ctx, v.c.readyQ, v.proxy, logscan.Window{Since: v.proxy.StartedAt}); len(s) > 0 {
+			if s := v.search(ctx, v.c.readyQ, v.proxy, logscan.Window{}); len(s) > 0 {
 				v.ready = &s[0]
 				v.detail.ProxyReadyAt = s[0].Time
 			}
@@ -306,7 +308,7 @@ func (v *podView) proxyNotReady(ctx context.Context) (nodecheck.Finding, bool) {
 	if p.Body != "" {
 		reason, reasonSource = p.Body, "response body"
 	} else if p.Outcome == OutcomeNotReady && v.proxy != nil && !v.proxy.StartedAt.IsZero() {
-		if s := v.search(ctx, v.c.notReadyQ, v.proxy, logscan.Window{Since: v.proxy.StartedAt, Last: true}); len(s) > 0 {
+		if s := v.search(ctx, v.c.notReadyQ, v.proxy, logscan.Window{Last: true}); len(s) > 0 {
 			if _, r, ok := strings.Cut(s[0].Line, patternNotReady); ok {
 				reason, reasonSource = strings.TrimSpace(r), "istio-proxy log"
 				ev["proxyLog"] = s[0]

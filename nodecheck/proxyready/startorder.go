@@ -60,7 +60,7 @@ func (v *podView) startOrder(ctx context.Context, prot PodProtection) (nodecheck
 			restarted = true
 		}
 		a.Refused = v.search(ctx, v.c.refusedQ, app, logscan.Window{
-			Since: app.StartedAt, Until: app.StartedAt.Add(v.c.cfg.AppLogWindow), Limit: maxAppLogLines,
+			Until: app.StartedAt.Add(v.c.cfg.AppLogWindow), Limit: maxAppLogLines,
 		})
 		s := fmt.Sprintf("app container %q started at %s before istio-proxy was ready: %s", a.Name, a.StartedAt, a.Detail)
 		if len(a.Refused) > 0 {
