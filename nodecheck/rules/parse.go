@@ -403,10 +403,17 @@ func targetArgs(name string, toks []string) (string, error) {
 	var flags []string
 	for i := 0; i < len(toks); i++ {
 		t := toks[i]
-		if strings.HasPrefix(t, "--") && i+1 < len(toks) && !strings.HasPrefix(toks[i+1], "--") {
+		if targetValued(name, t) && i+1 < len(toks) {
+			if _, dup := opts[t]; dup {
+				return verbatim(toks), nil
+			}
 			opts[t] = toks[i+1]
 			i++
 			continue
+		}
+		if !targetFlag(name, t) {
+			// Not a form meshdoctor normalizes: keep the words as they are.
+			return verbatim(toks), nil
 		}
 		flags = append(flags, t)
 	}
@@ -486,11 +493,46 @@ func targetArgs(name string, toks []string) (string, error) {
 			return CTZoneArgs(uint16(z)), nil
 		}
 	}
+	return verbatim(toks), nil
+}
+
+func verbatim(toks []string) string {
 	words := make([]string, len(toks))
 	for i, t := range toks {
 		words[i] = quoteWord(t)
 	}
-	return strings.Join(words, " "), nil
+	return strings.Join(words, " ")
+}
+
+// targetValued reports whether opt is an option of target that takes a value and that
+// meshdoctor normalizes.
+func targetValued(target, opt string) bool {
+	switch target {
+	case "REDIRECT":
+		return opt == "--to-ports" || opt == "--to-port"
+	case "TPROXY":
+		return opt == "--on-port" || opt == "--on-ip" || opt == "--tproxy-mark"
+	case "MARK":
+		return opt == "--set-xmark" || opt == "--set-mark"
+	case "CONNMARK":
+		return opt == "--nfmask" || opt == "--ctmask" || opt == "--mask"
+	case "CT":
+		return opt == "--zone"
+	}
+	return false
+}
+
+// targetFlag reports whether flag is a value-less option of target that meshdoctor keeps.
+func targetFlag(target, flag string) bool {
+	switch target {
+	case "REDIRECT":
+		return flag == "--random" || flag == "--random-fully"
+	case "CONNMARK":
+		return flag == "--save-mark" || flag == "--restore-mark"
+	case "CT":
+		return flag == "--notrack"
+	}
+	return false
 }
 
 // normalizeIDRange reads a uid/gid or a range of them ("1337", "1000-2000").
