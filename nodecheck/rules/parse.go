@@ -246,6 +246,13 @@ func (p *specParser) parse() (Rule, error) {
 }
 
 func (p *specParser) option(opt string, not bool) error {
+	if !strings.HasPrefix(opt, "-") || opt == "-" {
+		return fmt.Errorf("unexpected %q where an option was expected", opt)
+	}
+	if !understood(opt) {
+		p.unknownWords(opt, not)
+		return nil
+	}
 	v, err := p.valueFor(opt)
 	if err != nil {
 		return err
@@ -314,21 +321,36 @@ func (p *specParser) option(opt string, not bool) error {
 		// A comment changes nothing about what a rule does.
 	case "--transparent", "--nowildcard", "--restore-skmark":
 		p.setSocketOption(opt)
-	default:
-		if not {
-			p.other = append(p.other, "!")
-		}
-		p.other = append(p.other, opt)
-		if v != "" {
-			p.other = append(p.other, v)
-		}
-		// Some options take more than one value (--tcp-flags MASK COMP).
-		for p.pos < len(p.toks) && !strings.HasPrefix(p.toks[p.pos], "-") && p.toks[p.pos] != "!" {
-			p.other = append(p.other, p.toks[p.pos])
-			p.pos++
-		}
 	}
 	return nil
+}
+
+// unknownWords keeps an option meshdoctor does not understand, with every word after it up to the
+// next option it does understand: whether an unknown option takes values, and how many, cannot be
+// known, and taking them all makes a rule read the same when its rendering is read again.
+func (p *specParser) unknownWords(opt string, not bool) {
+	if not {
+		p.other = append(p.other, "!")
+	}
+	p.other = append(p.other, opt)
+	for p.pos < len(p.toks) {
+		t := p.toks[p.pos]
+		if understood(t) || (t == "!" && p.pos+1 < len(p.toks) && understood(p.toks[p.pos+1])) {
+			return
+		}
+		p.other = append(p.other, t)
+		p.pos++
+	}
+}
+
+// understood reports whether tok is an option or keyword the parser handles itself.
+func understood(tok string) bool {
+	switch tok {
+	case "-j", "--jump", "-g", "--goto", "-m", "--match", "-c", "--set-counters",
+		"--transparent", "--nowildcard", "--restore-skmark":
+		return true
+	}
+	return valued(tok)
 }
 
 func bang(not bool) string {
@@ -341,19 +363,8 @@ func bang(not bool) string {
 // valueFor takes the value of opt; flag-only options take none.
 func (p *specParser) valueFor(opt string) (string, error) {
 	switch opt {
-	case "--transparent", "--nowildcard", "--restore-skmark", "--syn":
+	case "--transparent", "--nowildcard", "--restore-skmark":
 		return "", nil
-	}
-	if !strings.HasPrefix(opt, "-") || opt == "-" {
-		return "", fmt.Errorf("unexpected %q where an option was expected", opt)
-	}
-	if !valued(opt) {
-		// An option we do not know takes a value only when one follows: a flag followed by another
-		// option, or ending the rule, carries none.
-		if p.pos >= len(p.toks) || p.toks[p.pos] == "!" ||
-			(strings.HasPrefix(p.toks[p.pos], "-") && len(p.toks[p.pos]) > 1 && !isNumber(p.toks[p.pos])) {
-			return "", nil
-		}
 	}
 	return p.value(opt)
 }
@@ -576,11 +587,6 @@ func protocolName(p string) string {
 		return "sctp"
 	}
 	return strings.ToLower(p)
-}
-
-func isNumber(s string) bool {
-	_, err := strconv.ParseInt(s, 10, 64)
-	return err == nil
 }
 
 // tokenize splits a rule into words, keeping double-quoted strings (comments) whole.

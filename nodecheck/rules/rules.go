@@ -128,7 +128,8 @@ func (r *Rule) Normalize() {
 	sort.SliceStable(r.Matches, func(i, j int) bool { return r.Matches[i].Kind < r.Matches[j].Kind })
 	out := r.Matches[:0]
 	for i, m := range r.Matches {
-		if i > 0 && m == r.Matches[i-1] {
+		// Unknown words are kept as they came, repeated or not.
+		if i > 0 && m == r.Matches[i-1] && m.Kind != MatchOther {
 			continue
 		}
 		out = append(out, m)

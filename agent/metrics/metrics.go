@@ -1,0 +1,182 @@
+// Package metrics exposes the agent's state to Prometheus on a registry of its own: pods by
+// verdict and findings by code are computed from the agent's state at scrape time (nothing to
+// keep in step, nothing done between scrapes); check runs and log matches are counted as they
+// happen. Labels are bounded (verdict, code, severity, check, result, rule); per-pod series only
+// when asked for.
+package metrics
+
+import (
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/meshdoctor/meshdoctor/agent"
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+)
+
+// Source is the agent's state as the metrics read it.
+type Source interface {
+	Pods() []agent.PodState
+	Node() agent.NodeState
+	LastSweep() time.Time
+}
+
+// Options says what to expose beyond the defaults.
+type Options struct {
+	Version string
+	// Checks and LogRules name every check and log rule, so their series exist from the start.
+	Checks   []string
+	LogRules []string
+	// PerPod adds meshdoctor_pod_verdict{namespace,pod,verdict}: one series per pod, off by
+	// default because its cardinality follows the node's pods.
+	PerPod bool
+}
+
+// Metrics is the agent's registry and the instruments fed by the agent.
+type Metrics struct {
+	Registry *prometheus.Registry
+	checks   *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	logs     *prometheus.CounterVec
+	mu       sync.Mutex
+	rules    map[string]bool
+}
+
+var verdicts = []nodecheck.Verdict{nodecheck.VerdictOK, nodecheck.VerdictBroken, nodecheck.VerdictUnknown, nodecheck.VerdictSkipped}
+var severities = []nodecheck.Severity{nodecheck.SeverityError, nodecheck.SeverityWarning, nodecheck.SeverityInfo}
+
+// New builds the registry over src.
+func New(src Source, o Options) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshdoctor_checks_total",
+			Help: "Check runs by check and result (ok, findings, error).",
+		}, []string{"check", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "meshdoctor_check_duration_seconds",
+			Help:    "How long one run of a check took, on one pod or on the node.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"check"}),
+		logs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshdoctor_log_matches_total",
+			Help: "Node log messages that matched a log rule, by rule.",
+		}, []string{"rule"}),
+		rules: map[string]bool{},
+	}
+	for _, c := range o.Checks {
+		for _, r := range []string{"ok", "findings", "error"} {
+			m.checks.WithLabelValues(c, r)
+		}
+		m.duration.WithLabelValues(c)
+	}
+	for _, r := range o.LogRules {
+		m.logs.WithLabelValues(r)
+		m.rules[r] = true
+	}
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "meshdoctor_build_info",
+		Help: "meshdoctor's version and Go version; always 1.",
+	}, []string{"version", "goversion"})
+	buildInfo.WithLabelValues(o.Version, runtime.Version()).Set(1)
+	m.Registry.MustRegister(m.checks, m.duration, m.logs, buildInfo,
+		&stateCollector{src: src, perPod: o.PerPod},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// CheckRun counts one check run.
+func (m *Metrics) CheckRun(r nodecheck.CheckRun) {
+	m.checks.WithLabelValues(r.Check, r.Result).Inc()
+	m.duration.WithLabelValues(r.Check).Observe(r.Duration.Seconds())
+}
+
+// LogMatch counts one log match. Rule names come from the rule files, a bounded set; an unknown
+// name is counted as "other" so that a bad rule file cannot grow the series.
+func (m *Metrics) LogMatch(rule string) {
+	m.mu.Lock()
+	known := m.rules[rule]
+	m.mu.Unlock()
+	if !known {
+		rule = "other"
+	}
+	m.logs.WithLabelValues(rule).Inc()
+}
+
+var (
+	podsDesc = prometheus.NewDesc("meshdoctor_pods",
+		"Pods on the node by verdict of their last check.", []string{"verdict"}, nil)
+	findingsDesc = prometheus.NewDesc("meshdoctor_findings",
+		"Pods, or node conditions, currently showing each finding code, by code and severity.",
+		[]string{"code", "severity"}, nil)
+	sweepDesc = prometheus.NewDesc("meshdoctor_last_sweep_timestamp_seconds",
+		"When the last whole-node sweep ended (Unix time); 0 before the first.", nil, nil)
+	podVerdictDesc = prometheus.NewDesc("meshdoctor_pod_verdict",
+		"1 for each pod's current verdict (opt-in, one series per pod).", []string{"namespace", "pod", "verdict"}, nil)
+)
+
+// stateCollector computes the gauges from the agent's state at scrape time.
+type stateCollector struct {
+	src    Source
+	perPod bool
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- podsDesc
+	ch <- findingsDesc
+	ch <- sweepDesc
+	if c.perPod {
+		ch <- podVerdictDesc
+	}
+}
+
+type codeSev struct {
+	code string
+	sev  nodecheck.Severity
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	pods := c.src.Pods()
+	byVerdict := map[nodecheck.Verdict]int{}
+	findings := map[codeSev]int{}
+	for _, code := range nodecheck.AllCodes() {
+		for _, s := range severities {
+			findings[codeSev{string(code), s}] = 0
+		}
+	}
+	count := func(fs []nodecheck.Finding) {
+		seen := map[codeSev]bool{}
+		for _, f := range fs {
+			k := codeSev{string(f.Code), f.Severity}
+			if !seen[k] {
+				seen[k] = true
+				findings[k]++
+			}
+		}
+	}
+	for _, p := range pods {
+		byVerdict[p.Outcome.Pod.Verdict]++
+		count(p.Outcome.Pod.Findings)
+		if c.perPod && p.Target.Name != "" {
+			ch <- prometheus.MustNewConstMetric(podVerdictDesc, prometheus.GaugeValue, 1,
+				p.Target.Namespace, p.Target.Name, string(p.Outcome.Pod.Verdict))
+		}
+	}
+	for _, f := range c.src.Node().Findings {
+		findings[codeSev{string(f.Code), f.Severity}]++
+	}
+	for _, v := range verdicts {
+		ch <- prometheus.MustNewConstMetric(podsDesc, prometheus.GaugeValue, float64(byVerdict[v]), string(v))
+	}
+	for k, n := range findings {
+		ch <- prometheus.MustNewConstMetric(findingsDesc, prometheus.GaugeValue, float64(n), k.code, string(k.sev))
+	}
+	var ts float64
+	if t := c.src.LastSweep(); !t.IsZero() {
+		ts = float64(t.UnixNano()) / 1e9
+	}
+	ch <- prometheus.MustNewConstMetric(sweepDesc, prometheus.GaugeValue, ts)
+}
