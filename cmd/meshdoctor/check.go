@@ -27,6 +27,7 @@ type checkOptions struct {
 	nodeBackend string
 	hostRoot    string
 	verbose     bool
+	proxyReady  proxyReadyOptions // --proxy-*, --app-log-window, --hold-application-until-proxy-starts (proxyready.go)
 }
 
 func newCheckCommand() *cobra.Command {
@@ -55,6 +56,7 @@ flags, or no target could be checked at all).`,
 	f.StringVar(&o.nodeBackend, "node-backend", "auto",
 		"iptables backend the node uses (nft, legacy, none); auto reads the host network namespace's rules")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log each check as it runs (to stderr)")
+	o.proxyReady.register(f)
 	return cmd
 }
 
@@ -91,14 +93,17 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 		return &exitError{code: exitCannot, err: err}
 	}
 	log.Debug("node iptables backend", "backend", backend)
+	rep := &nodecheck.Report{Node: nodeName(o.nodeName), Pods: []nodecheck.PodReport{}, Findings: []nodecheck.Finding{}}
+	proxyReady, err := o.proxyReady.check(filepath.Join(o.hostRoot, "var/log/pods"), nodeConditions(rep.Findings))
+	if err != nil {
+		return &exitError{code: exitCannot, err: err}
+	}
 	runner := diagnose.Runner{
-		Checks: []nodecheck.Check{&capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}},
+		Checks: []nodecheck.Check{&capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}, proxyReady},
 		Log:    log,
 	}
 	log.Info("checking network namespaces", "count", len(targets))
 	outcomes := runner.Run(cmd.Context(), targets)
-
-	rep := &nodecheck.Report{Node: nodeName(o.nodeName), Pods: []nodecheck.PodReport{}, Findings: []nodecheck.Finding{}}
 	unknown := 0
 	for _, oc := range outcomes {
 		rep.Pods = append(rep.Pods, oc.Pod)
