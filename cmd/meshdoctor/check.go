@@ -14,6 +14,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istioinit"
 	"github.com/meshdoctor/meshdoctor/nodecheck/report"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
@@ -27,6 +28,8 @@ type checkOptions struct {
 	nodeBackend string
 	hostRoot    string
 	verbose     bool
+	discovery   discoveryOptions
+	node        nodeOptions       // --node-only, --since, --log-rules, CNI and log paths (nodeflags.go)
 	proxyReady  proxyReadyOptions // --proxy-*, --app-log-window, --hold-application-until-proxy-starts (proxyready.go)
 }
 
@@ -37,12 +40,16 @@ func newCheckCommand() *cobra.Command {
 		Short: "Diagnose traffic capture once, print a report and exit",
 		Long: `check runs one pass of every check and prints a report.
 
-With --netns it checks the given network namespaces, expected to carry Istio's sidecar capture as
-described by --annotations (Istio's defaults without it).
+Without --netns it discovers every pod sandbox of the node through containerd (or --cri-endpoint)
+and checks the pods meant to be captured: sidecar-injected and ambient pods. With --netns it checks
+the given network namespaces, expected to carry Istio's sidecar capture as described by
+--annotations (Istio's defaults without it).
 
 Exit status: 0 nothing wrong, 1 at least one finding of severity error, 2 could not run (bad
 flags, or no target could be checked at all).`,
-		Example: `  meshdoctor check --netns /var/run/netns/cni-1234
+		Example: `  meshdoctor check
+  meshdoctor check --cri-endpoint unix:///run/crio/crio.sock -o json
+  meshdoctor check --netns /var/run/netns/cni-1234
   meshdoctor check --netns /var/run/netns/cni-1234 --annotations pod-annotations.json -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runCheck(cmd, o) },
@@ -56,6 +63,8 @@ flags, or no target could be checked at all).`,
 	f.StringVar(&o.nodeBackend, "node-backend", "auto",
 		"iptables backend the node uses (nft, legacy, none); auto reads the host network namespace's rules")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log each check as it runs (to stderr)")
+	addDiscoveryFlags(f, &o.discovery)
+	o.node.register(f)
 	o.proxyReady.register(f)
 	return cmd
 }
@@ -63,10 +72,6 @@ flags, or no target could be checked at all).`,
 func runCheck(cmd *cobra.Command, o checkOptions) error {
 	if o.output != "table" && o.output != "json" {
 		return &exitError{code: exitCannot, err: fmt.Errorf("--output %q: want table or json", o.output)}
-	}
-	if len(o.netns) == 0 {
-		return &exitError{code: exitCannot, err: errors.New(
-			"pod discovery through containerd is not built yet: give the namespaces to check with --netns PATH")}
 	}
 	annotations := map[string]string{}
 	if o.annotations != "" {
@@ -84,9 +89,13 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 
-	targets := make([]nodecheck.Target, 0, len(o.netns))
-	for _, p := range o.netns {
-		targets = append(targets, nodecheck.Target{Netns: p, Annotations: annotations})
+	var targets []nodecheck.Target
+	var err error
+	if !o.node.nodeOnly {
+		targets, err = podTargets(cmd.Context(), o, annotations, log)
+	}
+	if err != nil {
+		return &exitError{code: exitCannot, err: err}
 	}
 	backend, err := resolveNodeBackend(cmd.Context(), o, log)
 	if err != nil {
@@ -94,15 +103,22 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 	}
 	log.Debug("node iptables backend", "backend", backend)
 	rep := &nodecheck.Report{Node: nodeName(o.nodeName), Pods: []nodecheck.PodReport{}, Findings: []nodecheck.Finding{}}
-	proxyReady, err := o.proxyReady.check(filepath.Join(o.hostRoot, "var/log/pods"), nodeConditions(rep.Findings))
+	discovered := targets
+	if len(o.netns) > 0 || o.node.nodeOnly {
+		discovered = nil // bare namespaces say nothing of the node's pods
+	}
+	// Node findings first: pod checks link theirs with the node's conditions.
+	if rep.Findings, err = o.node.nodeFindings(cmd.Context(), o.hostRoot, discovered, log); err != nil {
+		return &exitError{code: exitCannot, err: err}
+	}
+	proxyReady, err := o.proxyReady.check(o.node.path(o.node.podLogDir, o.hostRoot, "var/log/pods"), nodeConditions(rep.Findings))
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}
 	runner := diagnose.Runner{
-		Checks: []nodecheck.Check{&capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}, proxyReady},
+		Checks: []nodecheck.Check{&capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}, istioinit.Check{}, proxyReady},
 		Log:    log,
 	}
-	log.Info("checking network namespaces", "count", len(targets))
 	outcomes := runner.Run(cmd.Context(), targets)
 	unknown := 0
 	for _, oc := range outcomes {
@@ -121,7 +137,7 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 		return &exitError{code: exitCannot, err: err}
 	case rep.HasErrors():
 		return &exitError{code: exitFindings}
-	case unknown == len(rep.Pods):
+	case unknown > 0 && unknown == len(rep.Pods):
 		return &exitError{code: exitCannot, err: errors.New("no target could be checked")}
 	}
 	return nil

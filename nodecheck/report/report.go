@@ -43,7 +43,11 @@ func WriteTable(w io.Writer, r *nodecheck.Report) error {
 		}
 		fmt.Fprintf(&b, "\n%-8s %s  [%s, %s]\n", verdictWord(p.Verdict), name, p.Capture.Mode, p.Capture.Backend)
 		if p.Reason != "" {
-			fmt.Fprintf(&b, "         why unknown: %s\n", p.Reason)
+			label := "why unknown"
+			if p.Verdict == nodecheck.VerdictSkipped {
+				label = "why skipped"
+			}
+			fmt.Fprintf(&b, "         %s: %s\n", label, p.Reason)
 		}
 		writeFindings(&b, p.Findings, "         ")
 	}

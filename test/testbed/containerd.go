@@ -406,6 +406,9 @@ func (c *Containerd) Stop() error {
 	return c.stopErr
 }
 
+// stopTimeout bounds each phase of Stop: removing a node of 110 pods through CRI takes a while.
+const stopTimeout = 5 * time.Minute
+
 // leftover is what one container of the daemon may leave on the host.
 type leftover struct {
 	id     string
@@ -414,7 +417,7 @@ type leftover struct {
 }
 
 func (c *Containerd) stop() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	var errs []error
 	running := c.cmd != nil && !c.exitedNow()
@@ -437,7 +440,10 @@ func (c *Containerd) stop() error {
 	}
 	var left []leftover
 	if running {
-		left = c.removeContainers(ctx)
+		// A fresh deadline: the hooks may have used up theirs on a node with many pods.
+		rctx, rcancel := context.WithTimeout(context.Background(), stopTimeout)
+		left = c.removeContainers(rctx)
+		rcancel()
 	}
 	if c.cmd != nil {
 		if !c.exitedNow() {
@@ -599,12 +605,37 @@ func removeLeftover(address string, l leftover) error {
 		}
 	}
 	if l.cgroup != "" && strings.HasPrefix(l.cgroup, "/") {
+		killCgroup(l.cgroup)
 		errs = append(errs, removeCgroup(l.cgroup))
 	}
 	// The shim socket is /run/containerd/s/sha256(ADDRESS/NAMESPACE/ID).
 	sum := sha256.Sum256([]byte(filepath.Join(address, "k8s.io", l.id)))
 	_ = os.Remove(fmt.Sprintf("/run/containerd/s/%x", sum))
 	return errors.Join(errs...)
+}
+
+// killCgroup kills the processes still in a container's cgroup: a container whose shim was
+// killed keeps running, re-parented to init. They are the test bed's own pods' processes.
+func killCgroup(path string) {
+	for _, h := range []string{"/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"} {
+		data, err := os.ReadFile(filepath.Join(h, path, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(data)) {
+			if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		// Give the kernel a moment to empty the cgroup before it is removed.
+		for i := 0; i < 50; i++ {
+			if data, err := os.ReadFile(filepath.Join(h, path, "cgroup.procs")); err != nil || len(bytes.TrimSpace(data)) == 0 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return
+	}
 }
 
 // removeCgroup removes a cgroupfs path in every hierarchy (cgroup v1 has one per controller).

@@ -319,7 +319,7 @@ func BuildPauseImage(ctx context.Context, dir string) (string, error) {
 }
 
 // busyboxApplets are the commands the test bed's containers run besides pilot-agent.
-var busyboxApplets = []string{"sh", "sleep", "cat", "true", "false", "echo", "ls", "id", "env"}
+var busyboxApplets = []string{"sh", "sleep", "cat", "true", "false", "echo", "ls", "id", "env", "mkdir", "httpd"}
 
 // BuildIstioImage writes IstioImage as an archive under dir: Istio's pilot-agent at
 // /usr/local/bin, Debian's iptables (nft and legacy, both families, with their extension modules

@@ -95,17 +95,33 @@ func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 	if _, err := os.Stat(r.address); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("no containerd socket at %s (is containerd running, and is this its --containerd-address?): %w", r.address, err)
 	}
+	// The container records and which sandboxes are ready, at the same time.
+	var ready map[string]bool
+	var readyErr error
+	listed := make(chan struct{})
+	go func() {
+		defer close(listed)
+		ready, readyErr = r.readySandboxes(ctx)
+	}()
 	all, err := r.client.ContainerService().List(ctx, `labels."`+labelKind+`"`)
+	<-listed
 	if err != nil {
 		return nil, fmt.Errorf("listing containers of containerd at %s (namespace %s): %w", r.address, Namespace, err)
 	}
-	tasks, err := r.client.TaskService().List(ctx, &tasksapi.ListTasksRequest{})
-	if err != nil {
-		return nil, fmt.Errorf("listing tasks of containerd at %s: %w", r.address, err)
-	}
-	procs := make(map[string]*tasktypes.Process, len(tasks.Tasks))
-	for _, p := range tasks.Tasks {
-		procs[p.ID] = p
+	// Without CRI, containerd's task list says which sandboxes run. It is the slow way: the
+	// daemon asks every shim for the state of every task (~1 ms each on a busy node).
+	var procs map[string]*tasktypes.Process
+	if readyErr != nil {
+		tasks, err := r.client.TaskService().List(ctx, &tasksapi.ListTasksRequest{})
+		if err != nil {
+			return nil, fmt.Errorf("listing tasks of containerd at %s (CRI: %v): %w", r.address, readyErr, err)
+		}
+		procs = make(map[string]*tasktypes.Process, len(tasks.Tasks))
+		ready = map[string]bool{}
+		for _, p := range tasks.Tasks {
+			procs[p.ID] = p
+			ready[p.ID] = p.Status == tasktypes.Status_RUNNING
+		}
 	}
 
 	var sandboxes []*discover.Sandbox
@@ -114,11 +130,14 @@ func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 	for _, ctr := range all {
 		switch ctr.Labels[labelKind] {
 		case kindSandbox:
-			p := procs[ctr.ID]
-			if p == nil || p.Status != tasktypes.Status_RUNNING {
+			if !ready[ctr.ID] {
 				continue // not ready: a stopped sandbox kubelet has not removed yet
 			}
-			s := sandboxOf(ctr, p.Pid)
+			var pid uint32
+			if p := procs[ctr.ID]; p != nil {
+				pid = p.Pid
+			}
+			s := sandboxOf(ctr, pid)
 			sandboxes = append(sandboxes, s)
 			bySandbox[s.ID] = s
 		case kindContainer:
@@ -132,7 +151,7 @@ func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 			mine = append(mine, i)
 		}
 	}
-	problems := r.fillStates(ctx, recs, mine, procs)
+	problems := r.fillStates(ctx, recs, mine, procs, readyErr == nil)
 	for _, i := range mine {
 		s := bySandbox[recs[i].sandboxID]
 		switch p := problems[i]; p {
@@ -150,6 +169,25 @@ func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 	}
 	discover.SortTargets(out)
 	return out, nil
+}
+
+// readySandboxes asks CRI which sandboxes are ready: one cheap request, answered from the CRI
+// plugin's memory.
+func (r *Runtime) readySandboxes(ctx context.Context) (map[string]bool, error) {
+	if r.cri == nil {
+		return nil, errors.New("no CRI client")
+	}
+	resp, err := r.cri.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{
+		State: &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	ready := make(map[string]bool, len(resp.Items))
+	for _, s := range resp.Items {
+		ready[s.Id] = true
+	}
+	return ready, nil
 }
 
 // sandboxMetadata is the CRI plugin's sandbox metadata extension.
@@ -258,7 +296,7 @@ const removed = "\x00removed"
 
 // fillStates asks CRI for the status of the chosen records, in parallel, falling back to the
 // task list when CRI cannot answer. It returns, by record index, what went wrong.
-func (r *Runtime) fillStates(ctx context.Context, recs []record, which []int, procs map[string]*tasktypes.Process) map[int]string {
+func (r *Runtime) fillStates(ctx context.Context, recs []record, which []int, procs map[string]*tasktypes.Process, useCRI bool) map[int]string {
 	problems := map[int]string{}
 	var mu sync.Mutex
 	var g errgroup.Group
@@ -266,7 +304,7 @@ func (r *Runtime) fillStates(ctx context.Context, recs []record, which []int, pr
 	for _, i := range which {
 		g.Go(func() error {
 			c := &recs[i].c
-			if r.cri != nil {
+			if useCRI {
 				resp, err := r.cri.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: c.ID})
 				if err == nil && resp.Status != nil {
 					discover.ApplyStatus(c, resp.Status)

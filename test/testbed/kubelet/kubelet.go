@@ -428,12 +428,20 @@ func (n *Node) RemoveAll(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ListPodSandbox: %w", err)
 	}
-	var errs []error
-	for _, s := range resp.Items {
-		if err := n.RemovePod(ctx, &RunningPod{SandboxID: s.Id, Pod: Pod{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name}}); err != nil {
-			errs = append(errs, err)
-		}
+	// In parallel: a node of 110 pods takes minutes one by one.
+	errs := make([]error, len(resp.Items))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, s := range resp.Items {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			errs[i] = n.RemovePod(ctx, &RunningPod{SandboxID: s.Id, Pod: Pod{Namespace: s.Metadata.Namespace, Name: s.Metadata.Name}})
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/discover"
+	"github.com/meshdoctor/meshdoctor/nodecheck/discover/containerd"
+	"github.com/meshdoctor/meshdoctor/nodecheck/discover/cri"
+)
+
+// discoveryTimeout bounds one listing of the node's pods through the runtime.
+const discoveryTimeout = 30 * time.Second
+
+// discoveryOptions are the flags that say how to find the node's pods.
+type discoveryOptions struct {
+	containerdAddress string
+	criEndpoint       string
+}
+
+func addDiscoveryFlags(f *pflag.FlagSet, o *discoveryOptions) {
+	f.StringVar(&o.containerdAddress, "containerd-address", containerd.DefaultAddress,
+		"containerd's socket, to discover the node's pods (namespace k8s.io)")
+	f.StringVar(&o.criEndpoint, "cri-endpoint", "",
+		"discover pods through this CRI endpoint instead of the containerd client (e.g. unix:///run/crio/crio.sock)")
+}
+
+// podTargets returns what `check` looks at: the --netns namespaces with the --annotations, or
+// without --netns every pod sandbox the runtime has.
+func podTargets(ctx context.Context, o checkOptions, annotations map[string]string, log *slog.Logger) ([]nodecheck.Target, error) {
+	if len(o.netns) > 0 {
+		targets := make([]nodecheck.Target, 0, len(o.netns))
+		for _, p := range o.netns {
+			targets = append(targets, nodecheck.Target{Netns: p, Annotations: annotations})
+		}
+		log.Info("checking network namespaces", "count", len(targets))
+		return targets, nil
+	}
+	if o.annotations != "" {
+		return nil, errors.New("--annotations applies to --netns targets; discovered pods carry their own")
+	}
+	rt, where, err := newRuntime(o.discovery, o.hostRoot)
+	if err != nil {
+		return nil, err
+	}
+	defer rt.Close()
+	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
+	defer cancel()
+	start := time.Now()
+	targets, err := rt.Discover(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("discovering pods through %s: %w", where, err)
+	}
+	skipped := 0
+	for _, t := range targets {
+		if t.SkipReason != "" {
+			skipped++
+		}
+	}
+	log.Info("discovered pods", "through", where, "pods", len(targets), "skipped", skipped, "duration", time.Since(start))
+	return targets, nil
+}
+
+func newRuntime(o discoveryOptions, hostRoot string) (discover.Runtime, string, error) {
+	if o.criEndpoint != "" {
+		rt, err := cri.New(o.criEndpoint, hostRoot)
+		return rt, "CRI endpoint " + o.criEndpoint, err
+	}
+	rt, err := containerd.New(o.containerdAddress, hostRoot)
+	return rt, "containerd at " + o.containerdAddress, err
+}

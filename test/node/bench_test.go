@@ -1,0 +1,123 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/discover/containerd"
+	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
+)
+
+// maxPods is kubelet's default maximum number of pods per node.
+const maxPods = 110
+
+// BenchmarkCheckNode measures a whole-node `meshdoctor check` over 110 real pod sandboxes, each
+// with Istio's sidecar rules written by a real istio-init, its istio-proxy and an app, side by
+// side with the baseline a shell gives: `nsenter --net=NETNS iptables-save` for every pod, in a
+// loop (which only dumps rules: no discovery, no comparison, one backend and family). Both run
+// in the same process against the same node; the summary line gives the ratio.
+func BenchmarkCheckNode(b *testing.B) {
+	n := kubelet.Start(b)
+	ctx, cancel := context.WithTimeout(b.Context(), 15*time.Minute)
+	defer cancel()
+	netns := make([]string, maxPods)
+	start := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	errs := make([]error, maxPods)
+	for i := range maxPods {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			p, err := n.RunPod(ctx, kubelet.Pod{Namespace: "bench", Name: "pod-" + strconv.Itoa(i),
+				Annotations:    map[string]string{capture.AnnotationSidecarStatus: sidecarStatus("istio-init")},
+				InitContainers: []kubelet.Container{istioInit()},
+				Containers:     []kubelet.Container{istioProxy(), app()}})
+			if err == nil && p.ExitCodes[capture.ContainerIstioInit] != 0 {
+				err = fmt.Errorf("istio-init of %s exited %d", p.Name, p.ExitCodes[capture.ContainerIstioInit])
+			}
+			errs[i] = err
+			if p != nil {
+				netns[i] = p.Netns
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Logf("%d pods running in %s", maxPods, time.Since(start))
+
+	var mine, base runCost
+	b.Run("discovery", func(b *testing.B) {
+		rt, err := containerd.New(n.Containerd.Address, "/")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer rt.Close()
+		for b.Loop() {
+			ts, err := rt.Discover(ctx)
+			if err != nil || len(ts) != maxPods {
+				b.Fatalf("%d pods, %v", len(ts), err)
+			}
+		}
+	})
+	b.Run("meshdoctor-check", func(b *testing.B) {
+		mine = measure(b, func() *exec.Cmd {
+			return exec.CommandContext(ctx, binary, "check", "-o", "json", "--containerd-address", n.Containerd.Address)
+		}, 0)
+	})
+	b.Run("baseline-nsenter-iptables-save", func(b *testing.B) {
+		script := `for ns in ` + strings.Join(netns, " ") + `; do nsenter --net="$ns" iptables-save >/dev/null || exit 1; done`
+		base = measure(b, func() *exec.Cmd { return exec.CommandContext(ctx, "sh", "-c", script) }, 0)
+	})
+	if mine.runs > 0 && base.runs > 0 {
+		fmt.Printf("whole node, %d pods: meshdoctor check %.0f ms wall, %.2f ms CPU/pod | baseline nsenter+iptables-save loop "+
+			"%.0f ms wall, %.2f ms CPU/pod | meshdoctor/baseline: wall %.2fx, CPU %.2fx\n",
+			maxPods, mine.wallMs(), mine.cpuMsPerPod(), base.wallMs(), base.cpuMsPerPod(),
+			mine.wallMs()/base.wallMs(), mine.cpuMsPerPod()/base.cpuMsPerPod())
+	}
+}
+
+// runCost sums what the measured command took over its runs.
+type runCost struct {
+	runs      int
+	wall, cpu time.Duration
+}
+
+func (c runCost) wallMs() float64 { return float64(c.wall.Milliseconds()) / float64(c.runs) }
+func (c runCost) cpuMsPerPod() float64 {
+	return float64(c.cpu.Microseconds()) / 1000 / float64(c.runs) / maxPods
+}
+
+// measure runs the command once per iteration and reports wall time per node and CPU time (user +
+// system, its children included) per pod. okExit is the exit status that counts as success.
+func measure(b *testing.B, cmd func() *exec.Cmd, okExit int) runCost {
+	var c runCost
+	for b.Loop() {
+		run := cmd()
+		start := time.Now()
+		err := run.Run()
+		c.wall += time.Since(start)
+		if err != nil && run.ProcessState.ExitCode() != okExit {
+			b.Fatalf("%s: %v", run.Path, err)
+		}
+		c.cpu += run.ProcessState.UserTime() + run.ProcessState.SystemTime()
+		c.runs++
+	}
+	b.ReportMetric(c.wallMs(), "ms-wall/node")
+	b.ReportMetric(c.cpuMsPerPod(), "ms-cpu/pod")
+	b.ReportMetric(0, "ns/op") // the per-node figures above are the measure
+	return c
+}
