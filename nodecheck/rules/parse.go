@@ -174,7 +174,7 @@ func (p *specParser) flushOther() {
 
 // quoteWord quotes a word that would not survive tokenize as one word again.
 func quoteWord(w string) string {
-	if w != "" && !strings.ContainsAny(w, " \t\"\\") {
+	if w != "" && isWord(w) && !strings.Contains(w, `\`) {
 		return w
 	}
 	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
