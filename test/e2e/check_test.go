@@ -284,7 +284,10 @@ func TestCheckBadInput(t *testing.T) {
 
 func runCheck(t *testing.T, ctx context.Context, annotations map[string]string, netns ...string) (nodecheck.Report, int, string) {
 	t.Helper()
-	args := []string{"check", "-o", "json", "--node-name", "test-node", "--node-backend", "nft"}
+	// The node-level checks read the host's CNI config, logs and journal under --host-root: point
+	// it at nothing, so the reports depend on the namespaces under test alone.
+	args := []string{"check", "-o", "json", "--node-name", "test-node", "--node-backend", "nft",
+		"--host-root", "/nonexistent-meshdoctor-e2e-host"}
 	if annotations != nil {
 		f := filepath.Join(t.TempDir(), "annotations.json")
 		if err := os.WriteFile(f, []byte(mustJSON(annotations)), 0o600); err != nil {
