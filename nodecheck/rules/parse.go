@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -316,7 +317,11 @@ func (p *specParser) option(opt string, not bool) error {
 		}
 		p.add(kind, not, MarkValue(val, mask))
 	case "--ctstate", "--state":
-		p.add(MatchCTState, not, CTStateValue(strings.Split(v, ",")))
+		states := strings.Split(v, ",")
+		if slices.Contains(states, "") {
+			return fmt.Errorf("%s %q: empty state name", opt, v)
+		}
+		p.add(MatchCTState, not, CTStateValue(states))
 	case "--comment":
 		// A comment changes nothing about what a rule does.
 	case "--transparent", "--nowildcard", "--restore-skmark":
