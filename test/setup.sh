@@ -12,6 +12,9 @@
 #   - containerd with its CRI plugin, runc, the CNI plugins and busybox (Debian packages), plus
 #     containerd 2.x and 1.7 built from source, for the real pod sandboxes of test/testbed/kubelet;
 #     and ambient-inpod (test/tools/ambient-inpod), Istio's own ambient in-pod rule writer.
+#   - For the agent's end-to-end tests: Debian's etcd and Chromium, kube-apiserver built from
+#     k8s.io/kubernetes in a throwaway module under the cache dir (~8 min cold), and promtool
+#     (~6 min cold) to lint the metrics exposition.
 #
 # Output: progress lines on stderr, the bin directory as the only line on stdout, so
 #   bin=$(test/setup.sh)
@@ -22,7 +25,7 @@ set -euo pipefail
 # Keep in sync with testbed.PilotAgentVersion (test/testbed/pilotagent.go).
 readonly ISTIO_VERSION="v0.0.0-20260827124520-eed52ebb66ad"
 readonly PILOT_AGENT_PKG="istio.io/istio/pilot/cmd/pilot-agent"
-readonly DEBIAN_PACKAGES=(iptables nftables iproute2 util-linux systemd-journal-remote containerd runc containernetworking-plugins busybox-static)
+readonly DEBIAN_PACKAGES=(iptables nftables iproute2 util-linux systemd-journal-remote containerd runc containernetworking-plugins busybox-static etcd-server chromium)
 
 cache_dir="${MESHDOCTOR_CACHE:-${HOME:-/root}/.cache/meshdoctor}"
 bin_dir="${cache_dir}/bin"
@@ -151,10 +154,62 @@ build_ambient_inpod() {
   say "ambient-inpod ready: $bin"
 }
 
+# Keep in sync with testbed.KubeAPIServerVersion (test/testbed/apiserver.go).
+readonly KUBERNETES_VERSION="v1.34.4"
+
+# build_kube_apiserver builds kube-apiserver from k8s.io/kubernetes in a throwaway module under the
+# cache dir (never in the repo): kubernetes' go.mod replaces its staging modules with local paths, so
+# the throwaway module replaces each with its published v0.<minor>.<patch> instead.
+build_kube_apiserver() {
+  local bin="$bin_dir/kube-apiserver-${KUBERNETES_VERSION}" mod staging_ver modfile
+  [[ -x "$bin" ]] && return 0
+  say "building kube-apiserver ${KUBERNETES_VERSION} (first run takes ~8 min)"
+  mkdir -p "$bin_dir"
+  [[ -z "$scratch" ]] || rm -rf "$scratch"
+  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
+  modfile=$(GOFLAGS="" go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" |
+    sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+  [[ -n "$modfile" ]] || die "cannot download k8s.io/kubernetes ${KUBERNETES_VERSION}"
+  staging_ver="v0.${KUBERNETES_VERSION#v1.}"
+  mod="$scratch/mod"
+  mkdir -p "$mod"
+  {
+    echo "module kubeapiserverbuild"
+    echo "go 1.24"
+    echo "require k8s.io/kubernetes ${KUBERNETES_VERSION}"
+    awk '$2 == "=>" && $1 ~ /^k8s.io\// && $3 ~ /^\.\/staging\// { print $1 }' "$modfile" |
+      grep -vx -e k8s.io/sample-cli-plugin -e k8s.io/sample-controller |
+      while read -r m; do echo "replace $m => $m ${staging_ver}"; done
+  } >"$mod/go.mod"
+  printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >"$mod/tools.go"
+  (cd "$mod" && GOFLAGS="-mod=mod" CGO_ENABLED=0 go build -trimpath -o "$scratch/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver) >&2
+  mv -f "$scratch/kube-apiserver" "$bin"
+  say "kube-apiserver ${KUBERNETES_VERSION} ready: $bin"
+}
+
+# Keep in sync with testbed.PromtoolVersion.
+readonly PROMTOOL_VERSION="v0.316.0"
+
+# build_promtool builds promtool, which checks the agent's metrics exposition.
+build_promtool() {
+  local bin="$bin_dir/promtool-${PROMTOOL_VERSION}"
+  [[ -x "$bin" ]] && return 0
+  say "building promtool ${PROMTOOL_VERSION} (first run takes ~6 min)"
+  mkdir -p "$bin_dir"
+  [[ -z "$scratch" ]] || rm -rf "$scratch"
+  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
+  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" \
+    go install "github.com/prometheus/prometheus/cmd/promtool@${PROMTOOL_VERSION}" >&2
+  mv -f "$scratch/promtool" "$bin"
+  say "promtool ${PROMTOOL_VERSION} ready: $bin"
+}
+
 install_packages
 build_pilot_agent
 build_istio_cni
 build_containerd2
 build_containerd17
 build_ambient_inpod
+build_kube_apiserver
+build_promtool
 echo "$bin_dir"

@@ -14,7 +14,6 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
-	"github.com/meshdoctor/meshdoctor/nodecheck/istioinit"
 	"github.com/meshdoctor/meshdoctor/nodecheck/report"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
@@ -58,14 +57,8 @@ flags, or no target could be checked at all).`,
 	f.StringArrayVar(&o.netns, "netns", nil, "check this network namespace instead of discovering pods (repeatable)")
 	f.StringVar(&o.annotations, "annotations", "", "JSON file with the pod annotations that apply to the --netns targets")
 	f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
-	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "node name for the report (default $NODE_NAME, else the hostname)")
-	f.StringVar(&o.hostRoot, "host-root", "/", "where the node's filesystem is seen (the DaemonSet mounts the host's / under a prefix)")
-	f.StringVar(&o.nodeBackend, "node-backend", "auto",
-		"iptables backend the node uses (nft, legacy, none); auto reads the host network namespace's rules")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log each check as it runs (to stderr)")
-	addDiscoveryFlags(f, &o.discovery)
-	o.node.register(f)
-	o.proxyReady.register(f)
+	o.registerNodeFlags(f) // shared with agent (checks.go)
 	return cmd
 }
 
@@ -97,11 +90,6 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}
-	backend, err := resolveNodeBackend(cmd.Context(), o, log)
-	if err != nil {
-		return &exitError{code: exitCannot, err: err}
-	}
-	log.Debug("node iptables backend", "backend", backend)
 	rep := &nodecheck.Report{Node: nodeName(o.nodeName), Pods: []nodecheck.PodReport{}, Findings: []nodecheck.Finding{}}
 	discovered := targets
 	if len(o.netns) > 0 || o.node.nodeOnly {
@@ -111,14 +99,11 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 	if rep.Findings, err = o.node.nodeFindings(cmd.Context(), o.hostRoot, discovered, log); err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}
-	proxyReady, err := o.proxyReady.check(o.node.path(o.node.podLogDir, o.hostRoot, "var/log/pods"), nodeConditions(rep.Findings))
+	podChecks, err := o.podChecks(cmd.Context(), nodeConditions(rep.Findings), log)
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}
-	runner := diagnose.Runner{
-		Checks: []nodecheck.Check{&capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}, istioinit.Check{}, proxyReady},
-		Log:    log,
-	}
+	runner := diagnose.Runner{Checks: podChecks, Log: log}
 	outcomes := runner.Run(cmd.Context(), targets)
 	unknown := 0
 	for _, oc := range outcomes {

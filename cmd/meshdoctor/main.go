@@ -92,15 +92,3 @@ func newVersionCommand() *cobra.Command {
 		},
 	}
 }
-
-func newAgentCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "agent",
-		Short: "Run as the per-node DaemonSet agent (not available yet)",
-		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return &exitError{code: exitCannot, err: errors.New(
-				"the agent is not built yet: use `meshdoctor check` for a one-shot diagnosis")}
-		},
-	}
-}

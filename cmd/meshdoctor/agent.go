@@ -1,0 +1,354 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshdoctor/meshdoctor/agent"
+	"github.com/meshdoctor/meshdoctor/agent/debughttp"
+	"github.com/meshdoctor/meshdoctor/agent/metrics"
+	"github.com/meshdoctor/meshdoctor/agent/podreport"
+	"github.com/meshdoctor/meshdoctor/agent/podwatch"
+	"github.com/meshdoctor/meshdoctor/agent/runtimeevents"
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
+)
+
+// shutdownGrace bounds the HTTP servers' shutdown; with the checks' own cancellation the agent
+// exits well within a DaemonSet's default 30 s grace period.
+const shutdownGrace = 5 * time.Second
+
+type agentOptions struct {
+	checkOptions
+	kubeconfig      string
+	stateDir        string
+	metricsAddress  string
+	debugAddress    string
+	recheckInterval time.Duration
+	debounce        time.Duration
+	workers         int
+	perPodMetrics   bool
+	logFormat       string
+	logLevel        string
+}
+
+func newAgentCommand() *cobra.Command {
+	var o agentOptions
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run as the per-node DaemonSet agent: watch, re-check and report",
+		Long: `agent keeps checking the node's pods: when containerd says a container started or exited, when
+the API server says a pod finished its init containers or became ready, and every
+--recheck-interval (with jitter) in any case. It reports through Prometheus metrics
+(--metrics-address), pod annotations and Kubernetes events (unless --kubeconfig=none), and a
+debug endpoint (--debug-address) with the report, each pod's raw rules and an HTML page.
+
+Without an API server (--kubeconfig=none, or while it is down) it keeps diagnosing from the
+container runtime; annotations and events catch up when the API server is back.`,
+		Example: `  meshdoctor agent                       # in the DaemonSet: in-cluster config, $NODE_NAME
+  meshdoctor agent --kubeconfig=none --debug-address 127.0.0.1:9810`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, o) },
+	}
+	f := cmd.Flags()
+	o.registerNodeFlags(f)
+	f.StringArrayVar(&o.netns, "netns", nil, "check these network namespaces instead of discovering pods (repeatable; tests, benchmarks)")
+	f.StringVar(&o.annotations, "annotations", "", "JSON file with the pod annotations that apply to the --netns targets")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty: in-cluster config; none: no API server at all")
+	f.StringVar(&o.stateDir, "state-dir", "", "directory for state kept across restarts (log offsets)")
+	f.StringVar(&o.metricsAddress, "metrics-address", ":9809", "listen address of /metrics, /healthz and /readyz; empty: off")
+	f.StringVar(&o.debugAddress, "debug-address", "127.0.0.1:9810",
+		"listen address of the debug endpoint; off loopback it requires a bearer token (TokenReview + SubjectAccessReview); empty: off")
+	f.DurationVar(&o.recheckInterval, "recheck-interval", agent.DefaultRecheckInterval, "every pod is re-verified at least this often (with jitter)")
+	f.DurationVar(&o.debounce, "debounce", agent.DefaultDebounce, "how long triggers are gathered before a check")
+	f.IntVar(&o.workers, "workers", agent.DefaultWorkers, "how many pods are checked at once")
+	f.BoolVar(&o.perPodMetrics, "per-pod-metrics", false, "also expose meshdoctor_pod_verdict{namespace,pod,verdict} (one series per pod)")
+	f.StringVar(&o.logFormat, "log-format", "json", "json or text")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func runAgent(cmd *cobra.Command, o agentOptions) error {
+	log, err := newLogger(cmd, o.logFormat, o.logLevel)
+	if err != nil {
+		return &exitError{code: exitCannot, err: err}
+	}
+	ctx := cmd.Context()
+	node := nodeName(o.nodeName)
+
+	var client kubernetes.Interface
+	if o.kubeconfig != "none" {
+		cfg, err := restConfig(o.kubeconfig)
+		if err != nil {
+			return &exitError{code: exitCannot, err: err}
+		}
+		cfg.UserAgent = "meshdoctor-agent/" + version
+		if client, err = kubernetes.NewForConfig(cfg); err != nil {
+			return &exitError{code: exitCannot, err: fmt.Errorf("API client: %w", err)}
+		}
+	}
+
+	// The agent's own state feeds two checks that need it: istio-cni-node's state and the node
+	// conditions a pod's findings link with. It exists only once the checks do, hence the holder.
+	var holder agentHolder
+	podChecks, err := o.podChecks(ctx, &holder, log)
+	if err != nil {
+		return &exitError{code: exitCannot, err: err}
+	}
+	nodeChecks, closeNode, err := o.node.checks(o.hostRoot, nil, log)
+	if err != nil {
+		return &exitError{code: exitCannot, err: err}
+	}
+	defer closeNode()
+	for _, c := range nodeChecks {
+		if cni, ok := c.(*istiocni.Check); ok && len(o.netns) == 0 {
+			cni.Pods = &holder
+		}
+	}
+
+	var runtime agent.Discoverer
+	var closeRuntime func() error
+	if len(o.netns) > 0 {
+		annotations := map[string]string{}
+		if o.annotations != "" {
+			if annotations, err = readAnnotations(o.annotations); err != nil {
+				return &exitError{code: exitCannot, err: err}
+			}
+		}
+		runtime = staticTargets(o.netnsTargets(annotations))
+	} else {
+		rt, where, err := newRuntime(o.discovery, o.hostRoot)
+		if err != nil {
+			return &exitError{code: exitCannot, err: err}
+		}
+		runtime, closeRuntime = rt, rt.Close
+		log.Info("discovering pods", "through", where)
+	}
+	if closeRuntime != nil {
+		defer func() { _ = closeRuntime() }()
+	}
+
+	var names []string
+	for _, c := range podChecks {
+		names = append(names, c.Name())
+	}
+	for _, c := range nodeChecks {
+		names = append(names, c.Name())
+	}
+	var m *metrics.Metrics
+	var observers []agent.Observer
+	var reporter *podreport.Reporter
+	var watch *podwatch.Watch
+	a, err := agent.New(agent.Config{
+		Node:            node,
+		Runtime:         runtime,
+		Runner:          &diagnose.Runner{Checks: podChecks, Log: log},
+		NodeChecks:      nodeChecks,
+		RecheckInterval: o.recheckInterval,
+		Debounce:        o.debounce,
+		Workers:         o.workers,
+		Log:             log,
+		OnCheckRun:      func(r nodecheck.CheckRun) { m.CheckRun(r) },
+		Observers:       []agent.Observer{observerList{&observers}},
+	})
+	if err != nil {
+		return &exitError{code: exitCannot, err: err}
+	}
+	holder.set(a)
+	m = metrics.New(a, metrics.Options{Version: version, Checks: names, PerPod: o.perPodMetrics})
+
+	var wg sync.WaitGroup
+	run := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil {
+				log.Error("agent component stopped", "component", name, "err", err)
+			}
+		}()
+	}
+	if client != nil {
+		reporter = podreport.New(podreport.Config{Client: client, Node: node, Log: log,
+			Pods: func(ns, name string) *corev1.Pod {
+				if watch == nil {
+					return nil
+				}
+				return watch.Pod(ns, name)
+			}})
+		observers = append(observers, reporter)
+		watch, err = podwatch.New(client, node, 0, func(key, uid, why string) { a.TriggerPod(key, uid, "", why) }, reporter.Resync)
+		if err != nil {
+			return &exitError{code: exitCannot, err: err}
+		}
+		run("pod informer", func(ctx context.Context) error { watch.Run(ctx); return nil })
+		run("pod reporter", func(ctx context.Context) error { reporter.Run(ctx); return nil })
+	}
+	if len(o.netns) == 0 && o.discovery.criEndpoint == "" {
+		addr := filepath.Join(o.hostRoot, o.discovery.containerdAddress)
+		if o.hostRoot == "/" || filepath.IsAbs(o.discovery.containerdAddress) && o.hostRoot == "" {
+			addr = o.discovery.containerdAddress
+		}
+		run("containerd events", func(ctx context.Context) error {
+			return runtimeevents.Watch(ctx, addr, func(id, why string) {
+				if id == "" {
+					a.TriggerNode(why)
+					return
+				}
+				a.TriggerPod("", "", id, why)
+			}, log)
+		})
+	}
+	if o.metricsAddress != "" {
+		h := debughttp.MetricsHandler(a, m.Registry)
+		run("metrics server", func(ctx context.Context) error {
+			return debughttp.Serve(ctx, o.metricsAddress, h, shutdownGrace)
+		})
+	}
+	if o.debugAddress != "" {
+		var auth debughttp.Authorizer
+		if !debughttp.IsLoopback(o.debugAddress) {
+			if client == nil {
+				return &exitError{code: exitCannot, err: fmt.Errorf(
+					"--debug-address %s is not loopback: tokens are checked with the API server, which --kubeconfig=none turns off", o.debugAddress)}
+			}
+			auth = &debughttp.KubeAuthorizer{Client: client}
+		}
+		h := debughttp.DebugHandler(a, m.Registry, auth, log)
+		run("debug server", func(ctx context.Context) error {
+			return debughttp.Serve(ctx, o.debugAddress, h, shutdownGrace)
+		})
+	}
+	log.Info("agent starting", "node", node, "version", version, "api", client != nil,
+		"recheckInterval", o.recheckInterval.String(), "checks", names)
+	err = a.Run(ctx)
+	wg.Wait()
+	log.Info("agent stopped")
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return &exitError{code: exitCannot, err: err}
+	}
+	return nil
+}
+
+func newLogger(cmd *cobra.Command, format, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster API config (use --kubeconfig FILE, or --kubeconfig=none to run without the API): %w", err)
+		}
+		return cfg, nil
+	}
+	if _, err := os.Stat(kubeconfig); err != nil {
+		return nil, fmt.Errorf("--kubeconfig: %w", err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("reading kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
+}
+
+// staticTargets is discovery of fixed --netns targets.
+type staticTargets []nodecheck.Target
+
+func (s staticTargets) Discover(context.Context) ([]nodecheck.Target, error) { return s, nil }
+
+// observerList fans out to observers added after the agent was built (the reporter needs the
+// agent for its informer triggers, the agent needs its observers).
+type observerList struct{ list *[]agent.Observer }
+
+func (l observerList) PodChecked(prev *agent.PodState, cur agent.PodState) {
+	for _, o := range *l.list {
+		o.PodChecked(prev, cur)
+	}
+}
+
+func (l observerList) PodGone(last agent.PodState) {
+	for _, o := range *l.list {
+		o.PodGone(last)
+	}
+}
+
+func (l observerList) NodeChecked(prev, cur agent.NodeState) {
+	for _, o := range *l.list {
+		o.NodeChecked(prev, cur)
+	}
+}
+
+// agentHolder lets checks built before the agent read its state: the node conditions pod findings
+// link with (proxyready.NodeConditions), and istio-cni-node's state from the discovered pods
+// (istiocni.PodStates).
+type agentHolder struct {
+	mu sync.Mutex
+	a  *agent.Agent
+}
+
+func (h *agentHolder) set(a *agent.Agent) {
+	h.mu.Lock()
+	h.a = a
+	h.mu.Unlock()
+}
+
+func (h *agentHolder) get() *agent.Agent {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.a
+}
+
+// Active implements proxyready.NodeConditions over the agent's latest node findings.
+func (h *agentHolder) Active(code nodecheck.Code) (nodecheck.Finding, bool) {
+	a := h.get()
+	if a == nil {
+		return nodecheck.Finding{}, false
+	}
+	return nodeConditions(a.Node().Findings).Active(code)
+}
+
+func (h *agentHolder) targets() []nodecheck.Target {
+	a := h.get()
+	if a == nil {
+		return nil
+	}
+	var ts []nodecheck.Target
+	for _, p := range a.Pods() {
+		ts = append(ts, p.Target)
+	}
+	return ts
+}
+
+// IstioCNIAgent implements istiocni.PodStates from the pods the agent discovered.
+func (h *agentHolder) IstioCNIAgent(ctx context.Context) (istiocni.AgentState, error) {
+	return istiocni.FromTargets(h.targets()).IstioCNIAgent(ctx)
+}
+
+// CNIModePods implements istiocni.PodStates.
+func (h *agentHolder) CNIModePods(ctx context.Context) ([]string, error) {
+	return istiocni.FromTargets(h.targets()).CNIModePods(ctx)
+}

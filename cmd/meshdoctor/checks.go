@@ -1,0 +1,51 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/pflag"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istioinit"
+	"github.com/meshdoctor/meshdoctor/nodecheck/proxyready"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
+)
+
+// registerNodeFlags registers the flags `check` and `agent` share: which node, where its files
+// are, how its pods are found, and every check's own flags.
+func (o *checkOptions) registerNodeFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "node name for the report (default $NODE_NAME, else the hostname)")
+	f.StringVar(&o.hostRoot, "host-root", "/", "where the node's filesystem is seen (the DaemonSet mounts the host's / under a prefix)")
+	f.StringVar(&o.nodeBackend, "node-backend", "auto",
+		"iptables backend the node uses (nft, legacy, none); auto reads the host network namespace's rules")
+	addDiscoveryFlags(f, &o.discovery)
+	o.node.register(f)
+	o.proxyReady.register(f)
+}
+
+// podChecks builds every pod check, the one place `check` and `agent` get them from. conditions
+// are the node conditions pod checks link their findings with.
+func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.NodeConditions, log *slog.Logger) ([]nodecheck.Check, error) {
+	backend, err := resolveNodeBackend(ctx, *o, log)
+	if err != nil {
+		return nil, err
+	}
+	log.Debug("node iptables backend", "backend", backend)
+	proxyReady, err := o.proxyReady.check(o.node.path(o.node.podLogDir, o.hostRoot, "var/log/pods"), conditions)
+	if err != nil {
+		return nil, err
+	}
+	return []nodecheck.Check{&capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}, istioinit.Check{}, proxyReady}, nil
+}
+
+// netnsTargets are the --netns namespaces with the --annotations, or nil without --netns.
+func (o *checkOptions) netnsTargets(annotations map[string]string) []nodecheck.Target {
+	var targets []nodecheck.Target
+	for _, p := range o.netns {
+		targets = append(targets, nodecheck.Target{Netns: p, Annotations: annotations})
+	}
+	return targets
+}

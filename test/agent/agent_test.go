@@ -1,0 +1,377 @@
+// Package agent_test runs the real `meshdoctor agent` binary on the real test bed: pod network
+// namespaces whose rules Istio's own pilot-agent wrote, containerd's CRI sandboxes, a real
+// kube-apiserver over etcd, and Debian's Chromium for the debug page. Each test breaks capture
+// the way nodes break it and watches the agent's metrics, annotations and events follow.
+package agent_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/test/testbed"
+)
+
+// binary is the meshdoctor under test: $MESHDOCTOR_BIN (make test sets it), else built here.
+var binary string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		binary = os.Getenv("MESHDOCTOR_BIN")
+		if binary == "" {
+			dir, err := os.MkdirTemp("", "meshdoctor-agent-")
+			if err != nil {
+				panic(err)
+			}
+			defer os.RemoveAll(dir)
+			binary = filepath.Join(dir, "meshdoctor")
+			build := exec.Command("go", "build", "-o", binary, "github.com/meshdoctor/meshdoctor/cmd/meshdoctor")
+			build.Stdout, build.Stderr = os.Stderr, os.Stderr
+			if err := build.Run(); err != nil {
+				os.Stderr.WriteString("agent e2e: building meshdoctor failed\n")
+				return 2
+			}
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// agentProc is a running agent.
+type agentProc struct {
+	cmd     *exec.Cmd
+	metrics string // base URL of the metrics port
+	debug   string // base URL of the debug endpoint
+	mu      sync.Mutex
+	logs    bytes.Buffer
+	done    chan error
+}
+
+func (a *agentProc) Write(p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.logs.Write(p)
+}
+
+func (a *agentProc) Logs() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.logs.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startAgent runs the agent with args plus its listen addresses, and waits for /readyz.
+func startAgent(t *testing.T, args ...string) *agentProc {
+	t.Helper()
+	maddr, daddr := freeAddr(t), freeAddr(t)
+	hostRoot := t.TempDir() // node checks read an empty node: no CNI config, no logs
+	for _, d := range []string{"etc/cni/net.d", "opt/cni/bin", "var/log/pods"} {
+		if err := os.MkdirAll(filepath.Join(hostRoot, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all := append([]string{"agent", "--metrics-address", maddr, "--debug-address", daddr,
+		"--node-backend", "none", "--node-name", "test-node", "--host-root", hostRoot,
+		"--state-dir", t.TempDir()}, args...)
+	a := &agentProc{metrics: "http://" + maddr, debug: "http://" + daddr, done: make(chan error, 1)}
+	a.cmd = exec.Command(binary, all...)
+	a.cmd.Stdout, a.cmd.Stderr = a, a
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.done <- a.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = a.cmd.Process.Kill()
+		<-a.done
+		if t.Failed() {
+			t.Logf("agent logs:\n%s", a.Logs())
+		}
+	})
+	eventually(t, 30*time.Second, "agent ready", func() error {
+		code, body, err := get(a.metrics + "/readyz")
+		if err != nil {
+			return err
+		}
+		if code != 200 {
+			return fmt.Errorf("readyz %d: %s", code, body)
+		}
+		return nil
+	})
+	return a
+}
+
+// stop sends SIGTERM and checks that the agent exits 0 within the DaemonSet's grace period.
+func (a *agentProc) stop(t *testing.T) {
+	t.Helper()
+	start := time.Now()
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-a.done:
+		a.done <- err
+		if err != nil {
+			t.Errorf("agent exit after SIGTERM: %v", err)
+		}
+		t.Logf("agent stopped %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Errorf("agent still running 30s after SIGTERM")
+	}
+}
+
+func get(url string) (int, string, error) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var err error
+	for time.Since(start) < timeout {
+		if err = f(); err == nil {
+			return time.Since(start)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s: %v", what, timeout, err)
+	return 0
+}
+
+// metric returns the value of one series of the exposition, e.g. `meshdoctor_pods{verdict="broken"}`.
+func metric(t *testing.T, base, series string) float64 {
+	t.Helper()
+	_, body, err := get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if ok && name == series {
+			v, err := strconv.ParseFloat(val, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+	}
+	return -1
+}
+
+func report(t *testing.T, base string) nodecheck.Report {
+	t.Helper()
+	_, body, err := get(base + "/debug/report")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep nodecheck.Report
+	if err := json.Unmarshal([]byte(body), &rep); err != nil {
+		t.Fatalf("/debug/report is not the report: %v\n%s", err, body)
+	}
+	return rep
+}
+
+// sidecarNetns is a pod netns with Istio's sidecar rules, written by pilot-agent as istio-init does.
+func sidecarNetns(t *testing.T, ctx context.Context) *testbed.Netns {
+	t.Helper()
+	n := testbed.NewNetns(t)
+	if err := n.IstioIptables(ctx, testbed.DefaultSidecarArgs()...); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// breakJump deletes the PREROUTING jump into Istio's inbound chain; restoreJump puts it back.
+func breakJump(t *testing.T, ctx context.Context, netnsPath string) {
+	t.Helper()
+	nsexec(t, ctx, netnsPath, "iptables-nft", "-t", "nat", "-D", "PREROUTING", "-p", "tcp", "-j", "ISTIO_INBOUND")
+}
+
+func restoreJump(t *testing.T, ctx context.Context, netnsPath string) {
+	t.Helper()
+	nsexec(t, ctx, netnsPath, "iptables-nft", "-t", "nat", "-I", "PREROUTING", "1", "-p", "tcp", "-j", "ISTIO_INBOUND")
+}
+
+func nsexec(t *testing.T, ctx context.Context, netnsPath string, args ...string) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + netnsPath}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nsenter %s %v: %v\n%s", netnsPath, args, err, out)
+	}
+}
+
+// promtool is the promtool test/setup.sh builds; "" when it is not there.
+func promtool(t *testing.T) string {
+	p := filepath.Join(testbed.CacheDir(), "bin", "promtool-"+testbed.PromtoolVersion)
+	if _, err := os.Stat(p); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("promtool not built (%v): run test/setup.sh", err)
+		}
+		return ""
+	}
+	return p
+}
+
+// TestAgentWithoutAPIServer: with --kubeconfig=none the agent diagnoses, serves metrics and the
+// debug endpoint, re-verifies on its period (a rule removed after start is seen), and stops on
+// SIGTERM.
+func TestAgentWithoutAPIServer(t *testing.T) {
+	testbed.RequirePrivileged(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	healthy, bare := sidecarNetns(t, ctx), testbed.NewNetns(t)
+	a := startAgent(t, "--kubeconfig=none", "--netns", healthy.Path(), "--netns", bare.Path(), "--recheck-interval", "2s")
+
+	rep := report(t, a.debug)
+	verdicts := map[string]nodecheck.Verdict{}
+	for _, p := range rep.Pods {
+		verdicts[p.Netns] = p.Verdict
+	}
+	if verdicts[healthy.Path()] != nodecheck.VerdictOK || verdicts[bare.Path()] != nodecheck.VerdictBroken {
+		t.Fatalf("verdicts %v, want %s ok and %s broken", verdicts, healthy.Path(), bare.Path())
+	}
+	if v := metric(t, a.metrics, `meshdoctor_pods{verdict="broken"}`); v != 1 {
+		t.Errorf("meshdoctor_pods{verdict=broken} = %v, want 1", v)
+	}
+	for _, code := range nodecheck.AllCodes() {
+		if v := metric(t, a.metrics, `meshdoctor_findings{code="`+string(code)+`",severity="error"}`); v < 0 {
+			t.Errorf("meshdoctor_findings for %s not initialised", code)
+		}
+	}
+	if v := metric(t, a.metrics, `meshdoctor_findings{code="RedirectRulesMissing",severity="error"}`); v != 1 {
+		t.Errorf("RedirectRulesMissing findings = %v, want 1", v)
+	}
+	if v := metric(t, a.metrics, `meshdoctor_last_sweep_timestamp_seconds`); v <= 0 {
+		t.Errorf("meshdoctor_last_sweep_timestamp_seconds = %v", v)
+	}
+
+	// The exposition is valid for Prometheus' own linter.
+	if pt := promtool(t); pt != "" {
+		_, body, err := get(a.metrics + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.CommandContext(ctx, pt, "check", "metrics")
+		cmd.Stdin = strings.NewReader(body)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics: %v\n%s", err, out)
+		}
+	} else {
+		t.Log("promtool not built; exposition not linted (run test/setup.sh)")
+	}
+
+	// Per-pod detail with the raw rules.
+	code, body, err := get(a.debug + "/debug/pods/nope/nope")
+	if err != nil || code != 404 {
+		t.Errorf("/debug/pods of an unknown pod: %d %v", code, err)
+	}
+	_ = body
+
+	// Periodic re-verification: remove a jump after the first check.
+	start := time.Now()
+	breakJump(t, ctx, healthy.Path())
+	took := eventually(t, 20*time.Second, "broken pod seen by the periodic re-check", func() error {
+		if v := metric(t, a.metrics, `meshdoctor_pods{verdict="broken"}`); v != 2 {
+			return fmt.Errorf("broken = %v", v)
+		}
+		return nil
+	})
+	t.Logf("rule removed → metric changed in %s (recheck interval 2s)", took.Round(time.Millisecond))
+	_ = start
+	restoreJump(t, ctx, healthy.Path())
+	eventually(t, 20*time.Second, "recovery", func() error {
+		if v := metric(t, a.metrics, `meshdoctor_pods{verdict="ok"}`); v != 1 {
+			return fmt.Errorf("ok = %v", v)
+		}
+		return nil
+	})
+
+	a.stop(t)
+	// Logs are JSON lines saying what was checked and why.
+	var checked int
+	for _, line := range strings.Split(strings.TrimSpace(a.Logs()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Errorf("log line is not JSON: %q", line)
+			continue
+		}
+		if rec["msg"] == "pod checked: verdict changed" && rec["why"] != nil {
+			checked++
+		}
+	}
+	if checked < 3 {
+		t.Errorf("%d verdict-change log lines, want at least 3", checked)
+	}
+}
+
+// TestDebugPageInChromium opens the HTML page in headless Chromium and keeps a screenshot.
+func TestDebugPageInChromium(t *testing.T) {
+	testbed.RequirePrivileged(t)
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("chromium not installed: run test/setup.sh")
+		}
+		t.Skip("chromium not installed: run test/setup.sh")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	healthy, bare := sidecarNetns(t, ctx), testbed.NewNetns(t)
+	a := startAgent(t, "--kubeconfig=none", "--netns", healthy.Path(), "--netns", bare.Path())
+	flags := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+		"--disable-component-update", "--disable-sync", "--no-first-run", "--user-data-dir=" + t.TempDir()}
+	dom, err := exec.CommandContext(ctx, chromium, append(flags, "--dump-dom", a.debug+"/")...).Output()
+	if err != nil {
+		t.Fatalf("chromium --dump-dom: %v", err)
+	}
+	for _, want := range []string{"meshdoctor · node test-node", "1 broken", "1 ok", "RedirectRulesMissing", bare.Path()} {
+		if !strings.Contains(string(dom), want) {
+			t.Errorf("the page as Chromium renders it lacks %q", want)
+		}
+	}
+	dir := os.Getenv("MESHDOCTOR_ARTIFACTS")
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), "meshdoctor-artifacts")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	shot := filepath.Join(dir, "agent-debug-page.png")
+	out, err := exec.CommandContext(ctx, chromium, append(flags, "--window-size=1280,720", "--screenshot="+shot, a.debug+"/")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("chromium --screenshot: %v\n%s", err, out)
+	}
+	if st, err := os.Stat(shot); err != nil || st.Size() < 1000 {
+		t.Fatalf("screenshot %s: %v", shot, err)
+	}
+	t.Logf("screenshot of the debug page: %s", shot)
+}
