@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -197,10 +196,8 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		run("pod reporter", func(ctx context.Context) error { reporter.Run(ctx); return nil })
 	}
 	if len(o.netns) == 0 && o.discovery.criEndpoint == "" {
-		addr := filepath.Join(o.hostRoot, o.discovery.containerdAddress)
-		if o.hostRoot == "/" || filepath.IsAbs(o.discovery.containerdAddress) && o.hostRoot == "" {
-			addr = o.discovery.containerdAddress
-		}
+		// The same socket discovery uses, as given (the DaemonSet mounts it at the same path).
+		addr := o.discovery.containerdAddress
 		run("containerd events", func(ctx context.Context) error {
 			return runtimeevents.Watch(ctx, addr, func(id, why string) {
 				if id == "" {

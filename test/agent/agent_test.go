@@ -88,15 +88,17 @@ func freeAddr(t *testing.T) string {
 func startAgent(t *testing.T, args ...string) *agentProc {
 	t.Helper()
 	maddr, daddr := freeAddr(t), freeAddr(t)
-	hostRoot := t.TempDir() // node checks read an empty node: no CNI config, no logs
+	hostRoot := t.TempDir()
 	for _, d := range []string{"etc/cni/net.d", "opt/cni/bin", "var/log/pods"} {
 		if err := os.MkdirAll(filepath.Join(hostRoot, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
+	// The node checks read an empty node (no CNI config, no logs); pods are where the args say.
 	all := append([]string{"agent", "--metrics-address", maddr, "--debug-address", daddr,
-		"--node-backend", "none", "--node-name", "test-node", "--host-root", hostRoot,
-		"--state-dir", t.TempDir()}, args...)
+		"--node-backend", "none", "--node-name", "test-node", "--state-dir", t.TempDir(),
+		"--cni-conf-dir", filepath.Join(hostRoot, "etc/cni/net.d"), "--cni-bin-dir", filepath.Join(hostRoot, "opt/cni/bin"),
+		"--pod-log-dir", filepath.Join(hostRoot, "var/log/pods")}, args...)
 	a := &agentProc{metrics: "http://" + maddr, debug: "http://" + daddr, done: make(chan error, 1)}
 	a.cmd = exec.Command(binary, all...)
 	a.cmd.Stdout, a.cmd.Stderr = a, a
