@@ -52,7 +52,7 @@ fuzz:
 	  done; \
 	done
 
-demo: setup build
+demo: build
 	@bash test/demo.sh $(CURDIR)/$(BIN)
 
 clean:

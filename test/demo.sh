@@ -7,7 +7,7 @@
 set -euo pipefail
 
 meshdoctor=${1:?usage: $0 PATH-TO-MESHDOCTOR}
-bin_dir=$(bash "$(dirname "$0")/setup.sh")
+bin_dir=$(bash "$(dirname "$0")/setup.sh" --demo)
 pilot_agent="$bin_dir/pilot-agent"
 [[ $(id -u) -eq 0 ]] || { echo "demo: must run as root (it creates network namespaces)" >&2; exit 2; }
 
