@@ -123,10 +123,11 @@ func (s *scheduler) wakeAt(interval time.Duration) time.Time {
 	return wake
 }
 
-// due returns the pods whose periodic check is due, with the ones due within a small window after
-// now, so that spread-out pods are still checked a few at a time rather than one wake-up each.
+// due returns the pods whose periodic check is due, with the ones due within a twentieth of the
+// period after now (still inside their jitter), so that spread-out pods are checked a few at a
+// time rather than one wake-up each.
 func (s *scheduler) due(now time.Time, interval time.Duration) map[string]string {
-	window := max(interval/60, time.Second)
+	window := interval / 20
 	out := map[string]string{}
 	for key, t := range s.next {
 		if t.Before(now.Add(window)) {
