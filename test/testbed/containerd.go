@@ -62,6 +62,8 @@ type Containerd struct {
 	stopOnce   sync.Once
 	stopErr    error
 	beforeStop []func(context.Context) error
+	// adopted is the pid of a daemon this process did not start (SweepAbandoned): stopped by pid.
+	adopted int
 	// hostDirs are the host directories the runtime creates on demand that did not exist
 	// before this daemon started: removed at Stop when empty.
 	hostDirs []string
@@ -144,6 +146,7 @@ func LaunchContainerd(ctx context.Context, opts ...ContainerdOption) (_ *Contain
 	if err != nil {
 		return nil, err
 	}
+	SweepAbandoned()
 	c := &Containerd{binary: bin, exited: make(chan struct{})}
 	for _, d := range runtimeHostDirs {
 		if _, err := os.Stat(d); os.IsNotExist(err) {
@@ -167,6 +170,9 @@ func LaunchContainerd(ctx context.Context, opts ...ContainerdOption) (_ *Contain
 		return nil, fmt.Errorf("creating the daemon's netns: %w", err)
 	}
 	if err := c.writeConfig(); err != nil {
+		return nil, err
+	}
+	if err := c.writeOwner(); err != nil {
 		return nil, err
 	}
 	if err := c.start(); err != nil {
@@ -420,10 +426,11 @@ func (c *Containerd) stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	var errs []error
-	running := c.cmd != nil && !c.exitedNow()
-	if c.cmd != nil && !running {
-		// Killed or crashed: its pods still run. Start it again on the same root and state so
-		// that it recovers them and they can be removed the proper way (CNI DEL, netns, cgroups).
+	running := (c.cmd != nil && !c.exitedNow()) || c.adopted > 0
+	if _, err := os.Stat(filepath.Join(c.Dir, "config.toml")); !running && c.Dir != "" && err == nil {
+		// Killed, crashed, or left by a test process that died: its pods may still run. Start
+		// it again on the same root and state so that it recovers them and they can be removed
+		// the proper way (CNI DEL, netns, cgroups).
 		c.exited = make(chan struct{})
 		if err := c.start(); err == nil {
 			if err := c.waitReady(ctx); err == nil {
@@ -455,6 +462,9 @@ func (c *Containerd) stop() error {
 				<-c.exited
 			}
 		}
+	}
+	if c.adopted > 0 {
+		terminate(c.adopted)
 	}
 	errs = append(errs, c.killShims())
 	for _, l := range left {
@@ -534,6 +544,110 @@ func (c *Containerd) removeContainers(ctx context.Context) []leftover {
 	return left
 }
 
+// ownerFile records, in a daemon's directory, who started it and how: enough for a later test
+// process to clean up after one that died without running its cleanup (go test's timeout kills
+// it), whose pods would otherwise run forever.
+const ownerFile = "owner.json"
+
+type owner struct {
+	Pid       int    `json:"pid"`
+	StartTime string `json:"startTime"` // /proc/PID/stat field 22: tells a reused pid apart
+	Binary    string `json:"binary"`
+	Major     int    `json:"major"`
+	Netns     string `json:"netns"`
+}
+
+func (c *Containerd) writeOwner() error {
+	o := owner{Pid: os.Getpid(), StartTime: procStartTime(os.Getpid()), Binary: c.binary, Major: c.Major}
+	if c.Netns != nil {
+		o.Netns = c.Netns.Name
+	}
+	data, err := json.Marshal(o)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(c.Dir, ownerFile), data, 0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", ownerFile, err)
+	}
+	return nil
+}
+
+func procStartTime(pid int) string {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return ""
+	}
+	// The command name (field 2) may hold spaces; fields after its closing parenthesis are plain.
+	rest := string(data[bytes.LastIndexByte(data, ')')+1:])
+	f := strings.Fields(rest)
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19]
+}
+
+// SweepAbandoned stops and cleans up the test bed daemons whose test process is gone, with all
+// their pods. LaunchContainerd calls it, so a run killed by a timeout is cleaned by the next.
+func SweepAbandoned() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "md-containerd-*"))
+	for _, dir := range dirs {
+		data, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue // being created, or not a test bed daemon of this version
+		}
+		var o owner
+		if json.Unmarshal(data, &o) != nil || o.Pid <= 0 {
+			continue
+		}
+		if st := procStartTime(o.Pid); st != "" && st == o.StartTime {
+			continue // its test process still runs
+		}
+		// Test packages run in parallel: one sweeper per directory.
+		lock, err := os.OpenFile(filepath.Join(dir, "sweep.lock"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			continue
+		}
+		lock.Close()
+		c := &Containerd{Dir: dir, Address: filepath.Join(dir, "containerd.sock"), PodLogDir: filepath.Join(dir, "pods"),
+			binary: o.Binary, Major: o.Major, exited: make(chan struct{}), adopted: daemonPid(dir)}
+		if o.Netns != "" {
+			c.Netns = &Netns{Name: o.Netns, ownsNetns: true, ownsEtc: true}
+		}
+		_ = c.Stop()
+	}
+}
+
+// daemonPid finds the running daemon whose config is under dir, or 0.
+func daemonPid(dir string) int {
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	want := []byte(filepath.Join(dir, "config.toml"))
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		if cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline")); err == nil && bytes.Contains(cmdline, want) {
+			return pid
+		}
+	}
+	return 0
+}
+
+// terminate stops a process that is not our child: SIGTERM, then SIGKILL after 15 s.
+func terminate(pid int) {
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	for i := 0; i < 150; i++ {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
 // otherTestDaemons reports whether another test bed containerd runs (one whose config is under
 // a md-containerd- directory), self excepted.
 func otherTestDaemons(self *exec.Cmd) bool {
@@ -607,6 +721,10 @@ func removeLeftover(address string, l leftover) error {
 	if l.cgroup != "" && strings.HasPrefix(l.cgroup, "/") {
 		killCgroup(l.cgroup)
 		errs = append(errs, removeCgroup(l.cgroup))
+		// The pod's and the test node's parent cgroups go too once empty.
+		for p := filepath.Dir(l.cgroup); p != "/" && p != "."; p = filepath.Dir(p) {
+			_ = removeCgroup(p)
+		}
 	}
 	// The shim socket is /run/containerd/s/sha256(ADDRESS/NAMESPACE/ID).
 	sum := sha256.Sum256([]byte(filepath.Join(address, "k8s.io", l.id)))

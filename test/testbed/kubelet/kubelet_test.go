@@ -2,6 +2,7 @@ package kubelet_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,12 +91,8 @@ func TestIstioInitInARealPod(t *testing.T) {
 // Stopping a node removes everything its pods put on the host, also when the daemon was killed
 // first and could not tear its pods down.
 func TestStopLeavesNothing(t *testing.T) {
-	for _, kill := range []bool{false, true} {
-		name := "clean stop"
-		if kill {
-			name = "daemon killed"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, how := range []string{"clean stop", "daemon killed", "test process died"} {
+		t.Run(how, func(t *testing.T) {
 			testbed.RequirePrivileged(t)
 			pilotAgent := testbed.PilotAgent(t)
 			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -130,9 +127,26 @@ func TestStopLeavesNothing(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if kill {
+			switch how {
+			case "daemon killed":
 				if err := c.Kill(); err != nil {
 					t.Fatal(err)
+				}
+			case "test process died":
+				// As if the process that started the daemon had been killed: its owner record
+				// names a dead process, and the next test bed sweeps the daemon away.
+				dead := exec.Command("true")
+				if err := dead.Run(); err != nil {
+					t.Fatal(err)
+				}
+				owner := []byte(fmt.Sprintf(`{"pid":%d,"startTime":"1","binary":"/usr/bin/containerd","major":1,"netns":%q}`,
+					dead.Process.Pid, c.Netns.Name))
+				if err := os.WriteFile(filepath.Join(c.Dir, "owner.json"), owner, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				testbed.SweepAbandoned()
+				if _, err := os.Stat(c.Dir); !os.IsNotExist(err) {
+					t.Fatalf("the abandoned daemon's directory is still there (%v)", err)
 				}
 			}
 			if err := c.Stop(); err != nil {
@@ -141,7 +155,8 @@ func TestStopLeavesNothing(t *testing.T) {
 			if err := testbed.RemoveCgroupTree(parent); err != nil {
 				t.Error(err)
 			}
-			for _, path := range []string{p.Netns, c.Dir, filepath.Join("/sys/fs/cgroup/memory", parent)} {
+			for _, path := range []string{p.Netns, c.Dir, filepath.Join("/sys/fs/cgroup/memory", parent),
+				filepath.Join("/etc/netns", c.Netns.Name), c.Netns.Path()} {
 				if _, err := os.Stat(path); !os.IsNotExist(err) {
 					t.Errorf("%s left behind (%v)", path, err)
 				}
