@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -29,7 +28,6 @@ import (
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
-	"github.com/containerd/typeurl/v2"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -286,7 +284,7 @@ func decodeExtension(ctr containers.Container, name string, v any) error {
 		return fmt.Errorf("container %s has no %s extension", ctr.ID, name)
 	}
 	if err := json.Unmarshal(ext.GetValue(), v); err != nil {
-		return fmt.Errorf("reading %s of %s (%s): %w", name, ctr.ID, typeurl.Any(ext).GetTypeUrl(), err)
+		return fmt.Errorf("reading %s of %s (%s): %w", name, ctr.ID, ext.GetTypeUrl(), err)
 	}
 	return nil
 }
@@ -355,5 +353,5 @@ func shortID(id string) string {
 	if len(id) > 12 {
 		return id[:12]
 	}
-	return strings.Clone(id)
+	return id
 }
