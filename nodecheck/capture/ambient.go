@@ -180,28 +180,19 @@ func hasIstioRules(sets []*rules.RuleSet, family rules.Family) bool {
 // 0x111/0xfff) are routed to the local host: `ip rule fwmark 0x111/0xfff lookup 100` with
 // `local default dev lo` in table 100.
 func ambientRouting(diffs []FamilyDiff, snap Snapshot) (nodecheck.Finding, bool) {
-	var missing []string
+	var families []rules.Family
 	for _, d := range diffs {
-		if d.ExpectedNone || len(d.Backends) == 0 {
-			continue
+		if !d.ExpectedNone && len(d.Backends) > 0 {
+			families = append(families, d.Family)
 		}
-		ok := false
-		for _, r := range snap.Routing {
-			if r.Family == d.Family && r.Mark == ambientTProxyMark && r.Mask == ambientTProxyMask && r.LocalDefault {
-				ok = true
-			}
-		}
-		if !ok {
-			missing = append(missing, fmt.Sprintf("%s: no `ip rule fwmark 0x%x/0x%x lookup %d` whose table has `local default dev lo`",
-				d.Family, ambientTProxyMark, ambientTProxyMask, ambientRouteTable))
-		}
+	}
+	var missing []string
+	for _, f := range unroutedMark(families, snap.Routing, ambientTProxyMark, ambientTProxyMask) {
+		missing = append(missing, fmt.Sprintf("%s: no `ip rule fwmark 0x%x/0x%x lookup %d` whose table has `local default dev lo`",
+			f, ambientTProxyMark, ambientTProxyMask, ambientRouteTable))
 	}
 	if len(missing) == 0 {
 		return nodecheck.Finding{}, false
-	}
-	var found []string
-	for _, r := range snap.Routing {
-		found = append(found, r.String())
 	}
 	return nodecheck.Finding{
 		Code:     nodecheck.RedirectRulesIncomplete,
@@ -210,7 +201,7 @@ func ambientRouting(diffs []FamilyDiff, snap Snapshot) (nodecheck.Finding, bool)
 		Remedy: "istio-cni adds `ip rule add fwmark 0x111/0xfff pref 32764 lookup 100` and `ip route add local " +
 			"0.0.0.0/0 dev lo table 100` in the pod; without them replies to connections ztunnel accepted leave the pod " +
 			"instead of reaching ztunnel. Restart the pod so istio-cni writes them again, and look for what removed them.",
-		Evidence:  map[string]any{"missing": missing, "markRulesFound": found},
+		Evidence:  map[string]any{"missing": missing, "markRulesFound": markRoutesFound(snap)},
 		Component: nodecheck.ComponentIstioCNI,
 	}, true
 }

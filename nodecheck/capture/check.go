@@ -283,28 +283,19 @@ func missingFinding(cfg Config, families []string, snap Snapshot) nodecheck.Find
 // tproxyRouting checks the policy routing TPROXY capture needs in every family that has rules:
 // packets marked by ISTIO_DIVERT must be looked up in a table that delivers them locally.
 func tproxyRouting(cfg Config, diffs []FamilyDiff, snap Snapshot) (nodecheck.Finding, bool) {
-	var missing []string
+	var families []rules.Family
 	for _, d := range diffs {
-		if d.ExpectedNone || cfg.IncludeInboundPorts == "" {
-			continue
+		if !d.ExpectedNone && cfg.IncludeInboundPorts != "" {
+			families = append(families, d.Family)
 		}
-		ok := false
-		for _, r := range snap.Routing {
-			if r.Family == d.Family && r.Mark&r.Mask == cfg.TProxyMark&r.Mask && r.Mask&cfg.TProxyMark == cfg.TProxyMark && r.LocalDefault {
-				ok = true
-			}
-		}
-		if !ok {
-			missing = append(missing, fmt.Sprintf("%s: no `ip rule fwmark 0x%x lookup TABLE` whose table has `local default dev lo`",
-				d.Family, cfg.TProxyMark))
-		}
+	}
+	var missing []string
+	for _, f := range unroutedMark(families, snap.Routing, cfg.TProxyMark, cfg.TProxyMark) {
+		missing = append(missing, fmt.Sprintf("%s: no `ip rule fwmark 0x%x lookup TABLE` whose table has `local default dev lo`",
+			f, cfg.TProxyMark))
 	}
 	if len(missing) == 0 {
 		return nodecheck.Finding{}, false
-	}
-	var found []string
-	for _, r := range snap.Routing {
-		found = append(found, r.String())
 	}
 	return nodecheck.Finding{
 		Code:     nodecheck.RedirectRulesIncomplete,
@@ -313,8 +304,35 @@ func tproxyRouting(cfg Config, diffs []FamilyDiff, snap Snapshot) (nodecheck.Fin
 		Remedy: "In TPROXY mode Istio's writer adds `ip rule add fwmark 1337 lookup 133` and `ip route add local default " +
 			"dev lo table 133`; without them marked inbound packets never reach the proxy. Restart the pod so " +
 			"istio-init writes them again, and look for what removed them (a node agent flushing ip rules).",
-		Evidence: map[string]any{"missing": missing, "markRulesFound": found},
+		Evidence: map[string]any{"missing": missing, "markRulesFound": markRoutesFound(snap)},
 	}, true
+}
+
+// unroutedMark returns the families where no policy-routing rule selects mark (its mask
+// covering the bits of mask) and looks up a table that delivers everything locally.
+func unroutedMark(families []rules.Family, routing []MarkRoute, mark, mask uint32) []rules.Family {
+	var out []rules.Family
+	for _, f := range families {
+		ok := false
+		for _, r := range routing {
+			if r.Family == f && r.Mark&r.Mask == mark&r.Mask && r.Mask&mask == mask && r.LocalDefault {
+				ok = true
+			}
+		}
+		if !ok {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// markRoutesFound lists the mark rules that exist, for evidence.
+func markRoutesFound(snap Snapshot) []string {
+	var found []string
+	for _, r := range snap.Routing {
+		found = append(found, r.String())
+	}
+	return found
 }
 
 // dropInetProjection removes the IPv6 view of Istio's native `inet` tables when it holds nothing
