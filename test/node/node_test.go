@@ -13,9 +13,9 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -31,24 +31,14 @@ var binary string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	code := func() int {
-		binary = os.Getenv("MESHDOCTOR_BIN")
-		if binary == "" {
-			dir, err := os.MkdirTemp("", "meshdoctor-node-")
-			if err != nil {
-				panic(err)
-			}
-			defer os.RemoveAll(dir)
-			binary = filepath.Join(dir, "meshdoctor")
-			build := exec.Command("go", "build", "-o", binary, "github.com/meshdoctor/meshdoctor/cmd/meshdoctor")
-			build.Stdout, build.Stderr = os.Stderr, os.Stderr
-			if err := build.Run(); err != nil {
-				os.Stderr.WriteString("node: building meshdoctor failed\n")
-				return 2
-			}
-		}
-		return m.Run()
-	}()
+	path, cleanup, err := testbed.BuildMeshdoctor()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "node:", err)
+		os.Exit(2)
+	}
+	binary = path
+	code := m.Run()
+	cleanup()
 	os.Exit(code)
 }
 
@@ -76,30 +66,13 @@ func check(t testing.TB, ctx context.Context, args ...string) (nodecheck.Report,
 	return rep, code, stderr.String()
 }
 
-type daemon struct {
-	name string
-	opts func(testing.TB) []testbed.ContainerdOption
-}
-
-func daemons() []daemon {
-	return []daemon{
-		{"containerd-1.6-debian", func(testing.TB) []testbed.ContainerdOption { return nil }},
-		{"containerd-1.7", func(tb testing.TB) []testbed.ContainerdOption {
-			return []testbed.ContainerdOption{testbed.WithContainerdBinary(testbed.Containerd17Binary(tb))}
-		}},
-		{"containerd-2", func(tb testing.TB) []testbed.ContainerdOption {
-			return []testbed.ContainerdOption{testbed.WithContainerdBinary(testbed.Containerd2Binary(tb))}
-		}},
-	}
-}
-
 // TestCheckDiscoversTheNode runs every scenario pod on each daemon and checks the report through
 // the containerd client and through CRI: both paths must say the same.
 func TestCheckDiscoversTheNode(t *testing.T) {
-	for _, d := range daemons() {
-		t.Run(d.name, func(t *testing.T) {
+	for _, d := range testbed.ContainerdFlavors() {
+		t.Run(d.Name, func(t *testing.T) {
 			t.Parallel()
-			n := kubelet.Start(t, d.opts(t)...)
+			n := kubelet.Start(t, d.Options(t)...)
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 			defer cancel()
 			scs := scenarios()

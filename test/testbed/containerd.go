@@ -826,3 +826,37 @@ func unmountUnder(dir string) error {
 	}
 	return nil
 }
+
+// ContainerdFlavor is one containerd release the test bed runs.
+type ContainerdFlavor struct {
+	Name string
+	// Options start that release; they skip the test (fail it in CI) when its binary is missing.
+	Options func(testing.TB) []ContainerdOption
+}
+
+// ContainerdFlavors returns the releases meshdoctor supports, Debian's 1.6 and the 1.7 and 2.x
+// that test/setup.sh builds, or only the named ones ("containerd-1.6-debian", "containerd-1.7",
+// "containerd-2").
+func ContainerdFlavors(names ...string) []ContainerdFlavor {
+	all := []ContainerdFlavor{
+		{"containerd-1.6-debian", func(testing.TB) []ContainerdOption { return nil }},
+		{"containerd-1.7", func(tb testing.TB) []ContainerdOption {
+			return []ContainerdOption{WithContainerdBinary(Containerd17Binary(tb))}
+		}},
+		{"containerd-2", func(tb testing.TB) []ContainerdOption {
+			return []ContainerdOption{WithContainerdBinary(Containerd2Binary(tb))}
+		}},
+	}
+	if len(names) == 0 {
+		return all
+	}
+	var out []ContainerdFlavor
+	for _, f := range all {
+		for _, n := range names {
+			if f.Name == n {
+				out = append(out, f)
+			}
+		}
+	}
+	return out
+}

@@ -39,18 +39,10 @@ func injected(name string, caps ...string) kubelet.Pod {
 // netns, annotations, host network, and per container its role, state, exit code, times and the
 // effective capabilities the runtime gave it. Stopped sandboxes are not pods any more.
 func TestDiscoverRealSandboxes(t *testing.T) {
-	for _, d := range []struct {
-		name string
-		opts func(t *testing.T) []testbed.ContainerdOption
-	}{
-		{"containerd-1.6-debian", func(*testing.T) []testbed.ContainerdOption { return nil }},
-		{"containerd-2", func(t *testing.T) []testbed.ContainerdOption {
-			return []testbed.ContainerdOption{testbed.WithContainerdBinary(testbed.Containerd2Binary(t))}
-		}},
-	} {
-		t.Run(d.name, func(t *testing.T) {
+	for _, d := range testbed.ContainerdFlavors("containerd-1.6-debian", "containerd-2") {
+		t.Run(d.Name, func(t *testing.T) {
 			t.Parallel()
-			n := kubelet.Start(t, d.opts(t)...)
+			n := kubelet.Start(t, d.Options(t)...)
 			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
 			ok, err := n.RunPod(ctx, injected("ok", "NET_ADMIN", "NET_RAW"))

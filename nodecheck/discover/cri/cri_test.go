@@ -38,18 +38,10 @@ func pods() []kubelet.Pod {
 // The CRI path must describe the node exactly as the containerd client path does (tested on
 // containerd's own CRI endpoint): same pods, same fields, same containers.
 func TestCRIAgreesWithContainerd(t *testing.T) {
-	for _, d := range []struct {
-		name string
-		opts func(t *testing.T) []testbed.ContainerdOption
-	}{
-		{"containerd-1.6-debian", func(*testing.T) []testbed.ContainerdOption { return nil }},
-		{"containerd-2", func(t *testing.T) []testbed.ContainerdOption {
-			return []testbed.ContainerdOption{testbed.WithContainerdBinary(testbed.Containerd2Binary(t))}
-		}},
-	} {
-		t.Run(d.name, func(t *testing.T) {
+	for _, d := range testbed.ContainerdFlavors("containerd-1.6-debian", "containerd-2") {
+		t.Run(d.Name, func(t *testing.T) {
 			t.Parallel()
-			n := kubelet.Start(t, d.opts(t)...)
+			n := kubelet.Start(t, d.Options(t)...)
 			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
 			for _, p := range pods() {

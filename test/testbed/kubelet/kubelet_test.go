@@ -35,18 +35,10 @@ func natRules(t *testing.T, netns string) string {
 // A real istio-init, Istio's pilot-agent in the test bed's image, writes the pod's rules when it
 // has NET_ADMIN and NET_RAW, and fails without NET_ADMIN; on Debian's containerd and on 2.x.
 func TestIstioInitInARealPod(t *testing.T) {
-	for _, d := range []struct {
-		name string
-		opts func(t *testing.T) []testbed.ContainerdOption
-	}{
-		{"containerd-1.6-debian", func(*testing.T) []testbed.ContainerdOption { return nil }},
-		{"containerd-2", func(t *testing.T) []testbed.ContainerdOption {
-			return []testbed.ContainerdOption{testbed.WithContainerdBinary(testbed.Containerd2Binary(t))}
-		}},
-	} {
-		t.Run(d.name, func(t *testing.T) {
+	for _, d := range testbed.ContainerdFlavors("containerd-1.6-debian", "containerd-2") {
+		t.Run(d.Name, func(t *testing.T) {
 			t.Parallel()
-			n := kubelet.Start(t, d.opts(t)...)
+			n := kubelet.Start(t, d.Options(t)...)
 			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
 			ok, err := n.RunPod(ctx, kubelet.Pod{Namespace: "shop", Name: "cart",
