@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -31,24 +32,15 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
-	code := func() int {
-		binary = os.Getenv("MESHDOCTOR_BIN")
-		if binary == "" {
-			dir, err := os.MkdirTemp("", "meshdoctor-agent-")
-			if err != nil {
-				panic(err)
-			}
-			defer os.RemoveAll(dir)
-			binary = filepath.Join(dir, "meshdoctor")
-			build := exec.Command("go", "build", "-o", binary, "github.com/meshdoctor/meshdoctor/cmd/meshdoctor")
-			build.Stdout, build.Stderr = os.Stderr, os.Stderr
-			if err := build.Run(); err != nil {
-				os.Stderr.WriteString("agent e2e: building meshdoctor failed\n")
-				return 2
-			}
-		}
-		return m.Run()
-	}()
+	flag.Parse()
+	path, cleanup, err := testbed.BuildMeshdoctor()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", "agent e2e", err)
+		os.Exit(2)
+	}
+	binary = path
+	code := m.Run()
+	cleanup()
 	os.Exit(code)
 }
 

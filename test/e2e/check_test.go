@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,24 +30,14 @@ var binary string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	code := func() int {
-		binary = os.Getenv("MESHDOCTOR_BIN")
-		if binary == "" {
-			dir, err := os.MkdirTemp("", "meshdoctor-e2e-")
-			if err != nil {
-				panic(err)
-			}
-			defer os.RemoveAll(dir)
-			binary = filepath.Join(dir, "meshdoctor")
-			build := exec.Command("go", "build", "-o", binary, "github.com/meshdoctor/meshdoctor/cmd/meshdoctor")
-			build.Stdout, build.Stderr = os.Stderr, os.Stderr
-			if err := build.Run(); err != nil {
-				os.Stderr.WriteString("e2e: building meshdoctor failed\n")
-				return 2
-			}
-		}
-		return m.Run()
-	}()
+	path, cleanup, err := testbed.BuildMeshdoctor()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", "e2e", err)
+		os.Exit(2)
+	}
+	binary = path
+	code := m.Run()
+	cleanup()
 	os.Exit(code)
 }
 
