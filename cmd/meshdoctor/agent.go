@@ -24,6 +24,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
+	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
 )
 
 // shutdownGrace bounds the HTTP servers' shutdown; with the checks' own cancellation the agent
@@ -107,6 +108,9 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}
+	var m *metrics.Metrics
+	o.node.stateDir = o.stateDir
+	o.node.onLogMatch = func(match logscan.Match) { m.LogMatch(match.Rule) }
 	nodeChecks, closeNode, err := o.node.checks(o.hostRoot, nil, log)
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
@@ -140,14 +144,16 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		defer func() { _ = closeRuntime() }()
 	}
 
-	var names []string
+	var names, logRules []string
 	for _, c := range podChecks {
 		names = append(names, c.Name())
 	}
 	for _, c := range nodeChecks {
 		names = append(names, c.Name())
+		if l, ok := c.(*logscan.Check); ok {
+			logRules = l.RuleNames()
+		}
 	}
-	var m *metrics.Metrics
 	var observers []agent.Observer
 	var reporter *podreport.Reporter
 	var watch *podwatch.Watch
@@ -167,7 +173,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		return &exitError{code: exitCannot, err: err}
 	}
 	holder.set(a)
-	m = metrics.New(a, metrics.Options{Version: version, Checks: names, PerPod: o.perPodMetrics})
+	m = metrics.New(a, metrics.Options{Version: version, Checks: names, LogRules: logRules, PerPod: o.perPodMetrics})
 
 	var wg sync.WaitGroup
 	run := func(name string, fn func(context.Context) error) {

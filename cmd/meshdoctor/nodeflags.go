@@ -27,6 +27,11 @@ type nodeOptions struct {
 	since      time.Duration
 	nodeOnly   bool
 	logRules   string
+
+	// Set by agent, not flags of check: where log offsets and conditions are kept across
+	// restarts (--state-dir), and who sees each log match as it is found (the metrics).
+	stateDir   string
+	onLogMatch func(logscan.Match)
 }
 
 func (n *nodeOptions) register(f *pflag.FlagSet) {
@@ -75,9 +80,11 @@ func (n *nodeOptions) checks(hostRoot string, discovered []nodecheck.Target, log
 			filepath.Join(hostRoot, "var/log/syslog"),
 			filepath.Join(hostRoot, "var/log/messages"),
 		},
-		Rules: rules,
-		Since: n.since,
-		Log:   log,
+		Rules:    rules,
+		Since:    n.since,
+		StateDir: n.stateDir,
+		OnMatch:  n.onLogMatch,
+		Log:      log,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -369,3 +369,73 @@ func TestDebugPageInChromium(t *testing.T) {
 	}
 	t.Logf("screenshot of the debug page: %s", shot)
 }
+
+// TestAgentLogEvidenceResumes: istiod losing the API server, as kubelet writes its container log,
+// is counted in meshdoctor_log_matches_total and shown as IstiodAPIServerUnreachable; an agent
+// restarted on the same --state-dir resumes after what it read (nothing counted twice) and still
+// holds the condition; a line logged after the restart is counted once.
+func TestAgentLogEvidenceResumes(t *testing.T) {
+	testbed.RequirePrivileged(t)
+	podLogs, state := t.TempDir(), t.TempDir()
+	logFile := filepath.Join(podLogs, "istio-system_istiod-7d4f8b9c5-x2x9z_1b2c3d4e-5f60-4718-8a9b-0c1d2e3f4a5b", "discovery", "0.log")
+	if err := os.MkdirAll(filepath.Dir(logFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A line of istiod's, in the CRI log format kubelet writes (timestamp, stream, tag, message).
+	appendLine := func(at time.Time) {
+		t.Helper()
+		f, err := os.OpenFile(logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		ts := at.UTC().Format(time.RFC3339Nano)
+		line := ts + " stderr F " + ts + "\terror\tklog\tk8s.io/client-go@v0.21.2/tools/cache/reflector.go:167: " +
+			"Failed to watch *v1.ConfigMap: failed to list *v1.ConfigMap: Get \"https://10.96.0.1:443/api/v1/configmaps\": " +
+			"dial tcp 10.96.0.1:443: connect: connection refused\n"
+		if _, err := f.WriteString(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const matches = `meshdoctor_log_matches_total{rule="istiod-apiserver-unreachable"}`
+	const condition = `meshdoctor_findings{code="IstiodAPIServerUnreachable",severity="warning"}`
+	appendLine(time.Now().Add(-time.Minute))
+	appendLine(time.Now().Add(-50 * time.Second))
+	args := []string{"--kubeconfig=none", "--netns", testbed.NewNetns(t).Path(), "--pod-log-dir", podLogs, "--state-dir", state}
+
+	first := startAgent(t, args...)
+	eventually(t, 45*time.Second, "both lines counted", func() error {
+		if v := metric(t, first.metrics, matches); v != 2 {
+			return fmt.Errorf("%s = %v, want 2", matches, v)
+		}
+		return nil
+	})
+	if v := metric(t, first.metrics, condition); v != 1 {
+		t.Errorf("%s = %v, want 1", condition, v)
+	}
+	first.stop(t)
+	if _, err := os.Stat(state); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(state); len(entries) == 0 {
+		t.Fatalf("--state-dir %s holds nothing after the agent stopped", state)
+	}
+
+	second := startAgent(t, args...)
+	eventually(t, 45*time.Second, "the condition restored from the state", func() error {
+		if v := metric(t, second.metrics, condition); v != 1 {
+			return fmt.Errorf("%s = %v, want 1", condition, v)
+		}
+		return nil
+	})
+	if v := metric(t, second.metrics, matches); v != 0 {
+		t.Errorf("after the restart %s = %v: lines read before it were counted again", matches, v)
+	}
+	appendLine(time.Now())
+	eventually(t, 45*time.Second, "the new line counted once", func() error {
+		if v := metric(t, second.metrics, matches); v != 1 {
+			return fmt.Errorf("%s = %v, want 1", matches, v)
+		}
+		return nil
+	})
+}
