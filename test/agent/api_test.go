@@ -17,34 +17,12 @@ import (
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
 
-const sidecarStatus = `{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":[],"imagePullSecrets":null,"revision":"default"}`
-
-// injectedPod is a sidecar-injected pod as the node runs it: istio-init writing the rules with
-// Istio's own tool, a stand-in proxy answering readiness, an app.
-func injectedPod(ns, name, uid string) kubelet.Pod {
-	return kubelet.Pod{
-		Namespace: ns, Name: name, UID: uid,
-		Annotations: map[string]string{"sidecar.istio.io/status": sidecarStatus},
-		InitContainers: []kubelet.Container{{
-			Name: capture.ContainerIstioInit, Args: append([]string{"istio-iptables"}, testbed.DefaultSidecarArgs()...),
-			RunAsUser: kubelet.Int64(0), RunAsGroup: kubelet.Int64(0), CapAdd: []string{"NET_ADMIN", "NET_RAW"}, CapDrop: []string{"ALL"},
-		}},
-		Containers: []kubelet.Container{
-			{Name: capture.ContainerIstioProxy,
-				Command: []string{"sh", "-c", "mkdir -p /tmp/www/healthz && echo ok > /tmp/www/healthz/ready && " +
-					"exec httpd -f -p 127.0.0.1:15020 -h /tmp/www"},
-				RunAsUser: kubelet.Int64(1337), RunAsGroup: kubelet.Int64(1337), CapDrop: []string{"ALL"}},
-			{Name: "app", Command: []string{"sleep", "3600"}},
-		},
-	}
-}
-
 // apiPod is the Pod object of the same pod, bound to the node.
 func apiPod(ns, name string) *corev1.Pod {
 	c := func(n string) corev1.Container { return corev1.Container{Name: n, Image: "meshdoctor.test/istio:1"} }
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
-			Annotations: map[string]string{"sidecar.istio.io/status": sidecarStatus, "owner.example/keep": "me"}},
+			Annotations: map[string]string{capture.AnnotationSidecarStatus: kubelet.SidecarStatus(capture.ContainerIstioInit), "owner.example/keep": "me"}},
 		Spec: corev1.PodSpec{NodeName: "test-node", InitContainers: []corev1.Container{c("istio-init")},
 			Containers: []corev1.Container{c("istio-proxy"), c("app")}},
 	}
@@ -78,7 +56,9 @@ func TestAgentReportsToAPIServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rp, err := node.RunPod(ctx, injectedPod("shop", name, string(p.UID)))
+		pod := kubelet.InjectedPod("shop", name)
+		pod.UID = string(p.UID)
+		rp, err := node.RunPod(ctx, pod)
 		if err != nil {
 			t.Fatal(err)
 		}

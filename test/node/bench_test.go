@@ -39,9 +39,9 @@ func BenchmarkCheckNode(b *testing.B) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			p, err := n.RunPod(ctx, kubelet.Pod{Namespace: "bench", Name: "pod-" + strconv.Itoa(i),
-				Annotations:    map[string]string{capture.AnnotationSidecarStatus: sidecarStatus("istio-init")},
-				InitContainers: []kubelet.Container{istioInit()},
-				Containers:     []kubelet.Container{istioProxy(), app()}})
+				Annotations:    map[string]string{capture.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init")},
+				InitContainers: []kubelet.Container{kubelet.IstioInit()},
+				Containers:     []kubelet.Container{kubelet.IstioProxy(), kubelet.App()}})
 			if err == nil && p.ExitCodes[capture.ContainerIstioInit] != 0 {
 				err = fmt.Errorf("istio-init of %s exited %d", p.Name, p.ExitCodes[capture.ContainerIstioInit])
 			}

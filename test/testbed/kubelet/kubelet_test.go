@@ -14,15 +14,6 @@ import (
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
 
-func istioInit(caps ...string) kubelet.Container {
-	return kubelet.Container{
-		Name:      "istio-init",
-		Args:      append([]string{"istio-iptables"}, testbed.DefaultSidecarArgs()...),
-		RunAsUser: kubelet.Int64(0), RunAsGroup: kubelet.Int64(0),
-		CapAdd: caps, CapDrop: []string{"ALL"},
-	}
-}
-
 func natRules(t *testing.T, netns string) string {
 	t.Helper()
 	out, err := exec.Command("nsenter", "--net="+netns, "iptables-nft-save", "-t", "nat").CombinedOutput()
@@ -42,7 +33,7 @@ func TestIstioInitInARealPod(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
 			ok, err := n.RunPod(ctx, kubelet.Pod{Namespace: "shop", Name: "cart",
-				InitContainers: []kubelet.Container{istioInit("NET_ADMIN", "NET_RAW")},
+				InitContainers: []kubelet.Container{kubelet.IstioInit()},
 				Containers:     []kubelet.Container{{Name: "app", Command: []string{"sleep", "3600"}}}})
 			if err != nil {
 				t.Fatal(err)
@@ -57,7 +48,7 @@ func TestIstioInitInARealPod(t *testing.T) {
 				t.Errorf("istio-init wrote no redirect:\n%s", rules)
 			}
 			failed, err := n.RunPod(ctx, kubelet.Pod{Namespace: "shop", Name: "no-net-admin",
-				InitContainers: []kubelet.Container{istioInit("NET_RAW")},
+				InitContainers: []kubelet.Container{kubelet.IstioInit("NET_RAW")},
 				Containers:     []kubelet.Container{{Name: "app", Command: []string{"sleep", "3600"}}}})
 			if err != nil {
 				t.Fatal(err)

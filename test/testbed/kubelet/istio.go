@@ -1,0 +1,73 @@
+package kubelet
+
+import (
+	"strings"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/test/testbed"
+)
+
+// The containers of a sidecar-injected pod as Istio's injector writes them, for tests that run
+// such pods on a test node.
+
+// SidecarStatus is the sidecar.istio.io/status annotation Istio's injector writes for these init
+// containers. A last init container named istio-proxy is a native sidecar.
+func SidecarStatus(inits ...string) string {
+	containers := `["istio-proxy"]`
+	if len(inits) > 0 && inits[len(inits)-1] == capture.ContainerIstioProxy {
+		containers = `[]` // native sidecar: istio-proxy is an init container
+	}
+	return `{"initContainers":["` + strings.Join(inits, `","`) + `"],"containers":` + containers +
+		`,"volumes":["workload-socket","credential-socket","workload-certs","istio-envoy","istio-data","istio-podinfo",` +
+		`"istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}`
+}
+
+// IstioInit is istio-init: pilot-agent istio-iptables with the default sidecar arguments, as root
+// with only the given capabilities (by default NET_ADMIN and NET_RAW, as the injector grants).
+func IstioInit(caps ...string) Container {
+	if caps == nil {
+		caps = []string{"NET_ADMIN", "NET_RAW"}
+	}
+	return Container{
+		Name:      capture.ContainerIstioInit,
+		Args:      append([]string{"istio-iptables"}, testbed.DefaultSidecarArgs()...),
+		RunAsUser: Int64(0), RunAsGroup: Int64(0),
+		CapAdd: caps, CapDrop: []string{"ALL"},
+	}
+}
+
+// IstioValidation is the CNI-mode init container: the same tool checks that istio-cni's rules
+// redirect, as the proxy's user with no capabilities.
+func IstioValidation() Container {
+	return Container{
+		Name: capture.ContainerIstioValidation,
+		Args: append(append([]string{"istio-iptables"}, testbed.DefaultSidecarArgs()...),
+			"--run-validation", "--skip-rule-apply"),
+		RunAsUser: Int64(1337), RunAsGroup: Int64(1337), CapDrop: []string{"ALL"},
+	}
+}
+
+// IstioProxy stands in for Istio's proxy: as the proxy's user, busybox's httpd answers 200 on
+// pilot-agent's readiness URL (localhost:15020/healthz/ready), so the pod's proxy is ready.
+func IstioProxy() Container {
+	return Container{Name: capture.ContainerIstioProxy,
+		Command: []string{"sh", "-c", "mkdir -p /tmp/www/healthz && echo ok > /tmp/www/healthz/ready && " +
+			"exec httpd -f -p 127.0.0.1:15020 -h /tmp/www"},
+		RunAsUser: Int64(1337), RunAsGroup: Int64(1337), CapDrop: []string{"ALL"}}
+}
+
+// App is an application container that only sleeps.
+func App() Container {
+	return Container{Name: "app", Command: []string{"sleep", "3600"}}
+}
+
+// InjectedPod is a sidecar-injected pod: istio-init writing the rules with Istio's own tool (with
+// initCaps, see IstioInit), the stand-in proxy, an app.
+func InjectedPod(namespace, name string, initCaps ...string) Pod {
+	return Pod{
+		Namespace: namespace, Name: name,
+		Annotations:    map[string]string{capture.AnnotationSidecarStatus: SidecarStatus(capture.ContainerIstioInit)},
+		InitContainers: []Container{IstioInit(initCaps...)},
+		Containers:     []Container{IstioProxy(), App()},
+	}
+}
