@@ -14,7 +14,9 @@
 #     and ambient-inpod (test/tools/ambient-inpod), Istio's own ambient in-pod rule writer.
 #   - For the agent's end-to-end tests: Debian's etcd and Chromium, kube-apiserver built from
 #     k8s.io/kubernetes in a throwaway module under the cache dir (~8 min cold), and promtool
-#     (~6 min cold) to lint the metrics exposition.
+#     (~6 min cold) to lint the metrics exposition and unit-test the alerts.
+#   - For the deploy tests: kubectl (same throwaway module, ~2 min more), helm (~4 min cold), and
+#     prometheus-operator's module for its CRDs (ServiceMonitor, PodMonitor, PrometheusRule).
 #
 # `test/setup.sh --demo` installs only what `make demo` needs (the iptables tools and pilot-agent,
 # ~2 min cold) instead of the whole test bed (~25 min cold).
@@ -173,13 +175,15 @@ build_ambient_inpod() {
 # Keep in sync with testbed.KubeAPIServerVersion (test/testbed/apiserver.go).
 readonly KUBERNETES_VERSION="v1.34.4"
 
-# build_kube_apiserver builds kube-apiserver from k8s.io/kubernetes in a throwaway module under the
-# cache dir (never in the repo): kubernetes' go.mod replaces its staging modules with local paths, so
-# the throwaway module replaces each with its published v0.<minor>.<patch> instead.
-build_kube_apiserver() {
-  local bin="$bin_dir/kube-apiserver-${KUBERNETES_VERSION}" mod staging_ver modfile
+# build_kubernetes_cmd builds k8s.io/kubernetes/cmd/NAME (kube-apiserver, kubectl) in a throwaway
+# module under the cache dir (never in the repo): kubernetes' go.mod replaces its staging modules
+# with local paths, so the throwaway module replaces each with its published v0.<minor>.<patch>
+# instead. Both commands share most packages, so the second builds in a fraction of the first's time.
+build_kubernetes_cmd() {
+  local name="$1" minutes="$2" bin mod staging_ver modfile
+  bin="$bin_dir/${name}-${KUBERNETES_VERSION}"
   [[ -x "$bin" ]] && return 0
-  say "building kube-apiserver ${KUBERNETES_VERSION} (first run takes ~8 min)"
+  say "building ${name} ${KUBERNETES_VERSION} (first run takes ~${minutes} min)"
   mkdir -p "$bin_dir"
   [[ -z "$scratch" ]] || rm -rf "$scratch"
   scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
@@ -190,17 +194,43 @@ build_kube_apiserver() {
   mod="$scratch/mod"
   mkdir -p "$mod"
   {
-    echo "module kubeapiserverbuild"
+    echo "module kubernetesbuild"
     echo "go 1.24"
     echo "require k8s.io/kubernetes ${KUBERNETES_VERSION}"
     awk '$2 == "=>" && $1 ~ /^k8s.io\// && $3 ~ /^\.\/staging\// { print $1 }' "$modfile" |
       grep -vx -e k8s.io/sample-cli-plugin -e k8s.io/sample-controller |
       while read -r m; do echo "replace $m => $m ${staging_ver}"; done
   } >"$mod/go.mod"
-  printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >"$mod/tools.go"
-  (cd "$mod" && GOFLAGS="-mod=mod" CGO_ENABLED=0 go build -trimpath -o "$scratch/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver) >&2
-  mv -f "$scratch/kube-apiserver" "$bin"
-  say "kube-apiserver ${KUBERNETES_VERSION} ready: $bin"
+  printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/%s"\n' "$name" >"$mod/tools.go"
+  (cd "$mod" && GOFLAGS="-mod=mod" CGO_ENABLED=0 go build -trimpath -o "$scratch/$name" "k8s.io/kubernetes/cmd/$name") >&2
+  mv -f "$scratch/$name" "$bin"
+  say "${name} ${KUBERNETES_VERSION} ready: $bin"
+}
+
+# Keep in sync with testbed.HelmVersion (test/testbed/kubectl.go).
+readonly HELM_VERSION="v3.22.0"
+
+# build_helm builds helm, which renders the chart under deploy/helm for the deploy tests.
+build_helm() {
+  local bin="$bin_dir/helm-${HELM_VERSION}"
+  [[ -x "$bin" ]] && return 0
+  say "building helm ${HELM_VERSION} (first run takes ~4 min)"
+  mkdir -p "$bin_dir"
+  [[ -z "$scratch" ]] || rm -rf "$scratch"
+  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
+  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" >&2
+  mv -f "$scratch/helm" "$bin"
+  say "helm ${HELM_VERSION} ready: $bin"
+}
+
+# Keep in sync with testbed.PrometheusOperatorVersion (test/testbed/kubectl.go).
+readonly PROMETHEUS_OPERATOR_VERSION="v0.85.0"
+
+# fetch_prometheus_operator_crds puts prometheus-operator's module (which ships its CRDs) in the Go
+# module cache, where the deploy tests find ServiceMonitor, PodMonitor and PrometheusRule's CRDs.
+fetch_prometheus_operator_crds() {
+  GOFLAGS="" go mod download "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}" >&2 ||
+    die "cannot download prometheus-operator ${PROMETHEUS_OPERATOR_VERSION} (its CRDs)"
 }
 
 # Keep in sync with testbed.PromtoolVersion.
@@ -230,6 +260,9 @@ build_istio_cni
 build_containerd2
 build_containerd17
 build_ambient_inpod
-build_kube_apiserver
+build_kubernetes_cmd kube-apiserver 8
+build_kubernetes_cmd kubectl 2
 build_promtool
+build_helm
+fetch_prometheus_operator_crds
 echo "$bin_dir"

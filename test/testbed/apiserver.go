@@ -176,19 +176,23 @@ type AuditEvent struct {
 	Verb       string `json:"verb"`
 	UserAgent  string `json:"userAgent"`
 	RequestURI string `json:"requestURI"`
-	ObjectRef  struct {
-		Resource  string `json:"resource"`
-		Namespace string `json:"namespace"`
-		Name      string `json:"name"`
+	User       struct {
+		Username string `json:"username"`
+	} `json:"user"`
+	ObjectRef struct {
+		Resource    string `json:"resource"`
+		Subresource string `json:"subresource"`
+		APIGroup    string `json:"apiGroup"`
+		Namespace   string `json:"namespace"`
+		Name        string `json:"name"`
 	} `json:"objectRef"`
 	ResponseStatus struct {
 		Code int `json:"code"`
 	} `json:"responseStatus"`
 }
 
-// Writes returns the write requests (create, update, patch, delete) whose user agent starts with
-// agentPrefix, from the audit log.
-func (a *APIServer) Writes(agentPrefix string) ([]AuditEvent, error) {
+// Requests returns the requests whose user agent starts with agentPrefix, from the audit log.
+func (a *APIServer) Requests(agentPrefix string) ([]AuditEvent, error) {
 	f, err := os.Open(a.AuditLog)
 	if err != nil {
 		return nil, err
@@ -202,14 +206,25 @@ func (a *APIServer) Writes(agentPrefix string) ([]AuditEvent, error) {
 		if json.Unmarshal(sc.Bytes(), &e) != nil {
 			continue
 		}
-		switch e.Verb {
-		case "create", "update", "patch", "delete", "deletecollection":
-			if strings.HasPrefix(e.UserAgent, agentPrefix) {
-				out = append(out, e)
-			}
+		if strings.HasPrefix(e.UserAgent, agentPrefix) {
+			out = append(out, e)
 		}
 	}
 	return out, sc.Err()
+}
+
+// Writes returns the write requests (create, update, patch, delete) whose user agent starts with
+// agentPrefix, from the audit log.
+func (a *APIServer) Writes(agentPrefix string) ([]AuditEvent, error) {
+	all, err := a.Requests(agentPrefix)
+	var out []AuditEvent
+	for _, e := range all {
+		switch e.Verb {
+		case "create", "update", "patch", "delete", "deletecollection":
+			out = append(out, e)
+		}
+	}
+	return out, err
 }
 
 func freePorts(tb testing.TB, n int) []int {

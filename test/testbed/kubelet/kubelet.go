@@ -153,6 +153,20 @@ type Container struct {
 	// RestartAlways makes an init container a native sidecar: kubelet starts it and goes on to
 	// the next one without waiting for it to exit.
 	RestartAlways bool
+	// ReadOnlyRootfs, SeccompRuntimeDefault and Mounts are securityContext.readOnlyRootFilesystem,
+	// seccompProfile RuntimeDefault and the hostPath volumes as kubelet passes them to CRI.
+	ReadOnlyRootfs        bool
+	SeccompRuntimeDefault bool
+	Mounts                []Mount
+}
+
+// Mount is a hostPath volume mounted into a container.
+type Mount struct {
+	HostPath, ContainerPath string
+	ReadOnly                bool
+	// Propagation is the volumeMount's mountPropagation, as CRI names it (kubelet maps
+	// HostToContainer to PROPAGATION_HOST_TO_CONTAINER).
+	Propagation runtimeapi.MountPropagation
 }
 
 // RunningPod is a pod the node runs.
@@ -321,12 +335,22 @@ func (n *Node) startContainer(ctx context.Context, rp *RunningPod, sandbox *runt
 	if c.RunAsGroup != nil {
 		sc.RunAsGroup = &runtimeapi.Int64Value{Value: *c.RunAsGroup}
 	}
+	sc.ReadonlyRootfs = c.ReadOnlyRootfs
+	if c.SeccompRuntimeDefault {
+		sc.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
+	}
+	var mounts []*runtimeapi.Mount
+	for _, m := range c.Mounts {
+		mounts = append(mounts, &runtimeapi.Mount{HostPath: m.HostPath, ContainerPath: m.ContainerPath,
+			Readonly: m.ReadOnly, Propagation: m.Propagation})
+	}
 	cfg := &runtimeapi.ContainerConfig{
 		Metadata: &runtimeapi.ContainerMetadata{Name: c.Name, Attempt: attempt},
 		Image:    &runtimeapi.ImageSpec{Image: image},
 		Command:  c.Command,
 		Args:     c.Args,
 		Envs:     envs,
+		Mounts:   mounts,
 		Labels: map[string]string{
 			LabelContainerName: c.Name, LabelPodName: rp.Name, LabelPodNamespace: rp.Namespace, LabelPodUID: rp.UID,
 		},

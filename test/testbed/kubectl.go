@@ -1,0 +1,69 @@
+package testbed
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// The versions test/setup.sh builds kubectl (KubeAPIServerVersion's), helm and fetches
+// prometheus-operator's CRDs at. Keep them in sync with HELM_VERSION and
+// PROMETHEUS_OPERATOR_VERSION in test/setup.sh.
+const (
+	HelmVersion               = "v3.22.0"
+	PrometheusOperatorVersion = "v0.85.0"
+)
+
+// Kubectl returns the kubectl test/setup.sh built from k8s.io/kubernetes at KubeAPIServerVersion.
+// When it is missing the test is skipped with a hint to run test/setup.sh, or failed when CI=true.
+func Kubectl(tb testing.TB) string {
+	tb.Helper()
+	return cachedTool(tb, "kubectl-"+KubeAPIServerVersion)
+}
+
+// Helm returns the helm test/setup.sh built, like Kubectl.
+func Helm(tb testing.TB) string {
+	tb.Helper()
+	return cachedTool(tb, "helm-"+HelmVersion)
+}
+
+// Promtool returns the promtool test/setup.sh built, like Kubectl.
+func Promtool(tb testing.TB) string {
+	tb.Helper()
+	return cachedTool(tb, "promtool-"+PromtoolVersion)
+}
+
+func cachedTool(tb testing.TB, name string) string {
+	tb.Helper()
+	path := filepath.Join(CacheDir(), "bin", name)
+	if _, err := os.Stat(path); err != nil {
+		skipOrFatal(tb, "testbed: %s not built (%v): run test/setup.sh", name, err)
+	}
+	return path
+}
+
+// PrometheusOperatorCRDs returns the directory of prometheus-operator's CRDs (ServiceMonitor,
+// PodMonitor, PrometheusRule…), from its module, which test/setup.sh puts in the Go module cache.
+func PrometheusOperatorCRDs(tb testing.TB) string {
+	tb.Helper()
+	mod := "github.com/prometheus-operator/prometheus-operator@" + PrometheusOperatorVersion
+	// -mod=mod and an empty GOFLAGS: the answer comes from the module cache, never this module.
+	cmd := exec.Command("go", "mod", "download", "-json", mod)
+	cmd.Env = append(os.Environ(), "GOFLAGS=", "GOPROXY=off")
+	out, err := cmd.Output()
+	if err != nil {
+		skipOrFatal(tb, "testbed: %s is not in the module cache (%v): run test/setup.sh", mod, err)
+	}
+	var m struct{ Dir string }
+	if err := json.Unmarshal(out, &m); err != nil || m.Dir == "" {
+		tb.Fatalf("testbed: go mod download -json %s: %v\n%s", mod, err, out)
+	}
+	dir := filepath.Join(m.Dir, "example", "prometheus-operator-crd")
+	if _, err := os.Stat(dir); err != nil {
+		tb.Fatalf("testbed: %s has no CRDs where expected: %v", mod, fmt.Errorf("%s: %w", dir, err))
+	}
+	return dir
+}
