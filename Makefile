@@ -7,6 +7,7 @@
 #   make bench      benchmarks, each beside its baseline in the same run
 #   make lint       gofmt, go vet, staticcheck
 #   make fuzz       run every fuzz target for FUZZTIME (default 30s)
+#   make manifests  render deploy/kustomize from the Helm chart (after changing the chart)
 
 GO        ?= go
 BIN       := bin/meshdoctor
@@ -17,7 +18,7 @@ FUZZTIME  ?= 30s
 # Every test package; the privileged ones skip without root, and fail instead when CI=true.
 TEST_FLAGS ?= -count=1 -timeout 30m
 
-.PHONY: all build test test-unit test-e2e bench lint fuzz demo setup clean
+.PHONY: all build test test-unit test-e2e bench lint fuzz demo setup manifests clean
 
 all: build
 
@@ -51,6 +52,9 @@ fuzz:
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	  done; \
 	done
+
+manifests:
+	@HELM=$$(bash test/setup.sh)/helm-v3.22.0 deploy/render-kustomize.sh
 
 demo: build
 	@bash test/demo.sh $(CURDIR)/$(BIN)
