@@ -1,8 +1,11 @@
 package logscan
 
 import (
+	"context"
 	"errors"
 	"io/fs"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -167,5 +170,54 @@ func TestActive(t *testing.T) {
 	now = t0.Add(11 * time.Minute)
 	if f, ok := s.Active(nodecheck.IstiodAPIServerUnreachable); ok {
 		t.Errorf("after the quiet period: %+v", f)
+	}
+}
+
+// A log that cannot be read is said in the logs, once while it stays unreadable and again when it
+// comes back after being readable: it must not pass for a quiet node.
+func TestUnreadableLogsAreWarnedOnce(t *testing.T) {
+	rules, err := DefaultRules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A file where the pod log directory should be: listing it fails whoever we are.
+	notADir := filepath.Join(t.TempDir(), "pods")
+	if err := os.WriteFile(notADir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	s, err := New(Config{PodLogDir: notADir, Rules: rules, Since: time.Hour,
+		Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	warnings := func() int { return strings.Count(logs.String(), "cannot read node logs") }
+	for pass := 1; pass <= 2; pass++ {
+		st, err := s.Scan(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Errors) != 1 || !strings.Contains(st.Errors[0], "not a directory") {
+			t.Fatalf("pass %d: errors %q, want the listing's", pass, st.Errors)
+		}
+		if warnings() != 1 {
+			t.Fatalf("pass %d: %d warnings, want 1:\n%s", pass, warnings(), logs.String())
+		}
+	}
+	if err := os.Remove(notADir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Scan(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(notADir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Scan(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if warnings() != 2 {
+		t.Fatalf("%d warnings after the error came back, want 2:\n%s", warnings(), logs.String())
 	}
 }

@@ -55,6 +55,8 @@ type Scanner struct {
 	reader *chunkReader
 	zstd   *zstd.Decoder
 	last   ScanStats
+	// warned holds the read errors of the last pass, so each is logged once, when it appears.
+	warned map[string]bool
 }
 
 // Defaults.
@@ -166,6 +168,7 @@ func (s *Scanner) Scan(ctx context.Context) (ScanStats, error) {
 		p.syslog(f)
 	}
 	p.journal()
+	s.warnReadErrors(p.stats.Errors)
 	if err := ctx.Err(); err != nil {
 		// Keep the old state: what this pass read is read again next time, nothing is lost and,
 		// since the conditions were not saved either, nothing counts twice after a restart.
@@ -179,6 +182,19 @@ func (s *Scanner) Scan(ctx context.Context) (ScanStats, error) {
 		return p.stats, err
 	}
 	return p.stats, nil
+}
+
+// warnReadErrors logs the errors that the previous pass did not have: a log that cannot be read
+// (permissions, a damaged journal) must not pass for a quiet node.
+func (s *Scanner) warnReadErrors(errs []string) {
+	now := make(map[string]bool, len(errs))
+	for _, e := range errs {
+		now[e] = true
+		if !s.warned[e] {
+			s.cfg.Log.Warn("cannot read node logs; evidence from them may be missing", "err", e)
+		}
+	}
+	s.warned = now
 }
 
 // emit records a match.
