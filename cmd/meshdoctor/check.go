@@ -25,6 +25,7 @@ type checkOptions struct {
 	output      string
 	nodeName    string
 	nodeBackend string
+	nodeNetns   string
 	hostRoot    string
 	verbose     bool
 	discovery   discoveryOptions
@@ -162,10 +163,14 @@ func resolveNodeBackend(ctx context.Context, o checkOptions, log *slog.Logger) (
 	case "none", "":
 		return "", nil
 	case "auto":
-		host := filepath.Join(o.hostRoot, "proc/1/ns/net")
+		host := o.nodeNetns
+		if host == "" {
+			host = filepath.Join(o.hostRoot, "proc/1/ns/net")
+		}
 		b, err := nsread.NodeBackend(ctx, host)
 		if err != nil {
-			log.Warn("cannot tell the node's iptables backend; backend mismatches will not be reported", "err", err)
+			log.Warn("cannot tell the node's iptables backend; backend mismatches will not be reported "+
+				"(--node-netns names the node's network namespace, --node-backend its backend)", "err", err)
 			return "", nil
 		}
 		return b, nil

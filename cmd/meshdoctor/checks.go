@@ -21,6 +21,9 @@ func (o *checkOptions) registerNodeFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.hostRoot, "host-root", "/", "where the node's filesystem is seen (the DaemonSet mounts the host's / under a prefix)")
 	f.StringVar(&o.nodeBackend, "node-backend", "auto",
 		"iptables backend the node uses (nft, legacy, none); auto reads the host network namespace's rules")
+	f.StringVar(&o.nodeNetns, "node-netns", "",
+		"the node's network namespace, where --node-backend=auto reads the host's rules (default <host-root>/proc/1/ns/net; "+
+			"/proc/self/ns/net when meshdoctor runs in the host network, which needs no ptrace access to PID 1)")
 	addDiscoveryFlags(f, &o.discovery)
 	o.node.register(f)
 	o.proxyReady.register(f)
