@@ -78,13 +78,6 @@ type ContainerdOption func(*containerdConfig)
 
 type containerdConfig struct {
 	binary string
-	socket string
-}
-
-// WithSocket puts the daemon's socket at path instead of its temporary directory: under /run,
-// a container given the node's /run (meshdoctor's DaemonSet) reaches it as a node's own.
-func WithSocket(path string) ContainerdOption {
-	return func(c *containerdConfig) { c.socket = path }
 }
 
 // WithContainerdBinary runs another containerd binary than Debian's /usr/bin/containerd (e.g.
@@ -172,9 +165,6 @@ func LaunchContainerd(ctx context.Context, opts ...ContainerdOption) (_ *Contain
 		}
 	}()
 	c.Address = filepath.Join(c.Dir, "containerd.sock")
-	if cfg.socket != "" {
-		c.Address = cfg.socket
-	}
 	c.PodLogDir = filepath.Join(c.Dir, "pods")
 	if c.Netns, err = Create(ctx, IPv4Only()); err != nil {
 		return nil, fmt.Errorf("creating the daemon's netns: %w", err)
