@@ -277,4 +277,3 @@ func (a *agentProcess) stop(t *testing.T) {
 		t.Errorf("agent still running 30 s after SIGTERM")
 	}
 }
-
