@@ -187,7 +187,8 @@ func TestManifestsPassServerSideDryRun(t *testing.T) {
 		{"chart, default values", defaults},
 		{"chart, every option", helmTemplate(t, append(everyOption,
 			"agent.debugAddress=0.0.0.0:9810", "runtime.criSocket=/var/run/crio/crio.sock",
-			"agent.perPodMetrics=true", "agent.logRules=rules: []", "admissionPolicy.enabled=true")...)},
+			"agent.perPodMetrics=true", "agent.logRules=rules: []", "admissionPolicy.enabled=true",
+			"extraCapabilities={SYS_PTRACE}")...)},
 	}
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
