@@ -83,19 +83,26 @@ pilot_agent_is_current() {
     grep -qx "istio.io/istio ${ISTIO_VERSION}"
 }
 
-build_pilot_agent() {
-  pilot_agent_is_current && return 0
-  command -v go >/dev/null || die "go is not on PATH; the Go toolchain in go.mod is needed to build pilot-agent"
-  say "building Istio pilot-agent ${ISTIO_VERSION} (first run takes ~2 min)"
+# install_tool DEST PKG@VERSION MINUTES runs `go install` of a command into the cache as DEST.
+# It builds into a scratch GOBIN and moves the binary into place, so an interrupted build never
+# leaves a half-written binary that a later run would take as built. GOFLAGS is cleared (flags meant
+# for this module break `go install pkg@version`); CGO_ENABLED=0 gives static binaries, as the
+# projects' own releases are.
+install_tool() {
+  local dest="$1" pkgver="$2" minutes="$3" name
+  name=$(basename "${pkgver%@*}")
+  command -v go >/dev/null || die "go is not on PATH; the Go toolchain in go.mod is needed to build ${name}"
+  say "building ${pkgver} (first run takes ~${minutes} min)"
   mkdir -p "$bin_dir"
-  # Build into a scratch GOBIN and move into place, so an interrupted build never leaves a
-  # half-written binary that a later run would take as current.
+  [[ -z "$scratch" ]] || rm -rf "$scratch"
   scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
-  # GOFLAGS is cleared: flags meant for this module (-mod=vendor, ...) break `go install pkg@version`.
-  # CGO_ENABLED=0 as Istio's own release builds: no C toolchain needed, a static binary.
-  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" go install "${PILOT_AGENT_PKG}@${ISTIO_VERSION}" >&2
-  mv -f "$scratch/pilot-agent" "$bin_dir/pilot-agent"
-  say "pilot-agent ready: $bin_dir/pilot-agent"
+  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" go install "$pkgver" >&2
+  mv -f "$scratch/$name" "$dest"
+  say "$(basename "$dest") ready: $dest"
+}
+
+build_pilot_agent() {
+  pilot_agent_is_current || install_tool "$bin_dir/pilot-agent" "${PILOT_AGENT_PKG}@${ISTIO_VERSION}" 2
 }
 
 # istio-cni is the CNI plugin binary Istio installs into the node's CNI bin dir; the istiocni check
@@ -108,14 +115,7 @@ build_istio_cni() {
     grep -qx "istio.io/istio ${ISTIO_VERSION}"; then
     return 0
   fi
-  command -v go >/dev/null || die "go is not on PATH; the Go toolchain in go.mod is needed to build istio-cni"
-  say "building Istio istio-cni ${ISTIO_VERSION} (first run takes ~4 min)"
-  mkdir -p "$bin_dir"
-  [[ -z "$scratch" ]] || rm -rf "$scratch"
-  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
-  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" go install "${ISTIO_CNI_PKG}@${ISTIO_VERSION}" >&2
-  mv -f "$scratch/istio-cni" "$bin"
-  say "istio-cni ready: $bin"
+  install_tool "$bin" "${ISTIO_CNI_PKG}@${ISTIO_VERSION}" 4
 }
 
 # Keep in sync with testbed.Containerd2Version and testbed.Containerd17Version.
@@ -126,15 +126,7 @@ repo_dir="$(cd "$(dirname "$0")/.." && pwd)"
 # build_containerd2 builds containerd 2.x (Debian ships 1.6 only); it runs with Debian's shim.
 build_containerd2() {
   local bin="$bin_dir/containerd-${CONTAINERD2_VERSION}"
-  [[ -x "$bin" ]] && return 0
-  say "building containerd ${CONTAINERD2_VERSION} (first run takes a few minutes)"
-  mkdir -p "$bin_dir"
-  [[ -z "$scratch" ]] || rm -rf "$scratch"
-  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
-  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" \
-    go install "github.com/containerd/containerd/v2/cmd/containerd@${CONTAINERD2_VERSION}" >&2
-  mv -f "$scratch/containerd" "$bin"
-  say "containerd ${CONTAINERD2_VERSION} ready: $bin"
+  [[ -x "$bin" ]] || install_tool "$bin" "github.com/containerd/containerd/v2/cmd/containerd@${CONTAINERD2_VERSION}" 4
 }
 
 # build_containerd17 builds containerd 1.7. Its go.mod has exclude directives, which `go install
@@ -213,14 +205,7 @@ readonly HELM_VERSION="v3.22.0"
 # build_helm builds helm, which renders the chart under deploy/helm for the deploy tests.
 build_helm() {
   local bin="$bin_dir/helm-${HELM_VERSION}"
-  [[ -x "$bin" ]] && return 0
-  say "building helm ${HELM_VERSION} (first run takes ~4 min)"
-  mkdir -p "$bin_dir"
-  [[ -z "$scratch" ]] || rm -rf "$scratch"
-  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
-  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" >&2
-  mv -f "$scratch/helm" "$bin"
-  say "helm ${HELM_VERSION} ready: $bin"
+  [[ -x "$bin" ]] || install_tool "$bin" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" 4
 }
 
 # Keep in sync with testbed.PrometheusOperatorVersion (test/testbed/kubectl.go).
@@ -239,15 +224,7 @@ readonly PROMTOOL_VERSION="v0.316.0"
 # build_promtool builds promtool, which checks the agent's metrics exposition.
 build_promtool() {
   local bin="$bin_dir/promtool-${PROMTOOL_VERSION}"
-  [[ -x "$bin" ]] && return 0
-  say "building promtool ${PROMTOOL_VERSION} (first run takes ~6 min)"
-  mkdir -p "$bin_dir"
-  [[ -z "$scratch" ]] || rm -rf "$scratch"
-  scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
-  GOFLAGS="" CGO_ENABLED=0 GOBIN="$scratch" \
-    go install "github.com/prometheus/prometheus/cmd/promtool@${PROMTOOL_VERSION}" >&2
-  mv -f "$scratch/promtool" "$bin"
-  say "promtool ${PROMTOOL_VERSION} ready: $bin"
+  [[ -x "$bin" ]] || install_tool "$bin" "github.com/prometheus/prometheus/cmd/promtool@${PROMTOOL_VERSION}" 6
 }
 
 install_packages

@@ -21,28 +21,19 @@ const (
 // When it is missing the test is skipped with a hint to run test/setup.sh, or failed when CI=true.
 func Kubectl(tb testing.TB) string {
 	tb.Helper()
-	return cachedTool(tb, "kubectl-"+KubeAPIServerVersion)
+	return cachedBinary(tb, "kubectl-"+KubeAPIServerVersion)
 }
 
 // Helm returns the helm test/setup.sh built, like Kubectl.
 func Helm(tb testing.TB) string {
 	tb.Helper()
-	return cachedTool(tb, "helm-"+HelmVersion)
+	return cachedBinary(tb, "helm-"+HelmVersion)
 }
 
 // Promtool returns the promtool test/setup.sh built, like Kubectl.
 func Promtool(tb testing.TB) string {
 	tb.Helper()
-	return cachedTool(tb, "promtool-"+PromtoolVersion)
-}
-
-func cachedTool(tb testing.TB, name string) string {
-	tb.Helper()
-	path := filepath.Join(CacheDir(), "bin", name)
-	if _, err := os.Stat(path); err != nil {
-		skipOrFatal(tb, "testbed: %s not built (%v): run test/setup.sh", name, err)
-	}
-	return path
+	return cachedBinary(tb, "promtool-"+PromtoolVersion)
 }
 
 // PrometheusOperatorCRDs returns the directory of prometheus-operator's CRDs (ServiceMonitor,
@@ -50,7 +41,7 @@ func cachedTool(tb testing.TB, name string) string {
 func PrometheusOperatorCRDs(tb testing.TB) string {
 	tb.Helper()
 	mod := "github.com/prometheus-operator/prometheus-operator@" + PrometheusOperatorVersion
-	// -mod=mod and an empty GOFLAGS: the answer comes from the module cache, never this module.
+	// An empty GOFLAGS and no proxy: the answer comes from the module cache alone.
 	cmd := exec.Command("go", "mod", "download", "-json", mod)
 	cmd.Env = append(os.Environ(), "GOFLAGS=", "GOPROXY=off")
 	out, err := cmd.Output()
