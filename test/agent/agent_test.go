@@ -6,7 +6,6 @@ package agent_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -19,8 +18,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -46,25 +43,13 @@ func TestMain(m *testing.M) {
 
 // agentProc is a running agent.
 type agentProc struct {
-	cmd     *exec.Cmd
+	*testbed.Process
 	metrics string // base URL of the metrics port
 	debug   string // base URL of the debug endpoint
-	mu      sync.Mutex
-	logs    bytes.Buffer
-	done    chan error
 }
 
-func (a *agentProc) Write(p []byte) (int, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.logs.Write(p)
-}
-
-func (a *agentProc) Logs() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.logs.String()
-}
+// Logs is what the agent logged so far.
+func (a *agentProc) Logs() string { return a.Output() }
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -91,20 +76,7 @@ func startAgent(t *testing.T, args ...string) *agentProc {
 		"--node-backend", "none", "--node-name", "test-node", "--state-dir", t.TempDir(),
 		"--cni-conf-dir", filepath.Join(hostRoot, "etc/cni/net.d"), "--cni-bin-dir", filepath.Join(hostRoot, "opt/cni/bin"),
 		"--pod-log-dir", filepath.Join(hostRoot, "var/log/pods")}, args...)
-	a := &agentProc{metrics: "http://" + maddr, debug: "http://" + daddr, done: make(chan error, 1)}
-	a.cmd = exec.Command(binary, all...)
-	a.cmd.Stdout, a.cmd.Stderr = a, a
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { a.done <- a.cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = a.cmd.Process.Kill()
-		<-a.done
-		if t.Failed() {
-			t.Logf("agent logs:\n%s", a.Logs())
-		}
-	})
+	a := &agentProc{Process: testbed.StartProcess(t, binary, all...), metrics: "http://" + maddr, debug: "http://" + daddr}
 	eventually(t, 30*time.Second, "agent ready", func() error {
 		code, body, err := get(a.metrics + "/readyz")
 		if err != nil {
@@ -121,18 +93,7 @@ func startAgent(t *testing.T, args ...string) *agentProc {
 // stop sends SIGTERM and checks that the agent exits 0 within the DaemonSet's grace period.
 func (a *agentProc) stop(t *testing.T) {
 	t.Helper()
-	start := time.Now()
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-a.done:
-		a.done <- err
-		if err != nil {
-			t.Errorf("agent exit after SIGTERM: %v", err)
-		}
-		t.Logf("agent stopped %s after SIGTERM", time.Since(start).Round(time.Millisecond))
-	case <-time.After(30 * time.Second):
-		t.Errorf("agent still running 30s after SIGTERM")
-	}
+	t.Logf("agent stopped %s after SIGTERM", a.Stop(t).Round(time.Millisecond))
 }
 
 func get(url string) (int, string, error) {

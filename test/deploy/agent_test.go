@@ -1,18 +1,14 @@
 package deploy_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/test/testbed"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
 
@@ -54,7 +51,7 @@ func TestAgentNeedsExactlyTheChartRBAC(t *testing.T) {
 	kubeconfig := c.kubeconfigFor(t, c.token(t, "meshdoctor", "meshdoctor", agentPod))
 	dir := t.TempDir()
 	metrics := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	a := startAgentProcess(t, "agent", "--kubeconfig", kubeconfig, "--node-name", "test-node",
+	a := testbed.StartProcess(t, binary, "agent", "--kubeconfig", kubeconfig, "--node-name", "test-node",
 		"--containerd-address", node.Containerd.Address, "--node-backend", "none",
 		"--metrics-address", metrics, "--debug-address", "0.0.0.0:"+debugPort,
 		"--cni-conf-dir", dir, "--cni-bin-dir", dir, "--pod-log-dir", dir, "--state-dir", t.TempDir(),
@@ -117,7 +114,7 @@ func TestAgentNeedsExactlyTheChartRBAC(t *testing.T) {
 			}
 		}
 	}
-	a.stop(t)
+	a.Stop(t)
 
 	// What the agent called, from the audit log, against what the chart grants.
 	reqs, err := c.api.Requests("meshdoctor-agent/")
@@ -225,55 +222,4 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("%s: not within %s: %v", what, timeout, err)
-}
-
-// agentProcess is the meshdoctor binary running as a process of the test.
-type agentProcess struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs bytes.Buffer
-	done chan error
-}
-
-func (a *agentProcess) Write(p []byte) (int, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.logs.Write(p)
-}
-
-// startAgentProcess runs meshdoctor with args; its output is logged if the test fails.
-func startAgentProcess(t *testing.T, args ...string) *agentProcess {
-	t.Helper()
-	a := &agentProcess{done: make(chan error, 1)}
-	a.cmd = exec.Command(binary, args...)
-	a.cmd.Stdout, a.cmd.Stderr = a, a
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { a.done <- a.cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = a.cmd.Process.Kill()
-		<-a.done
-		if t.Failed() {
-			a.mu.Lock()
-			t.Logf("meshdoctor's output:\n%s", a.logs.String())
-			a.mu.Unlock()
-		}
-	})
-	return a
-}
-
-// stop sends SIGTERM and waits for the agent to exit, as the kubelet does.
-func (a *agentProcess) stop(t *testing.T) {
-	t.Helper()
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-a.done:
-		a.done <- err
-		if err != nil {
-			t.Errorf("agent exit after SIGTERM: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Errorf("agent still running 30 s after SIGTERM")
-	}
 }

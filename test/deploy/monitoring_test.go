@@ -146,7 +146,7 @@ func agentSeries(t *testing.T) map[string]bool {
 	}
 	dir := t.TempDir()
 	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	startAgentProcess(t, "agent", "--kubeconfig=none", "--netns", n.Path(), "--node-backend", "none",
+	testbed.StartProcess(t, binary, "agent", "--kubeconfig=none", "--netns", n.Path(), "--node-backend", "none",
 		"--metrics-address", addr, "--debug-address", "", "--host-root", dir, "--state-dir", t.TempDir())
 	var body string
 	eventually(t, 30*time.Second, "the agent's first sweep", func() error {
