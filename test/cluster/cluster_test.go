@@ -508,6 +508,7 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	c.namespace("istio-system", nil)
 	c.namespace("shop", map[string]string{"istio-injection": "enabled"})
 	c.namespace("secure", map[string]string{"istio-injection": "enabled", "pod-security.kubernetes.io/enforce": "baseline"})
+	c.namespace("strict", map[string]string{"istio.io/rev": "default", "pod-security.kubernetes.io/enforce": "restricted"})
 	c.namespace("mesh", map[string]string{"istio.io/rev": "default"})
 
 	// node-a: real pods through CRI. shop/cart's istio-init has its capabilities; shop/pay's
@@ -545,8 +546,9 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	c.agentPod("node-d", nodeD.addr)
 	c.agentPod("node-e", netip.Addr{})
 
-	refusal := c.refusedByPodSecurity("secure")
-	t.Logf("Pod Security's refusal, as the ReplicaSet controller records it: %s", refusal)
+	refusal, strict := c.refusedByPodSecurity("secure"), c.refusedByPodSecurity("strict")
+	t.Logf("Pod Security's refusals, as the ReplicaSet controller records them:\n%s\n%s", refusal, strict)
+	keepFile(t, "refusals.txt", refusal+"\n"+strict+"\n")
 
 	// One API server behind the kubernetes Service, as its endpoint reconciler writes it; one istiod.
 	https, port, ready := "https", int32(6443), true
@@ -576,6 +578,13 @@ func TestClusterThroughPodProxy(t *testing.T) {
 			t.Errorf("report listener %s: %d %v, want %d", path, code, err, want)
 		}
 	}
+	for _, n := range []*testNode{nodeA, nodeB} {
+		_, body, err := get("http://" + net.JoinHostPort(n.addr.String(), strconv.Itoa(reportPort)) + "/debug/report")
+		if err != nil {
+			t.Fatal(err)
+		}
+		keepFile(t, "agent-report-"+n.name+".json", body)
+	}
 
 	viewer := c.reader("meshdoctor-viewer", true)
 	out, errOut, code := run(t, ctx, nil, binary, "cluster", "--kubeconfig", viewer, "-o", "json", "--timeout", "5s")
@@ -590,10 +599,6 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	statuses := map[string]string{}
 	for _, n := range got.Nodes {
 		statuses[n.Node] = n.Status
-		if n.Report != nil {
-			data, _ := json.MarshalIndent(n.Report, "", "  ")
-			keepFile(t, "report-"+n.Node+".json", string(data))
-		}
 	}
 	wantStatus := map[string]string{"node-a": "reported", "node-b": "reported", "node-c": "no-agent", "node-d": "not-answering", "node-e": "agent-not-running"}
 	for n, want := range wantStatus {
@@ -664,6 +669,15 @@ func TestClusterThroughPodProxy(t *testing.T) {
 			!strings.Contains(f.Message, "ReplicaSet/web-7c9d8f6b5") || !strings.Contains(f.Message, refusal) {
 			t.Errorf("PodSecurityBlocksInit does not cite the ReplicaSet's refusal: %+v", f)
 		}
+	}
+	var refused []string
+	for _, f := range got.Findings {
+		if f.Code == nodecheck.PodSecurityBlocksInit {
+			refused = append(refused, f.Evidence["namespace"].(string))
+		}
+	}
+	if !slices.Equal(refused, []string{"secure", "strict"}) {
+		t.Errorf("PodSecurityBlocksInit for namespaces %v, want secure and strict", refused)
 	}
 	if f := find(nodecheck.IstioCNINodeNotReady); f != nil && !strings.Contains(f.Message, "node-b (1 pod(s), e.g. mesh/api-0; no istio-cni-node pod)") {
 		t.Errorf("IstioCNINodeNotReady: %s", f.Message)

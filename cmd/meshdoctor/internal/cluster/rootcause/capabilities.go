@@ -47,9 +47,10 @@ func StrippedCapabilities(rep nodecheck.PodReport, pod *corev1.Pod) (nodecheck.F
 	for _, m := range missing {
 		asked = asked && slices.Contains(add, m)
 	}
-	sidecar, _ := injected(pod)
-	if !asked && !sidecar {
-		return nodecheck.Finding{}, false // not Istio's injection: InitMissingNetAdmin says all there is
+	if !asked && pod.Annotations[annotationSidecarStatus] == "" {
+		// Not written by Istio's injector (which records its work in that annotation): nothing
+		// says the capabilities were ever meant to be there; InitMissingNetAdmin says it all.
+		return nodecheck.Finding{}, false
 	}
 	scc := pod.Annotations[annotationSCC]
 	ev := map[string]any{

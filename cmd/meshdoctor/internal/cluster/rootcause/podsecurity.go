@@ -38,8 +38,10 @@ type namespaceSecurity struct {
 	Injection      string // the label that enables injection, "" when none does
 	Enforce        string
 	EnforceVersion string
-	Owners         map[string]*refusal // by "Kind/name"
-	OtherOwners    int
+	// Owners are the first maxOwners owners in name order, whatever order the events come in;
+	// OtherEvents counts the refusals of the others.
+	Owners      map[string]*refusal // by "Kind/name"
+	OtherEvents int32
 }
 
 // refusal is one owner's FailedCreate events for pods that Pod Security refused.
@@ -116,8 +118,13 @@ func (p *PodSecurity) AddEvent(ev *corev1.Event) {
 	r, ok := s.Owners[owner]
 	if !ok {
 		if len(s.Owners) >= maxOwners {
-			s.OtherOwners++
-			return
+			last := slices.Max(slices.Collect(maps.Keys(s.Owners)))
+			if owner > last {
+				s.OtherEvents += count
+				return
+			}
+			s.OtherEvents += s.Owners[last].Count
+			delete(s.Owners, last)
 		}
 		r = &refusal{Owner: owner, FirstSeen: first}
 		s.Owners[owner] = r
@@ -223,12 +230,11 @@ func (s *namespaceSecurity) finding(cni CNIInstall) nodecheck.Finding {
 			names = append(names, o.Owner)
 		}
 		ev["refusals"] = owners
-		if s.OtherOwners > 0 {
-			ev["otherOwners"] = s.OtherOwners
-		}
 		who := strings.Join(names, ", ")
-		if s.OtherOwners > 0 {
-			who += fmt.Sprintf(" and %d more", s.OtherOwners)
+		if s.OtherEvents > 0 {
+			ev["otherOwnersEvents"] = s.OtherEvents
+			total += s.OtherEvents
+			who += " and other owners"
 		}
 		last := owners[0]
 		for _, o := range owners[1:] {
