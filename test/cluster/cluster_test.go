@@ -40,6 +40,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
@@ -498,6 +499,7 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.WarningHandler = rest.NoWarnings{} // Pod Security's warnings on the ReplicaSets are expected
 	c := &cluster{t: t, ctx: ctx, api: api, kc: kubernetes.NewForConfigOrDie(cfg)}
 
 	nodeA, nodeB, nodeD := linkedNode(t, ctx, "node-a"), linkedNode(t, ctx, "node-b"), linkedNode(t, ctx, "node-d")
@@ -592,6 +594,9 @@ func TestClusterThroughPodProxy(t *testing.T) {
 		t.Fatalf("exit %d, want 1 (error findings)\nstderr: %s\n%s", code, errOut, out)
 	}
 	keepFile(t, "cluster.json", out)
+	if errOut != "" {
+		t.Errorf("stderr is not a terminal, yet the command wrote to it: %q", errOut)
+	}
 	var got clusterJSON
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("-o json is not JSON: %v\n%s", err, out)
@@ -723,6 +728,25 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	path := "PATH=" + dir + string(os.PathListSeparator) + os.Getenv("PATH")
 	if out, errOut, code := run(t, ctx, []string{path}, kubectl(t), "meshdoctor", "--kubeconfig", viewer); code != 1 || out != table {
 		t.Errorf("kubectl meshdoctor: exit %d, output differs from `meshdoctor cluster`:\nstderr: %s\n%s", code, errOut, out)
+	}
+
+	// On a terminal (script(1) gives it one), a progress line goes to stderr and is erased at the
+	// end; stdout, redirected, is the JSON alone.
+	ttyJSON, typescript := filepath.Join(dir, "tty.json"), filepath.Join(dir, "typescript")
+	line := testbed.ShellQuote(binary) + " cluster -o json --kubeconfig " + testbed.ShellQuote(viewer) + " > " + testbed.ShellQuote(ttyJSON)
+	if _, errOut, code := run(t, ctx, nil, "script", "-qec", line, typescript); code != 1 {
+		t.Errorf("under script: exit %d: %s", code, errOut)
+	}
+	ts, err := os.ReadFile(typescript)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := strings.LastIndex(string(ts), "5/5 node(s) read, 3 without a report")
+	if last < 0 || !strings.HasPrefix(string(ts[last:]), "5/5 node(s) read, 3 without a report\r\x1b[K") {
+		t.Errorf("the terminal did not get a progress line, erased at the end: %q", ts)
+	}
+	if data, err := os.ReadFile(ttyJSON); err != nil || !json.Valid(data) {
+		t.Errorf("stdout under a terminal is not the JSON alone: %v\n%s", err, data)
 	}
 
 	// Without pods/proxy on the agents, nothing is read, and it says why.
