@@ -30,6 +30,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,6 +137,30 @@ func hostUses(t *testing.T, p netip.Prefix) bool {
 		}
 	}
 	return false
+}
+
+// silent listens on the node's report port and never answers: busybox's nc, as a persistent
+// server, hands each connection to a sleep. They run in a process group of their own, which the
+// cleanup kills whole.
+func silent(t *testing.T, n *testNode) {
+	t.Helper()
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatalf("busybox not installed (busybox-static): run test/setup.sh")
+	}
+	cmd := exec.Command("nsenter", "--net="+n.netns.Path(), bb, "nc", "-ll", "-p", strconv.Itoa(reportPort), "-e", bb, "sleep", "300")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() })
+	eventually(t, 10*time.Second, "nc listening on "+n.name, func() error {
+		out, err := exec.Command("nsenter", "--net="+n.netns.Path(), "ss", "-Htln", "sport", "= :"+strconv.Itoa(reportPort)).Output()
+		if err == nil && len(strings.TrimSpace(string(out))) == 0 {
+			err = fmt.Errorf("no listener yet")
+		}
+		return err
+	})
 }
 
 // agentProc is an agent running inside a node's namespace.
@@ -502,8 +527,8 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	cfg.WarningHandler = rest.NoWarnings{} // Pod Security's warnings on the ReplicaSets are expected
 	c := &cluster{t: t, ctx: ctx, api: api, kc: kubernetes.NewForConfigOrDie(cfg)}
 
-	nodeA, nodeB, nodeD := linkedNode(t, ctx, "node-a"), linkedNode(t, ctx, "node-b"), linkedNode(t, ctx, "node-d")
-	for _, n := range []string{"node-a", "node-b", "node-c", "node-d", "node-e"} {
+	nodeA, nodeB, nodeD, nodeF := linkedNode(t, ctx, "node-a"), linkedNode(t, ctx, "node-b"), linkedNode(t, ctx, "node-d"), linkedNode(t, ctx, "node-f")
+	for _, n := range []string{"node-a", "node-b", "node-c", "node-d", "node-e", "node-f"} {
 		c.must(c.kc.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}))
 	}
 	c.namespace(agentNamespace, map[string]string{"pod-security.kubernetes.io/enforce": "privileged"})
@@ -544,9 +569,12 @@ func TestClusterThroughPodProxy(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: "mesh", Name: "api-0", Annotations: map[string]string{"sidecar.istio.io/status": cniStatus}},
 		Spec:       injectedSpec("node-b", true)}, metav1.CreateOptions{}))
 
-	// node-c has no agent; node-d's agent pod has an IP where nothing listens; node-e's is Pending.
+	// node-c has no agent; node-d's agent pod has an IP where nothing listens; node-e's is Pending;
+	// node-f's accepts connections and never answers.
 	c.agentPod("node-d", nodeD.addr)
 	c.agentPod("node-e", netip.Addr{})
+	silent(t, nodeF)
+	c.agentPod("node-f", nodeF.addr)
 
 	refusal, strict := c.refusedByPodSecurity("secure"), c.refusedByPodSecurity("strict")
 	t.Logf("Pod Security's refusals, as the ReplicaSet controller records them:\n%s\n%s", refusal, strict)
@@ -589,7 +617,7 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	}
 
 	viewer := c.reader("meshdoctor-viewer", true)
-	out, errOut, code := run(t, ctx, nil, binary, "cluster", "--kubeconfig", viewer, "-o", "json", "--timeout", "5s")
+	out, errOut, code := run(t, ctx, nil, binary, "cluster", "--kubeconfig", viewer, "-o", "json", "--timeout", "3s")
 	if code != 1 {
 		t.Fatalf("exit %d, want 1 (error findings)\nstderr: %s\n%s", code, errOut, out)
 	}
@@ -605,7 +633,8 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	for _, n := range got.Nodes {
 		statuses[n.Node] = n.Status
 	}
-	wantStatus := map[string]string{"node-a": "reported", "node-b": "reported", "node-c": "no-agent", "node-d": "not-answering", "node-e": "agent-not-running"}
+	wantStatus := map[string]string{"node-a": "reported", "node-b": "reported", "node-c": "no-agent", "node-d": "not-answering",
+		"node-e": "agent-not-running", "node-f": "not-answering"}
 	for n, want := range wantStatus {
 		if statuses[n] != want {
 			t.Errorf("node %s: status %q, want %q", n, statuses[n], want)
@@ -624,6 +653,9 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	}
 	if e := node("node-d").Error; !strings.Contains(e, "connection refused") {
 		t.Errorf("node-d's error does not say the agent refused the connection: %q", e)
+	}
+	if e := node("node-f").Error; !strings.Contains(e, "no answer within 3s") {
+		t.Errorf("node-f's error does not say the agent did not answer in time: %q", e)
 	}
 
 	// shop/pay: the node saw istio-init without NET_ADMIN; the cluster adds why, first.
@@ -696,21 +728,21 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	if len(got.Notes) != 0 {
 		t.Errorf("with the documented RBAC nothing should be left unread: %q", got.Notes)
 	}
-	if got.Summary.Nodes["total"] != 5 || got.Summary.Nodes["reported"] != 2 || got.Summary.Pods["broken"] != 2 || got.Summary.Pods["ok"] != 2 {
+	if got.Summary.Nodes["total"] != 6 || got.Summary.Nodes["reported"] != 2 || got.Summary.Pods["broken"] != 2 || got.Summary.Pods["ok"] != 2 {
 		t.Errorf("summary %+v", got.Summary)
 	}
 
 	// The table, for a person; then the same binary as kubectl's plugin, directly and through
 	// kubectl itself.
-	table, _, code := run(t, ctx, nil, binary, "cluster", "--kubeconfig", viewer)
+	table, _, code := run(t, ctx, nil, binary, "cluster", "--kubeconfig", viewer, "--timeout", "3s")
 	keepFile(t, "cluster.txt", table)
 	if code != 1 {
 		t.Errorf("table: exit %d, want 1", code)
 	}
 	for _, want := range []string{
-		"meshdoctor cluster: 5 node(s), 2 reported, 1 without an agent, 1 agent not running, 1 not answering",
+		"meshdoctor cluster: 6 node(s), 2 reported, 1 without an agent, 1 agent not running, 2 not answering",
 		"pods: 4 checked, 2 ok, 2 broken",
-		"node-a  shop/pay", "PodSecurityBlocksInit (+", "node-d  not-answering", "CLUSTER ROOT CAUSES",
+		"node-a  shop/pay", "PodSecurityBlocksInit (+", "node-d  not-answering", "no answer within 3s", "CLUSTER ROOT CAUSES",
 		"1 endpoint of the kubernetes Service (" + nodeA.hostIP.String() + ":6443): not highly available; istiod: istio-system/istiod 1/1 ready",
 	} {
 		if !strings.Contains(table, want) {
@@ -722,18 +754,18 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	if err := os.Symlink(binary, plugin); err != nil {
 		t.Fatal(err)
 	}
-	if out, _, code := run(t, ctx, nil, plugin, "--kubeconfig", viewer); code != 1 || out != table {
+	if out, _, code := run(t, ctx, nil, plugin, "--kubeconfig", viewer, "--timeout", "3s"); code != 1 || out != table {
 		t.Errorf("as kubectl-meshdoctor: exit %d, output differs from `meshdoctor cluster`:\n%s", code, out)
 	}
 	path := "PATH=" + dir + string(os.PathListSeparator) + os.Getenv("PATH")
-	if out, errOut, code := run(t, ctx, []string{path}, kubectl(t), "meshdoctor", "--kubeconfig", viewer); code != 1 || out != table {
+	if out, errOut, code := run(t, ctx, []string{path}, kubectl(t), "meshdoctor", "--kubeconfig", viewer, "--timeout", "3s"); code != 1 || out != table {
 		t.Errorf("kubectl meshdoctor: exit %d, output differs from `meshdoctor cluster`:\nstderr: %s\n%s", code, errOut, out)
 	}
 
 	// On a terminal (script(1) gives it one), a progress line goes to stderr and is erased at the
 	// end; stdout, redirected, is the JSON alone.
 	ttyJSON, typescript := filepath.Join(dir, "tty.json"), filepath.Join(dir, "typescript")
-	line := testbed.ShellQuote(binary) + " cluster -o json --kubeconfig " + testbed.ShellQuote(viewer) + " > " + testbed.ShellQuote(ttyJSON)
+	line := testbed.ShellQuote(binary) + " cluster -o json --timeout 3s --kubeconfig " + testbed.ShellQuote(viewer) + " > " + testbed.ShellQuote(ttyJSON)
 	if _, errOut, code := run(t, ctx, nil, "script", "-qec", line, typescript); code != 1 {
 		t.Errorf("under script: exit %d: %s", code, errOut)
 	}
@@ -741,8 +773,8 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	last := strings.LastIndex(string(ts), "5/5 node(s) read, 3 without a report")
-	if last < 0 || !strings.HasPrefix(string(ts[last:]), "5/5 node(s) read, 3 without a report\r\x1b[K") {
+	last := strings.LastIndex(string(ts), "6/6 node(s) read, 4 without a report")
+	if last < 0 || !strings.HasPrefix(string(ts[last:]), "6/6 node(s) read, 4 without a report\r\x1b[K") {
 		t.Errorf("the terminal did not get a progress line, erased at the end: %q", ts)
 	}
 	if data, err := os.ReadFile(ttyJSON); err != nil || !json.Valid(data) {
