@@ -57,8 +57,7 @@ Installed as kubectl-meshdoctor on the PATH, it is also "kubectl meshdoctor".
 
 Your credentials need: get on pods/proxy and list on pods in the agents' namespace, list on
 nodes; for the root causes, list on namespaces, events, pods and apps/deployments in every
-namespace, get on pods, and list on discovery.k8s.io/endpointslices (or get on endpoints) in
-default. What you may not read is said, and that analysis is skipped.
+namespace, get on pods, and list on discovery.k8s.io/endpointslices in default. What you may not read is said, and that analysis is skipped.
 
 Exit status: 0 nothing wrong, 1 at least one finding of severity error, 2 could not run (no agent
 found, no agent answered, bad flags).`,

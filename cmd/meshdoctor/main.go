@@ -53,11 +53,7 @@ func main() {
 // run runs the command line; started as kubectl's plugin (kubectl-meshdoctor), the binary is the
 // cluster command alone.
 func run(ctx context.Context, argv0 string, args []string) int {
-	root := newRootCommand()
-	if isKubectlPlugin(argv0) {
-		root = newClusterCommand("kubectl meshdoctor")
-		root.SilenceUsage, root.SilenceErrors = true, true
-	}
+	root := rootFor(argv0)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -72,6 +68,16 @@ func run(ctx context.Context, argv0 string, args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "meshdoctor:", err)
 	return exitCannot
+}
+
+// rootFor is the command line's root for the name the binary was started under.
+func rootFor(argv0 string) *cobra.Command {
+	if isKubectlPlugin(argv0) {
+		root := newClusterCommand("kubectl meshdoctor")
+		root.SilenceUsage, root.SilenceErrors = true, true
+		return root
+	}
+	return newRootCommand()
 }
 
 func newRootCommand() *cobra.Command {

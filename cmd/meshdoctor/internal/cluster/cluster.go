@@ -156,7 +156,6 @@ func (g *Gatherer) Gather(ctx context.Context, sink Sink) (Outcome, error) {
 			missing = append(missing, n)
 		}
 	}
-	nodes = nil
 	sink.Planned(len(agents) + len(missing))
 	for _, n := range missing {
 		sink.Node(NodeResult{Node: n, Status: StatusNoAgent,

@@ -115,27 +115,17 @@ func (g *Gatherer) ReadState(ctx context.Context) (*State, error) {
 	return s, nil
 }
 
-// readAPIServer reads the kubernetes Service's ready endpoints (its EndpointSlices, else its
-// Endpoints) and istiod's Deployments; failures are recorded in the state.
+// readAPIServer reads the kubernetes Service's ready endpoints and istiod's Deployments; failures
+// are recorded in the state.
 func (g *Gatherer) readAPIServer(ctx context.Context, a *rootcause.APIServer) error {
 	c := g.Client
 	sl, err := c.DiscoveryV1().EndpointSlices(rootcause.KubernetesNamespace).List(ctx,
 		metav1.ListOptions{LabelSelector: rootcause.LabelServiceName + "=" + rootcause.KubernetesService})
-	if err == nil && len(sl.Items) > 0 {
+	if err != nil {
+		a.EndpointsError = err.Error()
+	} else {
 		for i := range sl.Items {
 			a.AddEndpointSlice(&sl.Items[i])
-		}
-	} else {
-		ep, eperr := c.CoreV1().Endpoints(rootcause.KubernetesNamespace).Get(ctx, rootcause.KubernetesService, metav1.GetOptions{})
-		switch {
-		case eperr == nil:
-			a.AddEndpoints(ep)
-		case err != nil:
-			a.EndpointsError = fmt.Sprintf("EndpointSlices: %v; Endpoints: %v", err, eperr)
-		case apierrors.IsNotFound(eperr):
-			a.EndpointsFrom = "EndpointSlice"
-		default:
-			a.EndpointsError = eperr.Error()
 		}
 	}
 	deps, derr := c.AppsV1().Deployments(metav1.NamespaceAll).List(ctx, metav1.ListOptions{LabelSelector: rootcause.IstiodSelector})

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
@@ -30,10 +29,11 @@ const IstiodSelector = istiodAppLabel + "=" + istiodAppValue
 
 // APIServer is the API server's availability as the cluster shows it: the ready endpoints of the
 // kubernetes Service (each one an API server: one means no high availability) and istiod's
-// replicas. Errors say what could not be read.
+// replicas. Errors say what could not be read. The endpoints come from the Service's
+// EndpointSlices, which the API server has kept beside the (deprecated) Endpoints object since
+// Kubernetes 1.21.
 type APIServer struct {
 	Endpoints      []string  `json:"endpoints"`
-	EndpointsFrom  string    `json:"endpointsFrom,omitempty"`
 	EndpointsError string    `json:"endpointsError,omitempty"`
 	Istiod         []Istiod  `json:"istiod"`
 	IstiodError    string    `json:"istiodError,omitempty"`
@@ -50,7 +50,6 @@ type Istiod struct {
 
 // AddEndpointSlice records the ready endpoints of one of the kubernetes Service's slices.
 func (a *APIServer) AddEndpointSlice(s *discoveryv1.EndpointSlice) {
-	a.EndpointsFrom = "EndpointSlice"
 	var ports []string
 	for _, p := range s.Ports {
 		if p.Port != nil {
@@ -63,21 +62,6 @@ func (a *APIServer) AddEndpointSlice(s *discoveryv1.EndpointSlice) {
 		}
 		for _, addr := range e.Addresses {
 			a.addEndpoint(addr, ports)
-		}
-	}
-}
-
-// AddEndpoints records the kubernetes Service's Endpoints object, for clusters whose API server
-// mirrors no EndpointSlice of it.
-func (a *APIServer) AddEndpoints(e *corev1.Endpoints) {
-	a.EndpointsFrom = "Endpoints"
-	for _, s := range e.Subsets {
-		var ports []string
-		for _, p := range s.Ports {
-			ports = append(ports, strconv.Itoa(int(p.Port)))
-		}
-		for _, addr := range s.Addresses {
-			a.addEndpoint(addr.IP, ports)
 		}
 	}
 }

@@ -202,20 +202,15 @@ func TestCoverage(t *testing.T) {
 }
 
 func TestAPIServerAvailability(t *testing.T) {
-	want := map[string]bool{"single-endpoint": true, "highly-available": true, "no-outage": false, "endpoints-only": true, "no-ready-endpoint": true}
+	want := map[string]bool{"single-endpoint": true, "highly-available": true, "no-outage": false, "no-ready-endpoint": true,
+		"no-istiod": true}
 	for _, dir := range cases(t, "apiserver") {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			var a APIServer
-			if _, err := os.Stat(filepath.Join(dir, "endpointslices.json")); err == nil {
-				var l discoveryv1.EndpointSliceList
-				readJSON(t, filepath.Join(dir, "endpointslices.json"), &l)
-				for i := range l.Items {
-					a.AddEndpointSlice(&l.Items[i])
-				}
-			} else {
-				var e corev1.Endpoints
-				readJSON(t, filepath.Join(dir, "endpoints.json"), &e)
-				a.AddEndpoints(&e)
+			var l discoveryv1.EndpointSliceList
+			readJSON(t, filepath.Join(dir, "endpointslices.json"), &l)
+			for i := range l.Items {
+				a.AddEndpointSlice(&l.Items[i])
 			}
 			var deps appsv1.DeploymentList
 			readJSON(t, filepath.Join(dir, "deployments.json"), &deps)
