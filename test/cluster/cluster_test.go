@@ -340,10 +340,12 @@ func (c *cluster) namespace(name string, labels map[string]string) {
 
 // agentPod registers a node's agent pod as the DaemonSet makes it: host network, the report
 // port named; ip "" leaves it Pending without an IP.
-func (c *cluster) agentPod(node string, ip netip.Addr) {
+func (c *cluster) agentPod(node string, ip netip.Addr) { c.agentPodNamed("meshdoctor-"+node, node, ip) }
+
+func (c *cluster) agentPodNamed(name, node string, ip netip.Addr) {
 	c.t.Helper()
 	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: agentNamespace, Name: "meshdoctor-" + node,
+		ObjectMeta: metav1.ObjectMeta{Namespace: agentNamespace, Name: name,
 			Labels: map[string]string{"app.kubernetes.io/name": "meshdoctor", "app.kubernetes.io/instance": "meshdoctor"}},
 		Spec: corev1.PodSpec{NodeName: node, HostNetwork: true, Containers: []corev1.Container{{
 			Name: "agent", Image: "ghcr.io/meshdoctor/meshdoctor:test", Args: []string{"agent"},
@@ -555,6 +557,8 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	}
 	startAgent(t, nodeA, t.TempDir(), "--containerd-address", kn.Containerd.Address)
 	c.agentPod("node-a", nodeA.addr)
+	// A rollout: the DaemonSet's next pod on node-a is created but not running yet.
+	c.agentPodNamed("meshdoctor-node-a-next", "node-a", netip.Addr{})
 
 	// node-b: a namespace with Istio's rules, one without any, and istiod losing the API server
 	// in its logs; a pod there relies on istio-cni (CNI mode), which runs nowhere.
@@ -649,6 +653,11 @@ func TestClusterThroughPodProxy(t *testing.T) {
 			}
 		}
 		return r
+	}
+	for _, n := range got.Nodes {
+		if n.Node == "node-a" && n.Agent != agentNamespace+"/meshdoctor-node-a" {
+			t.Errorf("node-a read through %s, not its running agent", n.Agent)
+		}
 	}
 	if e := node("node-d").Error; !strings.Contains(e, "connection refused") {
 		t.Errorf("node-d's error does not say the agent refused the connection: %q", e)

@@ -17,9 +17,9 @@ import (
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 // captured is testdata/cluster.json: what `meshdoctor cluster -o json` printed in test/cluster's
-// end-to-end run (go test ./test/cluster -keep DIR): five nodes (two reported, one without an
-// agent, one whose agent refused the connection, one whose agent was Pending), the cluster's root
-// causes and the API server's availability.
+// end-to-end run (go test ./test/cluster -keep DIR): six nodes (two reported, one without an
+// agent, one whose agent refused the connection, one whose agent was Pending, one whose agent
+// never answered), the cluster's root causes and the API server's availability.
 type captured struct {
 	Nodes     []cluster.NodeResult `json:"nodes"`
 	Findings  []nodecheck.Finding  `json:"findings"`
@@ -123,7 +123,11 @@ func TestTableGolden(t *testing.T) {
 // of the table.
 func TestCounts(t *testing.T) {
 	c := load(t)
-	v := c.view(Options{}, []int{0, 1, 2, 3, 4})
+	order := make([]int, len(c.Nodes))
+	for i := range order {
+		order[i] = i
+	}
+	v := c.view(Options{}, order)
 	r := v.Summary
 	var pods, broken, reported int
 	codes := map[nodecheck.Code]int{}
