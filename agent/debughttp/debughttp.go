@@ -3,7 +3,8 @@
 // raw rules read from its netns, and an HTML page for a person behind `kubectl port-forward`).
 // The debug endpoint listens on loopback by default; on any other address it requires a bearer
 // token that the API server accepts (TokenReview) and authorises for the request's path
-// (SubjectAccessReview on a non-resource URL), as kubelet and kube-rbac-proxy do.
+// (SubjectAccessReview on a non-resource URL), as kubelet and kube-rbac-proxy do. The report alone
+// can also be served on a listener of its own for `meshdoctor cluster` (ReportHandler).
 package debughttp
 
 import (
@@ -70,7 +71,7 @@ func DebugHandler(src Source, reg *prometheus.Registry, auth Authorizer, log *sl
 	mux := http.NewServeMux()
 	addHealth(mux, src)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /debug/report", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET "+ReportPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		if err := report.WriteJSON(w, src.Report()); err != nil {
 			log.Warn("writing /debug/report", "err", err)

@@ -37,6 +37,7 @@ type agentOptions struct {
 	stateDir        string
 	metricsAddress  string
 	debugAddress    string
+	reportAddress   string
 	recheckInterval time.Duration
 	debounce        time.Duration
 	workers         int
@@ -53,8 +54,9 @@ func newAgentCommand() *cobra.Command {
 		Long: `agent keeps checking the node's pods: when containerd says a container started or exited, when
 the API server says a pod finished its init containers or became ready, and every
 --recheck-interval (with jitter) in any case. It reports through Prometheus metrics
-(--metrics-address), pod annotations and Kubernetes events (unless --kubeconfig=none), and a
-debug endpoint (--debug-address) with the report, each pod's raw rules and an HTML page.
+(--metrics-address), pod annotations and Kubernetes events (unless --kubeconfig=none), a
+debug endpoint (--debug-address) with the report, each pod's raw rules and an HTML page, and,
+with --report-address, the report alone for meshdoctor cluster (through the API server's pod proxy).
 
 Without an API server (--kubeconfig=none, or while it is down) it keeps diagnosing from the
 container runtime; annotations and events catch up when the API server is back.`,
@@ -72,6 +74,10 @@ container runtime; annotations and events catch up when the API server is back.`
 	f.StringVar(&o.metricsAddress, "metrics-address", ":9809", "listen address of /metrics, /healthz and /readyz; empty: off")
 	f.StringVar(&o.debugAddress, "debug-address", "127.0.0.1:9810",
 		"listen address of the debug endpoint; off loopback it requires a bearer token (TokenReview + SubjectAccessReview); empty: off")
+	f.StringVar(&o.reportAddress, "report-address", "",
+		"listen address of the node report alone (GET "+debughttp.ReportPath+"), which meshdoctor cluster reads through the API server's pod proxy; "+
+			"no token is checked (the API server drops the caller's), so bind it to the node's address ($(POD_IP):9811 in the DaemonSet) and grant "+
+			"pods/proxy in the agent's namespace only to those who may read every node's report; empty: off")
 	f.DurationVar(&o.recheckInterval, "recheck-interval", agent.DefaultRecheckInterval, "every pod is re-verified at least this often (with jitter)")
 	f.DurationVar(&o.debounce, "debounce", agent.DefaultDebounce, "how long triggers are gathered before a check")
 	f.IntVar(&o.workers, "workers", agent.DefaultWorkers, "how many pods are checked at once")
@@ -232,6 +238,14 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		h := debughttp.DebugHandler(a, m.Registry, auth, log)
 		run("debug server", func(ctx context.Context) error {
 			return debughttp.Serve(ctx, o.debugAddress, h, shutdownGrace)
+		})
+	}
+	if o.reportAddress != "" {
+		// Reached through the API server's pod proxy, which never forwards the caller's token:
+		// see debughttp.ReportHandler for why this listener serves the report and nothing else.
+		h := debughttp.ReportHandler(a, log)
+		run("report server", func(ctx context.Context) error {
+			return debughttp.Serve(ctx, o.reportAddress, h, shutdownGrace)
 		})
 	}
 	log.Info("agent starting", "node", node, "version", version, "api", client != nil,

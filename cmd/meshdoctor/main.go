@@ -2,6 +2,8 @@
 //
 //	meshdoctor check     one pass over the node (or given network namespaces), print a report, exit
 //	meshdoctor agent     the per-node DaemonSet process
+//	meshdoctor cluster   every node's report through the API server, and cluster-level root causes
+//	                     (also kubectl's plugin: installed as kubectl-meshdoctor, "kubectl meshdoctor")
 //	meshdoctor version   print the version
 package main
 
@@ -43,13 +45,15 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:])
+	code := run(ctx, os.Args[0], os.Args[1:])
 	stop()
 	os.Exit(code)
 }
 
-func run(ctx context.Context, args []string) int {
-	root := newRootCommand()
+// run runs the command line; started as kubectl's plugin (kubectl-meshdoctor), the binary is the
+// cluster command alone.
+func run(ctx context.Context, argv0 string, args []string) int {
+	root := rootFor(argv0)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -66,6 +70,16 @@ func run(ctx context.Context, args []string) int {
 	return exitCannot
 }
 
+// rootFor is the command line's root for the name the binary was started under.
+func rootFor(argv0 string) *cobra.Command {
+	if isKubectlPlugin(argv0) {
+		root := newClusterCommand("kubectl meshdoctor")
+		root.SilenceUsage, root.SilenceErrors = true, true
+		return root
+	}
+	return newRootCommand()
+}
+
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "meshdoctor",
@@ -77,7 +91,7 @@ lock is ever created in a pod's namespace.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newCheckCommand(), newAgentCommand(), newVersionCommand())
+	root.AddCommand(newCheckCommand(), newAgentCommand(), newClusterCommand("cluster"), newVersionCommand())
 	return root
 }
 
