@@ -39,10 +39,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
@@ -410,31 +412,65 @@ func (c *cluster) refusedByPodSecurity(ns string) string {
 	return msg
 }
 
-// reader makes a ServiceAccount with the RBAC `meshdoctor cluster` documents (proxy says
-// whether it may get pods/proxy on the agents) and returns a kubeconfig with its token.
+// chartViewerRoles creates, once, the ClusterRole and the Role of the Helm chart's clusterView
+// (rendered by the real helm), and returns their names.
+func (c *cluster) chartViewerRoles() (clusterRole, role string) {
+	c.t.Helper()
+	for _, doc := range strings.Split(string(testbed.RenderChart(c.t)), "\n---\n") {
+		var meta struct {
+			Kind     string
+			Metadata struct{ Name, Namespace string }
+		}
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			c.t.Fatalf("the chart's manifests: %v", err)
+		}
+		if !strings.HasSuffix(meta.Metadata.Name, "-cluster-viewer") {
+			continue
+		}
+		switch meta.Kind {
+		case "ClusterRole":
+			var r rbacv1.ClusterRole
+			if err := yaml.Unmarshal([]byte(doc), &r); err != nil {
+				c.t.Fatal(err)
+			}
+			if _, err := c.kc.RbacV1().ClusterRoles().Create(c.ctx, &r, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				c.t.Fatal(err)
+			}
+			clusterRole = r.Name
+		case "Role":
+			var r rbacv1.Role
+			if err := yaml.Unmarshal([]byte(doc), &r); err != nil {
+				c.t.Fatal(err)
+			}
+			if r.Namespace != agentNamespace {
+				c.t.Fatalf("the chart's viewer Role is in %s, the agents in %s", r.Namespace, agentNamespace)
+			}
+			if _, err := c.kc.RbacV1().Roles(r.Namespace).Create(c.ctx, &r, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+				c.t.Fatal(err)
+			}
+			role = r.Name
+		}
+	}
+	if clusterRole == "" || role == "" {
+		c.t.Fatal("the chart has no cluster-viewer ClusterRole and Role")
+	}
+	return clusterRole, role
+}
+
+// reader makes a ServiceAccount bound to the roles the Helm chart ships for `meshdoctor cluster`
+// (proxy says whether it gets the Role with pods/proxy on the agents too) and returns a kubeconfig
+// with its token.
 func (c *cluster) reader(name string, proxy bool) string {
 	c.t.Helper()
 	ctx, kc := c.ctx, c.kc
 	c.must(kc.CoreV1().ServiceAccounts(agentNamespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}))
 	subject := []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: agentNamespace}}
-	c.must(kc.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"nodes", "namespaces", "events"}, Verbs: []string{"list"}},
-		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
-		{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"list"}},
-	}}, metav1.CreateOptions{}))
+	clusterRole, role := c.chartViewerRoles()
 	c.must(kc.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
-		RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name}, Subjects: subject}, metav1.CreateOptions{}))
-	c.must(kc.RbacV1().Roles("default").Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: []rbacv1.PolicyRule{
-		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list"}},
-	}}, metav1.CreateOptions{}))
-	c.must(kc.RbacV1().RoleBindings("default").Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
-		RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name}, Subjects: subject}, metav1.CreateOptions{}))
+		RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: clusterRole}, Subjects: subject}, metav1.CreateOptions{}))
 	if proxy {
-		c.must(kc.RbacV1().Roles(agentNamespace).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
-		}}, metav1.CreateOptions{}))
 		c.must(kc.RbacV1().RoleBindings(agentNamespace).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
-			RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name}, Subjects: subject}, metav1.CreateOptions{}))
+			RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: role}, Subjects: subject}, metav1.CreateOptions{}))
 	}
 	tr, err := kc.CoreV1().ServiceAccounts(agentNamespace).CreateToken(ctx, name, &authnv1.TokenRequest{}, metav1.CreateOptions{})
 	if err != nil {
@@ -494,20 +530,6 @@ func run(t *testing.T, ctx context.Context, env []string, argv ...string) (strin
 		t.Fatalf("%v: %v", argv, err)
 	}
 	return out.String(), errOut.String(), code
-}
-
-// kubectl is kubectl v1.34.4, which test/setup.sh builds beside kube-apiserver.
-// TODO(lead): testbed.Kubectl(t) once test/testbed/kubectl.go is on main.
-func kubectl(t *testing.T) string {
-	t.Helper()
-	p := filepath.Join(testbed.CacheDir(), "bin", "kubectl-"+testbed.KubeAPIServerVersion)
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("kubectl not built (%v): run test/setup.sh", err)
-		}
-		t.Skipf("kubectl not built (%v): run test/setup.sh", err)
-	}
-	return p
 }
 
 // TestClusterThroughPodProxy: five nodes, two with agents that answer (one over real CRI pods,
@@ -766,7 +788,7 @@ func TestClusterThroughPodProxy(t *testing.T) {
 		t.Errorf("as kubectl-meshdoctor: exit %d, output differs from `meshdoctor cluster`:\n%s", code, out)
 	}
 	path := "PATH=" + dir + string(os.PathListSeparator) + os.Getenv("PATH")
-	if out, errOut, code := run(t, ctx, []string{path}, kubectl(t), "meshdoctor", "--kubeconfig", viewer, "--timeout", "3s"); code != 1 || out != table {
+	if out, errOut, code := run(t, ctx, []string{path}, testbed.Kubectl(t), "meshdoctor", "--kubeconfig", viewer, "--timeout", "3s"); code != 1 || out != table {
 		t.Errorf("kubectl meshdoctor: exit %d, output differs from `meshdoctor cluster`:\nstderr: %s\n%s", code, errOut, out)
 	}
 

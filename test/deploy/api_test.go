@@ -188,7 +188,8 @@ func TestManifestsPassServerSideDryRun(t *testing.T) {
 		{"chart, every option", helmTemplate(t, append(everyOption,
 			"agent.debugAddress=0.0.0.0:9810", "runtime.criSocket=/var/run/crio/crio.sock",
 			"agent.perPodMetrics=true", "agent.logRules=rules: []", "admissionPolicy.enabled=true",
-			"extraCapabilities={SYS_PTRACE}")...)},
+			"extraCapabilities={SYS_PTRACE}", "clusterView.subjects[0].kind=Group", "clusterView.subjects[0].name=sre",
+			"clusterView.subjects[0].apiGroup=rbac.authorization.k8s.io")...)},
 	}
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {

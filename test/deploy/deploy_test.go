@@ -44,8 +44,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// The chart is rendered for this Kubernetes version: the test API server's (helm built with
-// `go install` otherwise assumes v1.20, which the chart's kubeVersion refuses).
+// kubeVersion is the Kubernetes version the chart is rendered for: the test API server's.
 var kubeVersion = strings.TrimPrefix(testbed.KubeAPIServerVersion, "v")
 
 // deployDir is the repository's deploy/ directory.
@@ -63,15 +62,7 @@ func chartDir(t *testing.T) string { return filepath.Join(deployDir(t), "helm", 
 // helmTemplate renders the chart as release meshdoctor in namespace meshdoctor with --set values.
 func helmTemplate(t *testing.T, values ...string) []byte {
 	t.Helper()
-	args := []string{"template", "meshdoctor", chartDir(t), "--namespace", "meshdoctor", "--kube-version", kubeVersion}
-	for _, v := range values {
-		args = append(args, "--set", v)
-	}
-	out, err := run(t, nil, testbed.Helm(t), args...)
-	if err != nil {
-		t.Fatalf("helm %s: %v", strings.Join(args, " "), err)
-	}
-	return out
+	return testbed.RenderChart(t, values...)
 }
 
 // everyOption are the values that turn on every optional object and code path of the chart.

@@ -91,8 +91,9 @@ func TestDaemonSetRunsWithItsOwnPrivileges(t *testing.T) {
 		t.Fatalf("check -o json: %v\n%s", err, out)
 	}
 
-	shipped := podFromDaemonSet(t, ds, "test-node")
-	fromContainer, logs := runAgentPod(t, node, shipped, len(pods)+1)
+	nodeIP := node.Containerd.Netns.IPv4.Addr().String()
+	shipped := podFromDaemonSet(t, ds, "test-node", nodeIP)
+	fromContainer, logs := runAgentPod(t, node, shipped, nodeIP, len(pods)+1)
 	got, want := podSummary(fromContainer), podSummary(fromRoot)
 	if self := got["meshdoctor/"+shipped.Name]; self.Verdict != nodecheck.VerdictSkipped {
 		t.Errorf("the agent's own pod: %+v, want skipped (host network)", self)
@@ -133,11 +134,11 @@ func TestDaemonSetRunsWithItsOwnPrivileges(t *testing.T) {
 		{drop: "DAC_READ_SEARCH", inLog: "cannot read node logs"},
 	} {
 		t.Run("without "+tc.drop, func(t *testing.T) {
-			p := podFromDaemonSet(t, ds, "test-node")
+			p := podFromDaemonSet(t, ds, "test-node", nodeIP)
 			p.Name += "-" + strings.ToLower(strings.ReplaceAll(tc.drop, "_", ""))
 			c := &p.Containers[0]
 			c.CapAdd = slices.DeleteFunc(slices.Clone(c.CapAdd), func(c string) bool { return c == tc.drop })
-			rep, logs := runAgentPod(t, node, p, len(pods)+1)
+			rep, logs := runAgentPod(t, node, p, nodeIP, len(pods)+1)
 			cart := podSummary(rep)["shop/cart"]
 			if tc.inCart != "" && (cart.Verdict != nodecheck.VerdictUnknown || !strings.Contains(cart.Reason, tc.inCart)) {
 				t.Errorf("cart: %+v, want unknown with %q in the reason", cart, tc.inCart)
@@ -177,9 +178,10 @@ func nodeCodes(r nodecheck.Report) map[nodecheck.Code]bool {
 	return m
 }
 
-// runAgentPod runs the agent's pod on the node until its report lists the node's pods, then
-// removes it (it holds the node's ports), and returns the report and the agent's log.
-func runAgentPod(t *testing.T, node *kubelet.Node, p kubelet.Pod, pods int) (nodecheck.Report, string) {
+// runAgentPod runs the agent's pod on the node until its report, read where `meshdoctor cluster`
+// reads it (the report port on the node's address), lists the node's pods; then removes it (it
+// holds the node's ports), and returns the report and the agent's log.
+func runAgentPod(t *testing.T, node *kubelet.Node, p kubelet.Pod, nodeIP string, pods int) (nodecheck.Report, string) {
 	t.Helper()
 	running, err := node.RunPod(t.Context(), p)
 	if err != nil {
@@ -197,7 +199,7 @@ func runAgentPod(t *testing.T, node *kubelet.Node, p kubelet.Pod, pods int) (nod
 	var lastErr error
 	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
-		if lastErr = fetchReport(client, &rep); lastErr == nil && len(rep.Pods) == pods {
+		if lastErr = fetchReport(client, "http://"+net.JoinHostPort(nodeIP, "9811"), &rep); lastErr == nil && len(rep.Pods) == pods {
 			// Node findings come from the node checks, which run beside the first sweep.
 			if len(rep.Findings) > 0 {
 				break
@@ -211,11 +213,16 @@ func runAgentPod(t *testing.T, node *kubelet.Node, p kubelet.Pod, pods int) (nod
 	if lastErr != nil || len(rep.Pods) != pods {
 		t.Fatalf("no report of the node's %d pods from the agent: %v\nits log:\n%s", pods, lastErr, logs)
 	}
+	// The debug endpoint, on the node's loopback, is there too for kubectl port-forward.
+	var debug nodecheck.Report
+	if err := fetchReport(client, "http://127.0.0.1:9810", &debug); err != nil || len(debug.Pods) != pods {
+		t.Errorf("the debug endpoint's report: %v (%d pods)", err, len(debug.Pods))
+	}
 	return rep, logs
 }
 
-func fetchReport(client *http.Client, rep *nodecheck.Report) error {
-	resp, err := client.Get("http://127.0.0.1:9810/debug/report")
+func fetchReport(client *http.Client, base string, rep *nodecheck.Report) error {
+	resp, err := client.Get(base + "/debug/report")
 	if err != nil {
 		return err
 	}
@@ -270,7 +277,7 @@ func buildAgentImage(ctx context.Context, dir string) (string, error) {
 // kubelet would: the downward API resolved, securityContext and hostPath volumes passed to CRI,
 // each hostPath's type enforced. Anything it does not know how to pass fails the test, so a new
 // field in the chart cannot silently go untested.
-func podFromDaemonSet(t *testing.T, ds appsv1.DaemonSet, nodeName string) kubelet.Pod {
+func podFromDaemonSet(t *testing.T, ds appsv1.DaemonSet, nodeName, nodeIP string) kubelet.Pod {
 	t.Helper()
 	spec := ds.Spec.Template.Spec
 	if len(spec.Containers) != 1 || len(spec.InitContainers) != 0 {
@@ -281,14 +288,15 @@ func podFromDaemonSet(t *testing.T, ds appsv1.DaemonSet, nodeName string) kubele
 	for _, v := range spec.Volumes {
 		volumes[v.Name] = v
 	}
-	kc := kubelet.Container{Name: c.Name, Image: c.Image, Command: c.Command, Env: map[string]string{},
-		Args: append(append([]string(nil), c.Args...), "--kubeconfig=none")}
+	kc := kubelet.Container{Name: c.Name, Image: c.Image, Command: c.Command, Env: map[string]string{}}
 	for _, e := range c.Env {
 		switch {
 		case e.ValueFrom == nil:
 			kc.Env[e.Name] = e.Value
 		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName":
 			kc.Env[e.Name] = nodeName
+		case e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.podIP" && spec.HostNetwork:
+			kc.Env[e.Name] = nodeIP
 		case e.ValueFrom.ResourceFieldRef != nil && e.ValueFrom.ResourceFieldRef.Resource == "limits.memory":
 			q := c.Resources.Limits[corev1.ResourceMemory]
 			kc.Env[e.Name] = fmt.Sprint(q.Value())
@@ -296,6 +304,11 @@ func podFromDaemonSet(t *testing.T, ds appsv1.DaemonSet, nodeName string) kubele
 			t.Fatalf("env %s: the test does not resolve %+v", e.Name, e.ValueFrom)
 		}
 	}
+	// Kubelet expands $(VAR) in args from the container's environment.
+	for _, a := range c.Args {
+		kc.Args = append(kc.Args, os.Expand(strings.ReplaceAll(strings.ReplaceAll(a, "$(", "${"), ")", "}"), func(v string) string { return kc.Env[v] }))
+	}
+	kc.Args = append(kc.Args, "--kubeconfig=none")
 	sc := c.SecurityContext
 	if sc == nil || sc.Capabilities == nil || sc.RunAsUser == nil {
 		t.Fatal("the DaemonSet's container has no securityContext with capabilities and a user")

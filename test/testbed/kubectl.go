@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -34,6 +35,40 @@ func Helm(tb testing.TB) string {
 func Promtool(tb testing.TB) string {
 	tb.Helper()
 	return cachedBinary(tb, "promtool-"+PromtoolVersion)
+}
+
+// RenderChart renders meshdoctor's Helm chart (deploy/helm/meshdoctor) as release meshdoctor in
+// namespace meshdoctor with --set values, for the Kubernetes version of the test API server (helm
+// built with `go install` otherwise assumes v1.20, which the chart's kubeVersion refuses).
+func RenderChart(tb testing.TB, values ...string) []byte {
+	tb.Helper()
+	chart, err := filepath.Abs(filepath.Join(repoRoot(tb), "deploy", "helm", "meshdoctor"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	args := []string{"template", "meshdoctor", chart, "--namespace", "meshdoctor",
+		"--kube-version", strings.TrimPrefix(KubeAPIServerVersion, "v")}
+	for _, v := range values {
+		args = append(args, "--set", v)
+	}
+	cmd := exec.Command(Helm(tb), args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		tb.Fatalf("testbed: helm %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return out
+}
+
+// repoRoot is the top of the checkout the test runs in (where go.mod is).
+func repoRoot(tb testing.TB) string {
+	tb.Helper()
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil || strings.TrimSpace(string(out)) == "" {
+		tb.Fatalf("testbed: finding the module's root: %v", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out)))
 }
 
 // PrometheusOperatorCRDs returns the directory of prometheus-operator's CRDs (ServiceMonitor,
