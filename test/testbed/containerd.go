@@ -18,6 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // Containerd2Version is the containerd 2.x release test/setup.sh builds from the Go module proxy
@@ -341,7 +345,9 @@ func (c *Containerd) waitReady(ctx context.Context) error {
 	for {
 		if conn, err := net.Dial("unix", c.Address); err == nil {
 			conn.Close()
-			if _, err := c.Ctr(ctx, "version"); err == nil {
+			// containerd answers its own API before its CRI plugin has initialised (CRI calls
+			// fail with "server is not initialized yet" meanwhile): ready is when both answer.
+			if _, err := c.Ctr(ctx, "version"); err == nil && c.criReady(ctx) == nil {
 				return nil
 			}
 		}
@@ -353,6 +359,19 @@ func (c *Containerd) waitReady(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// criReady asks the CRI plugin for its status.
+func (c *Containerd) criReady(ctx context.Context) error {
+	conn, err := grpc.NewClient("unix://"+c.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err = runtimeapi.NewRuntimeServiceClient(conn).Status(ctx, &runtimeapi.StatusRequest{})
+	return err
 }
 
 // Ctr runs Debian's ctr against the daemon in its k8s.io namespace (where CRI keeps everything)
