@@ -11,8 +11,6 @@ import (
 
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // requireToken lets a request through only with a bearer token the authorizer allows for its path.
@@ -40,10 +38,16 @@ func requireToken(next http.Handler, auth Authorizer, log *slog.Logger) http.Han
 	})
 }
 
+// Reviewer is what KubeAuthorizer asks the API server (kubeapi.Client has it).
+type Reviewer interface {
+	CreateTokenReview(ctx context.Context, tr *authnv1.TokenReview) (*authnv1.TokenReview, error)
+	CreateSubjectAccessReview(ctx context.Context, sar *authzv1.SubjectAccessReview) (*authzv1.SubjectAccessReview, error)
+}
+
 // KubeAuthorizer checks tokens with TokenReview and access with SubjectAccessReview (verb get on
 // the non-resource URL), caching answers for a minute as kube-rbac-proxy does.
 type KubeAuthorizer struct {
-	Client kubernetes.Interface
+	Client Reviewer
 	TTL    time.Duration
 	mu     sync.Mutex
 	cache  map[[2]string]authAnswer
@@ -68,8 +72,7 @@ func (k *KubeAuthorizer) Authorize(ctx context.Context, token, path string) (str
 		return a.user, a.allowed, nil
 	}
 	k.mu.Unlock()
-	tr, err := k.Client.AuthenticationV1().TokenReviews().Create(ctx,
-		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
+	tr, err := k.Client.CreateTokenReview(ctx, &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token}})
 	if err != nil {
 		return "", false, fmt.Errorf("token review: %w", err)
 	}
@@ -81,12 +84,12 @@ func (k *KubeAuthorizer) Authorize(ctx context.Context, token, path string) (str
 	for k, v := range u.Extra {
 		extra[k] = authzv1.ExtraValue(v)
 	}
-	sar, err := k.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{
+	sar, err := k.Client.CreateSubjectAccessReview(ctx, &authzv1.SubjectAccessReview{
 		Spec: authzv1.SubjectAccessReviewSpec{
 			User: u.Username, Groups: u.Groups, UID: u.UID, Extra: extra,
 			NonResourceAttributes: &authzv1.NonResourceAttributes{Path: key[1], Verb: "get"},
 		},
-	}, metav1.CreateOptions{})
+	})
 	if err != nil {
 		return u.Username, false, fmt.Errorf("subject access review for %s: %w", u.Username, err)
 	}

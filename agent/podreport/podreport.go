@@ -22,7 +22,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/meshdoctor/meshdoctor/agent"
@@ -42,9 +41,15 @@ const Component = "meshdoctor"
 // PodGetter returns the API's view of a pod (the informer's cache); nil when unknown.
 type PodGetter func(namespace, name string) *corev1.Pod
 
+// API is what the reporter writes through (kubeapi.Client has it).
+type API interface {
+	MergePatchPod(ctx context.Context, namespace, name string, patch []byte) (*corev1.Pod, error)
+	CreateEvent(ctx context.Context, ev *corev1.Event) (*corev1.Event, error)
+}
+
 // Config says where and how fast to write.
 type Config struct {
-	Client kubernetes.Interface
+	Client API
 	Node   string
 	// Pods is the informer's cache: a pod that already carries the values is not patched.
 	Pods PodGetter
@@ -298,7 +303,7 @@ func (r *Reporter) patch(ctx context.Context, w podWant) error {
 		return fmt.Errorf("encoding the patch of %s/%s: %w", w.namespace, w.name, err)
 	}
 	r.countWrite()
-	if _, err := r.cfg.Client.CoreV1().Pods(w.namespace).Patch(ctx, w.name, types.MergePatchType, body, metav1.PatchOptions{}); err != nil {
+	if _, err := r.cfg.Client.MergePatchPod(ctx, w.namespace, w.name, body); err != nil {
 		return fmt.Errorf("annotating pod %s/%s: %w", w.namespace, w.name, err)
 	}
 	r.log.Info("pod annotated", "pod", w.namespace+"/"+w.name, "verdict", w.verdict, "findings", w.codes)
@@ -400,7 +405,7 @@ func (r *Reporter) event(ctx context.Context, ref corev1.ObjectReference, typ, r
 		ReportingInstance:   Component + "-" + r.cfg.Node,
 	}
 	r.countWrite()
-	if _, err := r.cfg.Client.CoreV1().Events(ns).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+	if _, err := r.cfg.Client.CreateEvent(ctx, ev); err != nil {
 		return fmt.Errorf("creating %s event %s on %s %s: %w", typ, reason, ref.Kind, ref.Name, err)
 	}
 	r.log.Info("event sent", "kind", ref.Kind, "object", strings.TrimPrefix(ref.Namespace+"/"+ref.Name, "/"), "type", typ, "reason", reason)

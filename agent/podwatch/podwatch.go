@@ -13,28 +13,44 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 )
+
+// Pods is what the watch needs of the API server (kubeapi.Client has it).
+type Pods interface {
+	ListPods(ctx context.Context, opts metav1.ListOptions) (*corev1.PodList, error)
+	WatchPods(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+}
 
 // Trigger asks the agent to check a pod.
 type Trigger func(key, uid, why string)
 
 // Watch is a pod informer restricted to one node.
 type Watch struct {
-	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
 }
 
 // New builds the informer. trigger is called for pods worth a check; onChange (may be nil) for
 // every pod added or updated (the reporter resyncs its annotations).
-func New(client kubernetes.Interface, node string, resync time.Duration, trigger Trigger, onChange func(*corev1.Pod)) (*Watch, error) {
-	factory := informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
-		}))
-	inf := factory.Core().V1().Pods().Informer()
+func New(api Pods, node string, resync time.Duration, trigger Trigger, onChange func(*corev1.Pod)) (*Watch, error) {
+	onNode := fields.OneTermEqualSelector("spec.nodeName", node).String()
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = onNode
+			list, err := api.ListPods(ctx, o)
+			if err != nil {
+				return nil, err // not a typed nil in the interface
+			}
+			return list, nil
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = onNode
+			return api.WatchPods(ctx, o)
+		},
+	}
+	inf := cache.NewSharedIndexInformer(lw, &corev1.Pod{}, resync, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	// Only what the agent reads is kept: managed fields are the bulk of a pod object.
 	if err := inf.SetTransform(stripManagedFields); err != nil {
 		return nil, fmt.Errorf("pod informer: %w", err)
@@ -66,7 +82,7 @@ func New(client kubernetes.Interface, node string, resync time.Duration, trigger
 	if err != nil {
 		return nil, fmt.Errorf("pod informer: %w", err)
 	}
-	return &Watch{factory: factory, informer: inf}, nil
+	return &Watch{informer: inf}, nil
 }
 
 func stripManagedFields(obj any) (any, error) {
@@ -76,12 +92,8 @@ func stripManagedFields(obj any) (any, error) {
 	return obj, nil
 }
 
-// Run runs the informer until ctx ends.
-func (w *Watch) Run(ctx context.Context) {
-	w.factory.Start(ctx.Done())
-	<-ctx.Done()
-	w.factory.Shutdown()
-}
+// Run runs the informer until ctx ends, and returns once it has stopped.
+func (w *Watch) Run(ctx context.Context) { w.informer.RunWithContext(ctx) }
 
 // Synced reports whether the informer has listed the node's pods at least once.
 func (w *Watch) Synced() bool { return w.informer.HasSynced() }

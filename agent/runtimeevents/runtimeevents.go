@@ -12,8 +12,9 @@ import (
 	"time"
 
 	apievents "github.com/containerd/containerd/api/events"
-	"github.com/containerd/containerd/v2/client"
-	"github.com/containerd/typeurl/v2"
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck/discover/containerd"
 )
 
 // Namespace is the containerd namespace of Kubernetes' containers.
@@ -24,11 +25,12 @@ type Trigger func(containerID, why string)
 
 // Watch subscribes to containerd at address and calls trigger until ctx ends.
 func Watch(ctx context.Context, address string, trigger Trigger, log *slog.Logger) error {
-	c, err := client.New(address, client.WithDefaultNamespace(Namespace), client.WithTimeout(5*time.Second))
+	conn, err := containerd.Dial(address)
 	if err != nil {
-		return fmt.Errorf("connecting to containerd at %s for events: %w", address, err)
+		return fmt.Errorf("containerd events: %w", err)
 	}
-	defer c.Close()
+	defer conn.Close()
+	c := eventsapi.NewEventsClient(conn)
 	backoff := time.Second
 	for ctx.Err() == nil {
 		start := time.Now()
@@ -50,40 +52,41 @@ func Watch(ctx context.Context, address string, trigger Trigger, log *slog.Logge
 	return nil
 }
 
-func watchOnce(ctx context.Context, c *client.Client, trigger Trigger) error {
+func watchOnce(ctx context.Context, c eventsapi.EventsClient, trigger Trigger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	evs, errs := c.Subscribe(ctx,
+	stream, err := c.Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: []string{
 		`namespace=="k8s.io",topic=="/tasks/start"`,
 		`namespace=="k8s.io",topic=="/tasks/exit"`,
-		`namespace=="k8s.io",topic=="/tasks/delete"`)
+		`namespace=="k8s.io",topic=="/tasks/delete"`,
+	}})
+	if err != nil {
+		return fmt.Errorf("subscribing to containerd events: %w", err)
+	}
 	// A new subscription may have missed events: let the agent look at the whole node.
 	trigger("", "containerd event subscription (re)started")
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-errs:
+		env, err := stream.Recv()
+		if err != nil {
 			return fmt.Errorf("containerd events: %w", err)
-		case env := <-evs:
-			if env == nil || env.Event == nil {
-				continue
+		}
+		if env.GetEvent() == nil {
+			continue
+		}
+		v, err := env.GetEvent().UnmarshalNew()
+		if err != nil {
+			continue
+		}
+		switch e := v.(type) {
+		case *apievents.TaskStart:
+			trigger(e.ContainerID, "container started")
+		case *apievents.TaskExit:
+			if e.ID == e.ContainerID {
+				trigger(e.ContainerID, "container exited")
 			}
-			v, err := typeurl.UnmarshalAny(env.Event)
-			if err != nil {
-				continue
-			}
-			switch e := v.(type) {
-			case *apievents.TaskStart:
-				trigger(e.ContainerID, "container started")
-			case *apievents.TaskExit:
-				if e.ID == e.ContainerID {
-					trigger(e.ContainerID, "container exited")
-				}
-			case *apievents.TaskDelete:
-				if e.ID == "" || e.ID == e.ContainerID {
-					trigger(e.ContainerID, "container deleted")
-				}
+		case *apievents.TaskDelete:
+			if e.ID == "" || e.ID == e.ContainerID {
+				trigger(e.ContainerID, "container deleted")
 			}
 		}
 	}

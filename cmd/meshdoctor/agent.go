@@ -11,12 +11,12 @@ import (
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshdoctor/meshdoctor/agent"
 	"github.com/meshdoctor/meshdoctor/agent/debughttp"
+	"github.com/meshdoctor/meshdoctor/agent/kubeapi"
 	"github.com/meshdoctor/meshdoctor/agent/metrics"
 	"github.com/meshdoctor/meshdoctor/agent/podreport"
 	"github.com/meshdoctor/meshdoctor/agent/podwatch"
@@ -95,14 +95,14 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 	ctx := cmd.Context()
 	node := nodeName(o.nodeName)
 
-	var client kubernetes.Interface
+	var client *kubeapi.Client
 	if o.kubeconfig != "none" {
 		cfg, err := restConfig(o.kubeconfig)
 		if err != nil {
 			return &exitError{code: exitCannot, err: err}
 		}
 		cfg.UserAgent = "meshdoctor-agent/" + version
-		if client, err = kubernetes.NewForConfig(cfg); err != nil {
+		if client, err = kubeapi.New(cfg); err != nil {
 			return &exitError{code: exitCannot, err: fmt.Errorf("API client: %w", err)}
 		}
 	}

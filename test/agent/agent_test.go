@@ -121,25 +121,32 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 	return 0
 }
 
-// metric returns the value of one series of the exposition, e.g. `meshdoctor_pods{verdict="broken"}`.
+// metric returns the value of one series of the exposition, e.g. `meshdoctor_pods{verdict="broken"}`;
+// -1 when the agent does not expose it.
 func metric(t *testing.T, base, series string) float64 {
 	t.Helper()
 	_, body, err := get(base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc := bufio.NewScanner(strings.NewReader(body))
+	v, ok := seriesValue(body, series)
+	if !ok {
+		return -1
+	}
+	return v
+}
+
+// seriesValue finds one series in an exposition; false when it is not there.
+func seriesValue(exposition, series string) (float64, bool) {
+	sc := bufio.NewScanner(strings.NewReader(exposition))
 	for sc.Scan() {
 		name, val, ok := strings.Cut(sc.Text(), " ")
 		if ok && name == series {
 			v, err := strconv.ParseFloat(val, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return v
+			return v, err == nil
 		}
 	}
-	return -1
+	return 0, false
 }
 
 func report(t *testing.T, base string) nodecheck.Report {

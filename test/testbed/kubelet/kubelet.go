@@ -393,6 +393,22 @@ func (n *Node) runToExit(ctx context.Context, rp *RunningPod, sandbox *runtimeap
 	return st.ExitCode, nil
 }
 
+// RestartContainer kills the named container of a running pod and starts its next attempt, as
+// kubelet does when a container crashes: the runtime sees the task exit, then a new task start.
+// It returns the new attempt's container id.
+func (n *Node) RestartContainer(ctx context.Context, rp *RunningPod, name string) (string, error) {
+	for _, c := range rp.Containers {
+		if c.Name != name {
+			continue
+		}
+		if _, err := n.Runtime.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: rp.ContainerIDs[name]}); err != nil {
+			return "", fmt.Errorf("StopContainer %s in %s/%s: %w", name, rp.Namespace, rp.Name, err)
+		}
+		return n.startContainer(ctx, rp, n.sandboxConfig(rp.Pod), c)
+	}
+	return "", fmt.Errorf("pod %s/%s has no container %s", rp.Namespace, rp.Name, name)
+}
+
 // WaitExit polls a container until it has exited and returns its status.
 func (n *Node) WaitExit(ctx context.Context, id string) (*runtimeapi.ContainerStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, initTimeout)

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
@@ -68,6 +70,42 @@ func TestIstioInitInARealPod(t *testing.T) {
 				t.Errorf("host-network pod has netns %q", host.Netns)
 			}
 		})
+	}
+}
+
+// Restarting a container kills the running attempt and runs the next one in the same sandbox,
+// as kubelet does after a crash.
+func TestRestartContainer(t *testing.T) {
+	n := kubelet.Start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	rp, err := n.RunPod(ctx, kubelet.Pod{Namespace: "shop", Name: "cart", Containers: []kubelet.Container{kubelet.App()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := rp.ContainerIDs["app"]
+	next, err := n.RestartContainer(ctx, rp, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next == first || rp.ContainerIDs["app"] != next {
+		t.Fatalf("restart gave id %s (first %s, recorded %s)", next, first, rp.ContainerIDs["app"])
+	}
+	status := func(id string) *runtimeapi.ContainerStatus {
+		resp, err := n.Runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Status
+	}
+	if st := status(first); st.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+		t.Errorf("first attempt %s, want exited", st.State)
+	}
+	if st := status(next); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING || st.Metadata.Attempt != 1 {
+		t.Errorf("next attempt %s, attempt %d; want running, attempt 1", st.State, st.Metadata.Attempt)
+	}
+	if _, err := n.RestartContainer(ctx, rp, "nope"); err == nil {
+		t.Error("restarting a container the pod does not have succeeded")
 	}
 }
 
