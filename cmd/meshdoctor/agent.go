@@ -16,11 +16,11 @@ import (
 
 	"github.com/meshdoctor/meshdoctor/agent"
 	"github.com/meshdoctor/meshdoctor/agent/debughttp"
-	"github.com/meshdoctor/meshdoctor/agent/kubeapi"
 	"github.com/meshdoctor/meshdoctor/agent/metrics"
 	"github.com/meshdoctor/meshdoctor/agent/podreport"
 	"github.com/meshdoctor/meshdoctor/agent/podwatch"
 	"github.com/meshdoctor/meshdoctor/agent/runtimeevents"
+	"github.com/meshdoctor/meshdoctor/cmd/meshdoctor/internal/kubeapi"
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"

@@ -11,11 +11,11 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshdoctor/meshdoctor/cmd/meshdoctor/internal/cluster"
 	"github.com/meshdoctor/meshdoctor/cmd/meshdoctor/internal/cluster/summary"
+	"github.com/meshdoctor/meshdoctor/cmd/meshdoctor/internal/kubeapi"
 )
 
 // kubectlPlugin is the name under which kubectl runs meshdoctor as `kubectl meshdoctor`.
@@ -157,7 +157,7 @@ func runCluster(cmd *cobra.Command, o clusterOptions) error {
 
 // clusterClient is the caller's client, from the kubeconfig as kubectl finds it. Its rate limit
 // is kubectl's (50/s, bursts of 100): the default 5/s would take minutes over thousands of nodes.
-func clusterClient(o clusterOptions) (kubernetes.Interface, error) {
+func clusterClient(o clusterOptions) (*kubeapi.Client, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	if o.kubeconfig != "" {
 		if _, err := os.Stat(o.kubeconfig); err != nil {
@@ -174,7 +174,7 @@ func clusterClient(o clusterOptions) (kubernetes.Interface, error) {
 	// Protobuf halves what the pod listing moves; the agents' reports are JSON whatever is asked.
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
 	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
-	c, err := kubernetes.NewForConfig(cfg)
+	c, err := kubeapi.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("API client: %w", err)
 	}

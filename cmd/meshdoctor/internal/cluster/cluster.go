@@ -17,15 +17,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"sync"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 )
@@ -86,9 +88,23 @@ type Options struct {
 	Timeout  time.Duration
 }
 
+// API is what the cluster view reads of the API server, as the caller (kubeapi.Client has it). A
+// namespace of "" means every namespace.
+type API interface {
+	ListNamespacedPods(ctx context.Context, namespace string, opts metav1.ListOptions) (*corev1.PodList, error)
+	GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error)
+	// ProxyGetPod GETs path from a pod's port through the API server's pod proxy.
+	ProxyGetPod(ctx context.Context, namespace, pod string, port int, path string) (io.ReadCloser, error)
+	ListNodes(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error)
+	ListNamespaces(ctx context.Context, opts metav1.ListOptions) (*corev1.NamespaceList, error)
+	ListEvents(ctx context.Context, namespace string, opts metav1.ListOptions) (*corev1.EventList, error)
+	ListDeployments(ctx context.Context, namespace string, opts metav1.ListOptions) (*appsv1.DeploymentList, error)
+	ListEndpointSlices(ctx context.Context, namespace string, opts metav1.ListOptions) (*discoveryv1.EndpointSliceList, error)
+}
+
 // Gatherer reads the cluster with the caller's client.
 type Gatherer struct {
-	Client  kubernetes.Interface
+	Client  API
 	Options Options
 	// Enrich, when set, is called on each fetched report before it is emitted, from the worker
 	// that fetched it: the cluster-level analysis of its pods against their API objects. It
@@ -208,7 +224,7 @@ func (g *Gatherer) agents(ctx context.Context) (map[string]agentPod, error) {
 	out := map[string]agentPod{}
 	err := eachPage(ctx, metav1.ListOptions{LabelSelector: o.Selector},
 		func(ctx context.Context, opts metav1.ListOptions) (*corev1.PodList, error) {
-			return g.Client.CoreV1().Pods(o.Namespace).List(ctx, opts)
+			return g.Client.ListNamespacedPods(ctx, o.Namespace, opts)
 		},
 		func(l *corev1.PodList) string { return l.Continue },
 		func(l *corev1.PodList) {
@@ -246,11 +262,11 @@ func reportPort(p *corev1.Pod) int {
 	return DefaultPort
 }
 
-func listNodeNames(ctx context.Context, c kubernetes.Interface) ([]string, error) {
+func listNodeNames(ctx context.Context, c API) ([]string, error) {
 	var names []string
 	err := eachPage(ctx, metav1.ListOptions{},
 		func(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error) {
-			return c.CoreV1().Nodes().List(ctx, opts)
+			return c.ListNodes(ctx, opts)
 		},
 		func(l *corev1.NodeList) string { return l.Continue },
 		func(l *corev1.NodeList) {

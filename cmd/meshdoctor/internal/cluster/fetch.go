@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -42,7 +41,7 @@ func (g *Gatherer) fetch(ctx context.Context, node string, a agentPod) NodeResul
 }
 
 func (g *Gatherer) report(ctx context.Context, a agentPod) (*nodecheck.Report, error) {
-	body, err := g.Client.CoreV1().Pods(a.namespace).ProxyGet("http", a.name, strconv.Itoa(a.port), ReportPath, nil).Stream(ctx)
+	body, err := g.Client.ProxyGetPod(ctx, a.namespace, a.name, a.port, ReportPath)
 	if err != nil {
 		return nil, err
 	}

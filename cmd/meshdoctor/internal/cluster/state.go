@@ -57,7 +57,7 @@ func (g *Gatherer) ReadState(ctx context.Context) (*State, error) {
 
 	err := eachPage(ctx, metav1.ListOptions{},
 		func(ctx context.Context, o metav1.ListOptions) (*corev1.NamespaceList, error) {
-			return c.CoreV1().Namespaces().List(ctx, o)
+			return c.ListNamespaces(ctx, o)
 		},
 		func(l *corev1.NamespaceList) string { return l.Continue },
 		func(l *corev1.NamespaceList) {
@@ -74,7 +74,7 @@ func (g *Gatherer) ReadState(ctx context.Context) (*State, error) {
 
 	err = eachPage(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("reason", "FailedCreate").String()},
 		func(ctx context.Context, o metav1.ListOptions) (*corev1.EventList, error) {
-			return c.CoreV1().Events(metav1.NamespaceAll).List(ctx, o)
+			return c.ListEvents(ctx, metav1.NamespaceAll, o)
 		},
 		func(l *corev1.EventList) string { return l.Continue },
 		func(l *corev1.EventList) {
@@ -93,7 +93,7 @@ func (g *Gatherer) ReadState(ctx context.Context) (*State, error) {
 		fields.OneTermNotEqualSelector("status.phase", string(corev1.PodFailed)))
 	err = eachPage(ctx, metav1.ListOptions{FieldSelector: active.String()},
 		func(ctx context.Context, o metav1.ListOptions) (*corev1.PodList, error) {
-			return c.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
+			return c.ListNamespacedPods(ctx, metav1.NamespaceAll, o)
 		},
 		func(l *corev1.PodList) string { return l.Continue },
 		func(l *corev1.PodList) {
@@ -119,7 +119,7 @@ func (g *Gatherer) ReadState(ctx context.Context) (*State, error) {
 // are recorded in the state.
 func (g *Gatherer) readAPIServer(ctx context.Context, a *rootcause.APIServer) error {
 	c := g.Client
-	sl, err := c.DiscoveryV1().EndpointSlices(rootcause.KubernetesNamespace).List(ctx,
+	sl, err := c.ListEndpointSlices(ctx, rootcause.KubernetesNamespace,
 		metav1.ListOptions{LabelSelector: rootcause.LabelServiceName + "=" + rootcause.KubernetesService})
 	if err != nil {
 		a.EndpointsError = err.Error()
@@ -128,7 +128,7 @@ func (g *Gatherer) readAPIServer(ctx context.Context, a *rootcause.APIServer) er
 			a.AddEndpointSlice(&sl.Items[i])
 		}
 	}
-	deps, derr := c.AppsV1().Deployments(metav1.NamespaceAll).List(ctx, metav1.ListOptions{LabelSelector: rootcause.IstiodSelector})
+	deps, derr := c.ListDeployments(ctx, metav1.NamespaceAll, metav1.ListOptions{LabelSelector: rootcause.IstiodSelector})
 	if derr != nil {
 		a.IstiodError = derr.Error()
 	} else {
@@ -156,7 +156,7 @@ func (c *CapabilityCheck) Enrich(g *Gatherer) func(ctx context.Context, rep *nod
 			if p.Name == "" || !slices.ContainsFunc(p.Findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.InitMissingNetAdmin }) {
 				continue
 			}
-			pod, err := g.Client.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
+			pod, err := g.Client.GetPod(ctx, p.Namespace, p.Name)
 			if err != nil {
 				if !apierrors.IsNotFound(err) {
 					c.failed(fmt.Errorf("getting pod %s/%s: %w", p.Namespace, p.Name, err))

@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/meshdoctor/meshdoctor/agent/kubeapi"
+	"github.com/meshdoctor/meshdoctor/cmd/meshdoctor/internal/kubeapi"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 )
 
