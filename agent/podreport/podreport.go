@@ -10,6 +10,7 @@ package podreport
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -262,7 +263,7 @@ func (r *Reporter) syncPod(ctx context.Context, key string) error {
 	}
 	if apiPod == nil || !carries(apiPod, &w) {
 		if err := r.patch(ctx, w); err != nil {
-			if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			if apierrors.IsNotFound(err) || apierrors.IsConflict(err) || otherPod(err) {
 				r.log.Info("pod not in the API as discovered; not annotated", "pod", key, "err", err)
 				return nil
 			}
@@ -308,6 +309,22 @@ func (r *Reporter) patch(ctx context.Context, w podWant) error {
 	}
 	r.log.Info("pod annotated", "pod", w.namespace+"/"+w.name, "verdict", w.verdict, "findings", w.codes)
 	return nil
+}
+
+// otherPod tells the API server's refusal of a patch whose UID precondition names another pod:
+// the name now belongs to a pod recreated under it. The server answers 422 (the UID is immutable),
+// not 409, so retrying would only fail again until the old sandbox has left the node.
+func otherPod(err error) bool {
+	var status apierrors.APIStatus
+	if !apierrors.IsInvalid(err) || !errors.As(err, &status) || status.Status().Details == nil {
+		return false
+	}
+	for _, c := range status.Status().Details.Causes {
+		if c.Field == "metadata.uid" {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Reporter) countWrite() {
