@@ -64,7 +64,7 @@ func WriteTable(w io.Writer, r *nodecheck.Report) error {
 
 func writeFindings(b *strings.Builder, fs []nodecheck.Finding, indent string) {
 	for _, f := range fs {
-		fmt.Fprintf(b, "%s%s %s: %s\n", indent, severityMark(f.Severity), f.Code, f.Message)
+		fmt.Fprintf(b, "%s%s %s: %s\n", indent, SeverityMark(f.Severity), f.Code, f.Message)
 		if f.Remedy != "" {
 			fmt.Fprintf(b, "%s  remedy: %s\n", indent, f.Remedy)
 		}
@@ -85,7 +85,9 @@ func verdictWord(v nodecheck.Verdict) string {
 	return strings.ToUpper(string(v))
 }
 
-func severityMark(s nodecheck.Severity) string {
+// SeverityMark is how a finding's severity is shown in a table: "[error]", "[warn] ", "[info] ",
+// all the same width.
+func SeverityMark(s nodecheck.Severity) string {
 	switch s {
 	case nodecheck.SeverityError:
 		return "[error]"

@@ -10,9 +10,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,8 +75,8 @@ func startAgent(t *testing.T, args ...string) *agentProc {
 		"--cni-conf-dir", filepath.Join(hostRoot, "etc/cni/net.d"), "--cni-bin-dir", filepath.Join(hostRoot, "opt/cni/bin"),
 		"--pod-log-dir", filepath.Join(hostRoot, "var/log/pods")}, args...)
 	a := &agentProc{Process: testbed.StartProcess(t, binary, all...), metrics: "http://" + maddr, debug: "http://" + daddr}
-	eventually(t, 30*time.Second, "agent ready", func() error {
-		code, body, err := get(a.metrics + "/readyz")
+	testbed.Eventually(t, 30*time.Second, "agent ready", func() error {
+		code, body, err := testbed.HTTPGet(a.metrics + "/readyz")
 		if err != nil {
 			return err
 		}
@@ -96,36 +94,11 @@ func (a *agentProc) stop(t *testing.T) {
 	t.Logf("agent stopped %s after SIGTERM", a.Stop(t).Round(time.Millisecond))
 }
 
-func get(url string) (int, string, error) {
-	c := &http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) time.Duration {
-	t.Helper()
-	start := time.Now()
-	var err error
-	for time.Since(start) < timeout {
-		if err = f(); err == nil {
-			return time.Since(start)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %s: %v", what, timeout, err)
-	return 0
-}
-
 // metric returns the value of one series of the exposition, e.g. `meshdoctor_pods{verdict="broken"}`;
 // -1 when the agent does not expose it.
 func metric(t *testing.T, base, series string) float64 {
 	t.Helper()
-	_, body, err := get(base + "/metrics")
+	_, body, err := testbed.HTTPGet(base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +124,7 @@ func seriesValue(exposition, series string) (float64, bool) {
 
 func report(t *testing.T, base string) nodecheck.Report {
 	t.Helper()
-	_, body, err := get(base + "/debug/report")
+	_, body, err := testbed.HTTPGet(base + "/debug/report")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +211,7 @@ func TestAgentWithoutAPIServer(t *testing.T) {
 
 	// The exposition is valid for Prometheus' own linter.
 	if pt := promtool(t); pt != "" {
-		_, body, err := get(a.metrics + "/metrics")
+		_, body, err := testbed.HTTPGet(a.metrics + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -252,7 +225,7 @@ func TestAgentWithoutAPIServer(t *testing.T) {
 	}
 
 	// Per-pod detail with the raw rules.
-	code, body, err := get(a.debug + "/debug/pods/nope/nope")
+	code, body, err := testbed.HTTPGet(a.debug + "/debug/pods/nope/nope")
 	if err != nil || code != 404 {
 		t.Errorf("/debug/pods of an unknown pod: %d %v", code, err)
 	}
@@ -261,7 +234,7 @@ func TestAgentWithoutAPIServer(t *testing.T) {
 	// Periodic re-verification: remove a jump after the first check.
 	start := time.Now()
 	breakJump(t, ctx, healthy.Path())
-	took := eventually(t, 20*time.Second, "broken pod seen by the periodic re-check", func() error {
+	took := testbed.Eventually(t, 20*time.Second, "broken pod seen by the periodic re-check", func() error {
 		if v := metric(t, a.metrics, `meshdoctor_pods{verdict="broken"}`); v != 2 {
 			return fmt.Errorf("broken = %v", v)
 		}
@@ -270,7 +243,7 @@ func TestAgentWithoutAPIServer(t *testing.T) {
 	t.Logf("rule removed → metric changed in %s (recheck interval 2s)", took.Round(time.Millisecond))
 	_ = start
 	restoreJump(t, ctx, healthy.Path())
-	eventually(t, 20*time.Second, "recovery", func() error {
+	testbed.Eventually(t, 20*time.Second, "recovery", func() error {
 		if v := metric(t, a.metrics, `meshdoctor_pods{verdict="ok"}`); v != 1 {
 			return fmt.Errorf("ok = %v", v)
 		}
@@ -372,7 +345,7 @@ func TestAgentLogEvidenceResumes(t *testing.T) {
 	args := []string{"--kubeconfig=none", "--netns", testbed.NewNetns(t).Path(), "--pod-log-dir", podLogs, "--state-dir", state}
 
 	first := startAgent(t, args...)
-	eventually(t, 45*time.Second, "both lines counted", func() error {
+	testbed.Eventually(t, 45*time.Second, "both lines counted", func() error {
 		if v := metric(t, first.metrics, matches); v != 2 {
 			return fmt.Errorf("%s = %v, want 2", matches, v)
 		}
@@ -390,7 +363,7 @@ func TestAgentLogEvidenceResumes(t *testing.T) {
 	}
 
 	second := startAgent(t, args...)
-	eventually(t, 45*time.Second, "the condition restored from the state", func() error {
+	testbed.Eventually(t, 45*time.Second, "the condition restored from the state", func() error {
 		if v := metric(t, second.metrics, condition); v != 1 {
 			return fmt.Errorf("%s = %v, want 1", condition, v)
 		}
@@ -400,7 +373,7 @@ func TestAgentLogEvidenceResumes(t *testing.T) {
 		t.Errorf("after the restart %s = %v: lines read before it were counted again", matches, v)
 	}
 	appendLine(time.Now())
-	eventually(t, 45*time.Second, "the new line counted once", func() error {
+	testbed.Eventually(t, 45*time.Second, "the new line counted once", func() error {
 		if v := metric(t, second.metrics, matches); v != 1 {
 			return fmt.Errorf("%s = %v, want 1", matches, v)
 		}

@@ -76,7 +76,7 @@ func TestAgentReportsToAPIServer(t *testing.T) {
 	}
 	waitVerdict := func(name, verdict string, within time.Duration) time.Duration {
 		t.Helper()
-		return eventually(t, within, name+" annotated "+verdict, func() error {
+		return testbed.Eventually(t, within, name+" annotated "+verdict, func() error {
 			an := annotations(name)
 			if an["meshdoctor.io/verdict"] != verdict {
 				return fmt.Errorf("annotations %v", an)
@@ -115,7 +115,7 @@ func TestAgentReportsToAPIServer(t *testing.T) {
 	if !strings.HasPrefix(code, "Redirect") {
 		t.Errorf("findings annotation %q, want a RedirectRules* code", code)
 	}
-	eventually(t, 20*time.Second, "Warning event", func() error {
+	testbed.Eventually(t, 20*time.Second, "Warning event", func() error {
 		if n := events(strings.Split(code, ",")[0], corev1.EventTypeWarning); n != 1 {
 			return fmt.Errorf("%d Warning events with reason %s", n, code)
 		}
@@ -133,7 +133,7 @@ func TestAgentReportsToAPIServer(t *testing.T) {
 	// Restore: ok again, Normal event.
 	restoreJump(t, ctx, netns["pay"])
 	waitVerdict("pay", "ok", 30*time.Second)
-	eventually(t, 20*time.Second, "Normal recovery event", func() error {
+	testbed.Eventually(t, 20*time.Second, "Normal recovery event", func() error {
 		if n := events("CaptureRecovered", corev1.EventTypeNormal); n != 1 {
 			return fmt.Errorf("%d recovery events", n)
 		}
@@ -146,7 +146,7 @@ func TestAgentReportsToAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	breakJump(t, ctx, netns["cart"])
-	eventually(t, 30*time.Second, "broken seen without the API server", func() error {
+	testbed.Eventually(t, 30*time.Second, "broken seen without the API server", func() error {
 		if v := metric(t, a.metrics, `meshdoctor_pods{verdict="broken"}`); v != 1 {
 			return fmt.Errorf("broken = %v", v)
 		}

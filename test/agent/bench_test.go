@@ -275,7 +275,7 @@ func startBenchAgent(b *testing.B, name, bin string, args ...string) *benchAgent
 
 func (a *benchAgent) waitReady(b *testing.B, within time.Duration) {
 	b.Helper()
-	waitB(b, within, func() bool { c, _, _ := get(a.metrics + "/readyz"); return c == 200 })
+	waitB(b, within, func() bool { c, _, _ := testbed.HTTPGet(a.metrics + "/readyz"); return c == 200 })
 }
 
 // metricPrefix names the reported metrics of the baseline apart.
@@ -288,7 +288,7 @@ func (a *benchAgent) metricPrefix() string {
 
 // metric is one series of the agent's exposition; false when it cannot be read.
 func (a *benchAgent) metric(series string) (float64, bool) {
-	_, body, err := get(a.metrics + "/metrics")
+	_, body, err := testbed.HTTPGet(a.metrics + "/metrics")
 	if err != nil {
 		return 0, false
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshdoctor/meshdoctor/test/testbed"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
 
@@ -24,7 +25,7 @@ func TestAgentChecksOnRuntimeEvents(t *testing.T) {
 	a := startAgent(t, "--kubeconfig=none", "--containerd-address", node.Containerd.Address,
 		"--recheck-interval", "1h", "--debounce", "200ms")
 	// Subscribed: the agent sweeps the node once more for what it may have missed meanwhile.
-	eventually(t, time.Minute, "subscribed to containerd's events", func() error {
+	testbed.Eventually(t, time.Minute, "subscribed to containerd's events", func() error {
 		if !strings.Contains(a.Logs(), `"why":"containerd event subscription (re)started"`) {
 			return fmt.Errorf("no sweep after the subscription yet")
 		}
@@ -39,19 +40,19 @@ func TestAgentChecksOnRuntimeEvents(t *testing.T) {
 			return nil
 		}
 	}
-	eventually(t, 30*time.Second, "the pod ok", verdicts(1, 0))
+	testbed.Eventually(t, 30*time.Second, "the pod ok", verdicts(1, 0))
 
 	breakJump(t, ctx, pod.Netns)
 	if _, err := node.RestartContainer(ctx, pod, "app"); err != nil {
 		t.Fatal(err)
 	}
-	took := eventually(t, 30*time.Second, "the broken pod seen after its container restarted", verdicts(0, 1))
+	took := testbed.Eventually(t, 30*time.Second, "the broken pod seen after its container restarted", verdicts(0, 1))
 	t.Logf("container restart → metric broken in %s (debounce 200ms, period 1h)", took.Round(time.Millisecond))
 
 	restoreJump(t, ctx, pod.Netns)
 	if _, err := node.RestartContainer(ctx, pod, "app"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the repaired pod seen after its container restarted", verdicts(1, 0))
+	testbed.Eventually(t, 30*time.Second, "the repaired pod seen after its container restarted", verdicts(1, 0))
 	a.stop(t)
 }

@@ -19,7 +19,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -156,7 +155,7 @@ func silent(t *testing.T, n *testNode) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() })
-	eventually(t, 10*time.Second, "nc listening on "+n.name, func() error {
+	testbed.Eventually(t, 10*time.Second, "nc listening on "+n.name, func() error {
 		out, err := exec.Command("nsenter", "--net="+n.netns.Path(), "ss", "-Htln", "sport", "= :"+strconv.Itoa(reportPort)).Output()
 		if err == nil && len(strings.TrimSpace(string(out))) == 0 {
 			err = fmt.Errorf("no listener yet")
@@ -211,37 +210,13 @@ func startAgent(t *testing.T, n *testNode, podLogDir string, args ...string) {
 			a.mu.Unlock()
 		}
 	})
-	eventually(t, 60*time.Second, "agent on "+n.name+" ready", func() error {
-		code, body, err := get("http://" + metrics + "/readyz")
+	testbed.Eventually(t, 60*time.Second, "agent on "+n.name+" ready", func() error {
+		code, body, err := testbed.HTTPGet("http://" + metrics + "/readyz")
 		if err == nil && code != http.StatusOK {
 			err = fmt.Errorf("readyz %d: %s", code, body)
 		}
 		return err
 	})
-}
-
-func get(url string) (int, string, error) {
-	c := &http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	start := time.Now()
-	var err error
-	for time.Since(start) < timeout {
-		if err = f(); err == nil {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %s: %v", what, timeout, err)
 }
 
 // istiodLogs writes, under a pod log directory, an istiod container log with the errors istiod
@@ -629,12 +604,12 @@ func TestClusterThroughPodProxy(t *testing.T) {
 	// The report listener serves the report and nothing else.
 	base := "http://" + net.JoinHostPort(nodeA.addr.String(), strconv.Itoa(reportPort))
 	for path, want := range map[string]int{"/debug/report": 200, "/debug/pods/shop/pay": 404, "/metrics": 404, "/": 404} {
-		if code, _, err := get(base + path); err != nil || code != want {
+		if code, _, err := testbed.HTTPGet(base + path); err != nil || code != want {
 			t.Errorf("report listener %s: %d %v, want %d", path, code, err, want)
 		}
 	}
 	for _, n := range []*testNode{nodeA, nodeB} {
-		_, body, err := get("http://" + net.JoinHostPort(n.addr.String(), strconv.Itoa(reportPort)) + "/debug/report")
+		_, body, err := testbed.HTTPGet("http://" + net.JoinHostPort(n.addr.String(), strconv.Itoa(reportPort)) + "/debug/report")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -58,7 +58,7 @@ func TestAgentNeedsExactlyTheChartRBAC(t *testing.T) {
 		"--recheck-interval", "5s", "--debounce", "200ms")
 
 	verdicts := map[string]string{"cart": "ok", "pay": "broken"}
-	eventually(t, 90*time.Second, "pods annotated", func() error {
+	testbed.Eventually(t, 90*time.Second, "pods annotated", func() error {
 		for name, want := range verdicts {
 			p, err := c.admin.CoreV1().Pods("shop").Get(ctx, name, metav1.GetOptions{})
 			if err != nil {
@@ -70,7 +70,7 @@ func TestAgentNeedsExactlyTheChartRBAC(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, 30*time.Second, "Warning event on pay", func() error {
+	testbed.Eventually(t, 30*time.Second, "Warning event on pay", func() error {
 		evs, err := c.admin.CoreV1().Events("shop").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=pay,type=Warning"})
 		if err != nil || len(evs.Items) == 0 {
 			return fmt.Errorf("no Warning event on pay (%v)", err)
@@ -209,17 +209,4 @@ func getWithToken(t *testing.T, url, token string) (int, []byte) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, body
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = f(); err == nil {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %s: %v", what, timeout, err)
 }

@@ -149,7 +149,7 @@ func agentSeries(t *testing.T) map[string]bool {
 	testbed.StartProcess(t, binary, "agent", "--kubeconfig=none", "--netns", n.Path(), "--node-backend", "none",
 		"--metrics-address", addr, "--debug-address", "", "--host-root", dir, "--state-dir", t.TempDir())
 	var body string
-	eventually(t, 30*time.Second, "the agent's first sweep", func() error {
+	testbed.Eventually(t, 30*time.Second, "the agent's first sweep", func() error {
 		resp, err := http.Get("http://" + addr + "/readyz")
 		if err != nil {
 			return err

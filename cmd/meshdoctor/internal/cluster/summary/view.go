@@ -10,6 +10,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/cmd/meshdoctor/internal/cluster"
 	"github.com/meshdoctor/meshdoctor/cmd/meshdoctor/internal/cluster/rootcause"
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/report"
 )
 
 // View is everything the cluster view shows once every node is in.
@@ -96,7 +97,7 @@ func WriteTable(w io.Writer, v View) error {
 	if len(v.Findings) > 0 {
 		section(&b, "CLUSTER ROOT CAUSES")
 		for _, f := range v.Findings {
-			fmt.Fprintf(&b, "%s %s: %s\n", mark(f.Severity), f.Code, f.Message)
+			fmt.Fprintf(&b, "%s %s: %s\n", report.SeverityMark(f.Severity), f.Code, f.Message)
 			if f.Remedy != "" {
 				fmt.Fprintf(&b, "  remedy: %s\n", f.Remedy)
 			}
@@ -105,7 +106,7 @@ func WriteTable(w io.Writer, v View) error {
 	if len(r.NodeFindings) > 0 {
 		section(&b, "NODE FINDINGS")
 		for _, f := range r.NodeFindings {
-			fmt.Fprintf(&b, "%s %s %s: %s\n", f.Node, mark(f.Severity), f.Code, f.Message)
+			fmt.Fprintf(&b, "%s %s %s: %s\n", f.Node, report.SeverityMark(f.Severity), f.Code, f.Message)
 			if f.Remedy != "" {
 				fmt.Fprintf(&b, "  remedy: %s\n", f.Remedy)
 			}
@@ -185,16 +186,6 @@ func joinCodes(cs []nodecheck.Code) string {
 		s[i] = string(c)
 	}
 	return strings.Join(s, ", ")
-}
-
-func mark(s nodecheck.Severity) string {
-	switch s {
-	case nodecheck.SeverityError:
-		return "[error]"
-	case nodecheck.SeverityWarning:
-		return "[warn] "
-	}
-	return "[info] "
 }
 
 // JSONStream writes the cluster view as one JSON object whose "nodes" are written as they come,
