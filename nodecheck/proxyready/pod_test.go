@@ -144,6 +144,9 @@ func TestRealPods(t *testing.T) {
 			}
 			// What kubelet's probes do all along: pilot-agent logs why the proxy is not ready.
 			waitProxyLogged(t, n, rp, target.Netns)
+			// The scenario is an app whose first request was refused: check once it has been
+			// (the last pod's app may still be starting).
+			waitLogged(t, n, rp, "cart", "Connection refused")
 			res, err := chk.Check(ctx, target)
 			if err != nil {
 				t.Fatal(err)
@@ -173,6 +176,18 @@ func TestRealPods(t *testing.T) {
 				t.Errorf("the app's refused connection is not cited: %+v\n%s", apps[0].Refused, n.Logs(rp, "cart"))
 			}
 		})
+	}
+}
+
+// waitLogged waits for text in a container's log file.
+func waitLogged(t *testing.T, n *kubelet.Node, rp *kubelet.RunningPod, container, text string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(n.Logs(rp, container), text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s of %s never logged %q:\n%s", container, rp.Name, text, n.Logs(rp, container))
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
