@@ -94,10 +94,22 @@ type Target struct {
 	// SkipReason, when set, says why the pod is not meant to be captured (no sidecar, not in
 	// ambient, host network): no check runs and the pod's verdict is skipped.
 	SkipReason string
+	// CNIMode is true when the istio-cni plugin, not istio-init, wrote the pod's sidecar rules:
+	// discovery sees an istio-validation init container and no istio-init.
+	CNIMode bool
+	// ProxyUser is the user and group istio-proxy runs as, from its OCI spec; nil when unknown.
+	ProxyUser *User
+
 	// DiscoveryError, when set, is what discovery could not learn about the pod (its sandbox was
 	// removed while being read, the runtime failed to answer). Checks still run on what is known;
 	// unless one proves the pod broken, its verdict is unknown with this reason.
 	DiscoveryError string
+}
+
+// User is a process's user and group ids. GID is -1 when only the user is known.
+type User struct {
+	UID int64 `json:"uid"`
+	GID int64 `json:"gid"`
 }
 
 // ContainerRole says what a container is for in the pod.
@@ -148,6 +160,11 @@ type Container struct {
 	// UID and GID are the process's user and group from the OCI spec; -1 when unknown.
 	UID int64 `json:"uid"`
 	GID int64 `json:"gid"`
+	// Args and Env are the process's argv and environment from the OCI spec, kept only for Istio's
+	// init containers (what istio-init and istio-validation were told); never serialised, since a
+	// container's environment may hold secrets.
+	Args []string `json:"-"`
+	Env  []string `json:"-"`
 }
 
 // Container returns the pod's container with that name, or nil.

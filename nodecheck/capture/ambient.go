@@ -3,11 +3,10 @@ package capture
 import (
 	"context"
 	"fmt"
-	"net/netip"
-	"strconv"
 	"strings"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/intent"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
@@ -31,53 +30,12 @@ const (
 	ztunnelInboundPlaintext   = 15006
 	ztunnelInboundPort        = 15008 // HBONE
 	ztunnelDNSPort            = 15053
-	defaultHostProbeSNAT      = "169.254.7.127"
-	defaultHostProbeSNATIPv6  = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
 	ambientRestoreMaskAllBits = 0xffffffff
 )
 
-// AmbientConfig is what decides an ambient pod's in-pod rules.
-type AmbientConfig struct {
-	// DNS is whether ztunnel captures the pod's DNS; nil when the pod does not say and the
-	// node cannot know istio-cni's global setting (then DNS rules are accepted, not required).
-	DNS *bool `json:"dns,omitempty"`
-	// BypassInbound is "ingress mode": inbound traffic is not redirected to ztunnel.
-	BypassInbound bool `json:"bypassInbound,omitempty"`
-	// VirtualInterfaces have their inbound TCP sent to ztunnel's outbound port.
-	VirtualInterfaces []string `json:"virtualInterfaces,omitempty"`
-	// HostProbeSNAT addresses are what istio-cni SNATs the kubelet's probes to on the node.
-	HostProbeSNAT     netip.Addr `json:"hostProbeSNAT"`
-	HostProbeSNATIPv6 netip.Addr `json:"hostProbeSNATIPv6"`
-}
-
-// AmbientConfigFromAnnotations resolves an ambient pod's in-pod configuration from its
-// annotations, with istio-cni's defaults for what the pod does not say.
-func AmbientConfigFromAnnotations(a map[string]string) (AmbientConfig, error) {
-	c := AmbientConfig{
-		HostProbeSNAT:     netip.MustParseAddr(defaultHostProbeSNAT),
-		HostProbeSNATIPv6: netip.MustParseAddr(defaultHostProbeSNATIPv6),
-	}
-	if v, ok := a[AnnotationAmbientDNSCapture]; ok {
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
-		if err != nil {
-			return c, fmt.Errorf("annotation %s: %q is not a boolean", AnnotationAmbientDNSCapture, v)
-		}
-		c.DNS = &b
-	}
-	if v, ok := a[AnnotationAmbientBypassInbound]; ok {
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
-		if err != nil {
-			return c, fmt.Errorf("annotation %s: %q is not a boolean", AnnotationAmbientBypassInbound, v)
-		}
-		c.BypassInbound = b
-	}
-	c.VirtualInterfaces = splitList(a[AnnotationRerouteInterfaces])
-	return c, nil
-}
-
 // BuildAmbientExpected returns the in-pod rules ambient mode writes for cfg in one family (none
 // when enabled is false).
-func BuildAmbientExpected(cfg AmbientConfig, family rules.Family, enabled bool) *Expected {
+func BuildAmbientExpected(cfg intent.AmbientConfig, family rules.Family, enabled bool) *Expected {
 	e := &Expected{Family: family, Tables: map[string]map[string][]ExpectedRule{}, tolerated: map[tableChain]bool{}}
 	if !enabled {
 		return e
@@ -131,8 +89,8 @@ func BuildAmbientExpected(cfg AmbientConfig, family rules.Family, enabled bool) 
 }
 
 // checkAmbient verifies an ambient pod's in-pod rules and the policy routing they rely on.
-func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg Config) (nodecheck.Result, error) {
-	acfg, err := AmbientConfigFromAnnotations(t.Annotations)
+func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent.Config) (nodecheck.Result, error) {
+	acfg, err := intent.AmbientFromAnnotations(t.Annotations)
 	if err != nil {
 		return nodecheck.Result{}, fmt.Errorf("reading the ambient configuration of %s: %w", t.ID(), err)
 	}
@@ -148,7 +106,7 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg Config
 	}
 	// istio-cni writes IPv6 rules whenever its IPv6 support is on (the default), whatever the
 	// pod's addresses: require them for a pod with an IPv6 address, compare them when present.
-	ipv6 := ExpectIPv6(Config{DualStack: true}, snap.Addrs) || hasIstioRules(snap.Sets, rules.IPv6)
+	ipv6 := ExpectIPv6(intent.Config{DualStack: true}, snap.Addrs) || hasIstioRules(snap.Sets, rules.IPv6)
 	diffs := []FamilyDiff{
 		Compare(BuildAmbientExpected(acfg, rules.IPv4, true), snap.Sets),
 		Compare(BuildAmbientExpected(acfg, rules.IPv6, ipv6), snap.Sets),
@@ -179,7 +137,7 @@ func hasIstioRules(sets []*rules.RuleSet, family rules.Family) bool {
 // ambientRouting checks, in every family with rules, that connections ztunnel accepted (connmark
 // 0x111/0xfff) are routed to the local host: `ip rule fwmark 0x111/0xfff lookup 100` with
 // `local default dev lo` in table 100.
-func ambientRouting(diffs []FamilyDiff, snap Snapshot) (nodecheck.Finding, bool) {
+func ambientRouting(diffs []FamilyDiff, snap rules.Snapshot) (nodecheck.Finding, bool) {
 	var families []rules.Family
 	for _, d := range diffs {
 		if !d.ExpectedNone && len(d.Backends) > 0 {

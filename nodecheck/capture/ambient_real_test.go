@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 )
@@ -18,7 +19,7 @@ import (
 // name what is wrong once the rules are damaged the way a node damages them.
 func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 	writer := testbed.AmbientInpod(t)
-	enrolled := map[string]string{capture.AnnotationAmbientRedirection: "enabled"}
+	enrolled := map[string]string{istiopod.AnnotationAmbientRedirection: "enabled"}
 	with := func(extra map[string]string) map[string]string {
 		out := map[string]string{}
 		for k, v := range enrolled {
@@ -42,11 +43,11 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 		{name: "ipv4-only pod, ipv6 rules written anyway", opts: []testbed.Option{testbed.IPv4Only()}, args: []string{}, annotations: enrolled},
 		{name: "dns capture off globally, pod silent", args: []string{"--dns=false"}, annotations: enrolled},
 		{name: "dns capture off for the pod", args: []string{"--dns=false"},
-			annotations: with(map[string]string{capture.AnnotationAmbientDNSCapture: "false"})},
+			annotations: with(map[string]string{istiopod.AnnotationAmbientDNSCapture: "false"})},
 		{name: "ingress mode", args: []string{"--ingress"},
-			annotations: with(map[string]string{capture.AnnotationAmbientBypassInbound: "true"})},
+			annotations: with(map[string]string{istiopod.AnnotationAmbientBypassInbound: "true"})},
 		{name: "virtual interfaces", args: []string{"--virtual-interfaces=eth0peer"},
-			annotations: with(map[string]string{capture.AnnotationRerouteInterfaces: "eth0peer"})},
+			annotations: with(map[string]string{istiopod.AnnotationRerouteInterfaces: "eth0peer"})},
 		{name: "never written", annotations: enrolled,
 			codes: []nodecheck.Code{nodecheck.RedirectRulesMissing}, contains: "istio-cni node agent"},
 		{name: "label enrolment, never written", annotations: nil,
@@ -83,7 +84,7 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 			}
 			target := nodecheck.Target{Netns: n.Path(), Annotations: c.annotations}
 			if c.annotations == nil {
-				target.Labels = map[string]string{capture.LabelDataplaneMode: "ambient"}
+				target.Labels = map[string]string{istiopod.LabelDataplaneMode: "ambient"}
 			}
 			before, err := n.Trace(ctx)
 			if err != nil {

@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/intent"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
@@ -27,8 +29,8 @@ type captureReader struct {
 	addrs []netip.Addr
 }
 
-func (c captureReader) ReadRules(_ context.Context, _ string) (Snapshot, error) {
-	snap := Snapshot{Addrs: c.addrs}
+func (c captureReader) ReadRules(_ context.Context, _ string) (rules.Snapshot, error) {
+	snap := rules.Snapshot{Addrs: c.addrs}
 	files := []struct {
 		name    string
 		backend rules.Backend
@@ -59,7 +61,7 @@ func (c captureReader) ReadRules(_ context.Context, _ string) (Snapshot, error) 
 }
 
 // readMarkRoutes reads the captured `ip rule` and `ip route show table 133` output.
-func readMarkRoutes(dir string) ([]MarkRoute, error) {
+func readMarkRoutes(dir string) ([]rules.MarkRoute, error) {
 	rulesText, err := os.ReadFile(filepath.Join(dir, "ip-rule.txt"))
 	if err != nil {
 		return nil, err
@@ -80,7 +82,7 @@ func readMarkRoutes(dir string) ([]MarkRoute, error) {
 			localDefault[fam] = true
 		}
 	}
-	var out []MarkRoute
+	var out []rules.MarkRoute
 	fam = rules.IPv4
 	for _, line := range strings.Split(string(rulesText), "\n") {
 		switch {
@@ -94,7 +96,7 @@ func readMarkRoutes(dir string) ([]MarkRoute, error) {
 			if _, err := fmt.Sscanf(strings.TrimSpace(line), "%d:\tfrom all fwmark %v lookup %d", &prio, &mark, &table); err != nil {
 				return nil, fmt.Errorf("%s: %q: %w", dir, line, err)
 			}
-			out = append(out, MarkRoute{Family: fam, Mark: mark, Mask: 0xffffffff, Table: table, LocalDefault: table == 133 && localDefault[fam]})
+			out = append(out, rules.MarkRoute{Family: fam, Mark: mark, Mask: 0xffffffff, Table: table, LocalDefault: table == 133 && localDefault[fam]})
 		}
 	}
 	return out, nil
@@ -165,7 +167,7 @@ func TestCheckRealCaptures(t *testing.T) {
 
 type noRouting struct{ captureReader }
 
-func (r noRouting) ReadRules(ctx context.Context, p string) (Snapshot, error) {
+func (r noRouting) ReadRules(ctx context.Context, p string) (rules.Snapshot, error) {
 	s, err := r.captureReader.ReadRules(ctx, p)
 	s.Routing = nil
 	return s, err
@@ -175,7 +177,7 @@ func (r noRouting) ReadRules(ctx context.Context, p string) (Snapshot, error) {
 // rules but no policy routing, capture is incomplete.
 func TestTProxyWithoutPolicyRouting(t *testing.T) {
 	dir := filepath.Join(capturesDir, "sidecar-tproxy")
-	ann := map[string]string{AnnotationInterceptionMode: ModeTProxy}
+	ann := map[string]string{istiopod.AnnotationInterceptionMode: istiopod.ModeTProxy}
 	with, err := (&Check{Reader: captureReader{dir: dir, addrs: addrsOf("")}}).Check(t.Context(), nodecheck.Target{Annotations: ann})
 	if err != nil {
 		t.Fatal(err)
@@ -196,7 +198,7 @@ func TestTProxyWithoutPolicyRouting(t *testing.T) {
 // Swapping two adjacent RETURN rules changes nothing; moving the catch-all redirect above the
 // exclusions changes everything.
 func TestCompareOrderByMeaning(t *testing.T) {
-	cfg, err := ConfigFromAnnotations(nil)
+	cfg, err := intent.FromAnnotations(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,47 +8,18 @@ package capture
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"sort"
 	"strings"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/intent"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
-// Snapshot is what a RuleReader saw in one network namespace.
-type Snapshot struct {
-	// Sets holds every rule set read, any backend and family, empty tables included.
-	Sets []*rules.RuleSet
-	// Addrs are the namespace's interface addresses, loopback device excluded, in the kernel's
-	// order (Istio's writer decides IPv6 capture from them).
-	Addrs []netip.Addr
-	// Routing holds the policy-routing rules that select packets by mark, with whether their
-	// table routes everything locally: what TPROXY capture needs besides its mangle rules.
-	Routing []MarkRoute
-}
-
-// MarkRoute is one `ip rule fwmark MARK lookup TABLE` and what TABLE holds.
-type MarkRoute struct {
-	Family rules.Family `json:"-"`
-	Mark   uint32       `json:"mark"`
-	Mask   uint32       `json:"mask"`
-	Table  int          `json:"table"`
-	// LocalDefault is true when TABLE has `local default dev lo`.
-	LocalDefault bool `json:"localDefault"`
-}
-
-func (m MarkRoute) String() string {
-	s := fmt.Sprintf("%s rule fwmark 0x%x/0x%x lookup %d", m.Family, m.Mark, m.Mask, m.Table)
-	if !m.LocalDefault {
-		s += " (table has no local default route via lo)"
-	}
-	return s
-}
-
 // RuleReader reads a network namespace's capture rules without changing anything in it.
 type RuleReader interface {
-	ReadRules(ctx context.Context, netnsPath string) (Snapshot, error)
+	ReadRules(ctx context.Context, netnsPath string) (rules.Snapshot, error)
 }
 
 // Check is the capture-rule check. NodeBackend, when known, is the iptables backend the node itself
@@ -65,23 +36,23 @@ func (c *Check) Name() string { return "capture" }
 
 // Detail is what the capture check hands the debug endpoint: the comparison and the raw rules.
 type Detail struct {
-	Config   Config       `json:"config"`
-	Families []FamilyDiff `json:"families"`
+	Config   intent.Config `json:"config"`
+	Families []FamilyDiff  `json:"families"`
 	// Raw is each rule set read, in iptables-save syntax, keyed "backend/family".
 	Raw map[string]string `json:"raw"`
 }
 
 // Check reads the target's rules and diagnoses them.
 func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result, error) {
-	cfg, err := ConfigFromAnnotations(t.Annotations)
+	cfg, err := intent.Resolve(t)
 	if err != nil {
 		return nodecheck.Result{}, fmt.Errorf("reading the capture configuration of %s: %w", t.ID(), err)
 	}
-	if AmbientEnrolled(t) && !Injected(t) {
+	if istiopod.AmbientEnrolled(t) && !istiopod.Injected(t) {
 		return c.checkAmbient(ctx, t, cfg)
 	}
 	res := nodecheck.Result{Capture: &nodecheck.Capture{Mode: modeName(cfg), Backend: "none"}}
-	if cfg.Mode == ModeNone {
+	if cfg.Mode == istiopod.ModeNone {
 		return res, nil
 	}
 	snap, err := c.Reader.ReadRules(ctx, t.Netns)
@@ -105,7 +76,7 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	res.Detail = detail
 	res.Capture.Backend = backendName(diffs)
 	res.Findings = c.diagnose(cfg, diffs, snap)
-	if cfg.Mode == ModeTProxy {
+	if cfg.Mode == istiopod.ModeTProxy {
 		if f, ok := tproxyRouting(cfg, diffs, snap); ok {
 			res.Findings = append(res.Findings, f)
 		}
@@ -113,11 +84,11 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	return res, nil
 }
 
-func modeName(cfg Config) string {
+func modeName(cfg intent.Config) string {
 	switch cfg.Mode {
-	case ModeTProxy:
+	case istiopod.ModeTProxy:
 		return "sidecar-tproxy"
-	case ModeNone:
+	case istiopod.ModeNone:
 		return "none"
 	}
 	return "sidecar-redirect"
@@ -141,7 +112,7 @@ func backendName(diffs []FamilyDiff) string {
 	return "mixed"
 }
 
-func (c *Check) diagnose(cfg Config, diffs []FamilyDiff, snap Snapshot) []nodecheck.Finding {
+func (c *Check) diagnose(cfg intent.Config, diffs []FamilyDiff, snap rules.Snapshot) []nodecheck.Finding {
 	var findings []nodecheck.Finding
 	var missingFamilies []string
 	var incomplete, mismatch []map[string]any
@@ -241,7 +212,7 @@ func backendSplit(d FamilyDiff) nodecheck.Finding {
 	}
 }
 
-func missingFinding(cfg Config, families []string, snap Snapshot) nodecheck.Finding {
+func missingFinding(cfg intent.Config, families []string, snap rules.Snapshot) nodecheck.Finding {
 	// Say which tables exist (empty ones are what Istio's backend probing leaves) so a reader can
 	// tell "never written" from "written elsewhere".
 	var tables []string
@@ -282,7 +253,7 @@ func missingFinding(cfg Config, families []string, snap Snapshot) nodecheck.Find
 
 // tproxyRouting checks the policy routing TPROXY capture needs in every family that has rules:
 // packets marked by ISTIO_DIVERT must be looked up in a table that delivers them locally.
-func tproxyRouting(cfg Config, diffs []FamilyDiff, snap Snapshot) (nodecheck.Finding, bool) {
+func tproxyRouting(cfg intent.Config, diffs []FamilyDiff, snap rules.Snapshot) (nodecheck.Finding, bool) {
 	var families []rules.Family
 	for _, d := range diffs {
 		if !d.ExpectedNone && cfg.IncludeInboundPorts != "" {
@@ -310,7 +281,7 @@ func tproxyRouting(cfg Config, diffs []FamilyDiff, snap Snapshot) (nodecheck.Fin
 
 // unroutedMark returns the families where no policy-routing rule selects mark (its mask
 // covering the bits of mask) and looks up a table that delivers everything locally.
-func unroutedMark(families []rules.Family, routing []MarkRoute, mark, mask uint32) []rules.Family {
+func unroutedMark(families []rules.Family, routing []rules.MarkRoute, mark, mask uint32) []rules.Family {
 	var out []rules.Family
 	for _, f := range families {
 		ok := false
@@ -327,7 +298,7 @@ func unroutedMark(families []rules.Family, routing []MarkRoute, mark, mask uint3
 }
 
 // markRoutesFound lists the mark rules that exist, for evidence.
-func markRoutesFound(snap Snapshot) []string {
+func markRoutesFound(snap rules.Snapshot) []string {
 	var found []string
 	for _, r := range snap.Routing {
 		found = append(found, r.String())

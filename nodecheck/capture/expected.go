@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/meshdoctor/meshdoctor/nodecheck/intent"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
@@ -97,16 +99,16 @@ func (e *Expected) insert(table, chain string, pos int, spec string, args ...any
 // BuildExpected returns the rules Istio's sidecar capture writes for cfg in one family. enabled is
 // false for a family Istio does not capture in this pod (IPv6 on an IPv4 pod without dual stack):
 // then nothing is expected there.
-func BuildExpected(cfg Config, family rules.Family, enabled bool) *Expected {
+func BuildExpected(cfg intent.Config, family rules.Family, enabled bool) *Expected {
 	e := &Expected{Family: family, Tables: map[string]map[string][]ExpectedRule{}, tolerated: map[tableChain]bool{}}
-	if !enabled || cfg.Mode == ModeNone {
+	if !enabled || cfg.Mode == istiopod.ModeNone {
 		return e
 	}
 	loopback, passthrough := "127.0.0.1/32", "127.0.0.6/32"
 	if family == rules.IPv6 {
 		loopback, passthrough = "::1/128", "::6/128"
 	}
-	tproxy := cfg.Mode == ModeTProxy
+	tproxy := cfg.Mode == istiopod.ModeTProxy
 
 	for _, ifc := range cfg.ExcludeInterfaces {
 		e.append("nat", "PREROUTING", "-i %s -j RETURN", ifc)
@@ -202,12 +204,12 @@ func BuildExpected(cfg Config, family rules.Family, enabled bool) *Expected {
 	return e
 }
 
-func (e *Expected) inbound(cfg Config, loopback string) {
+func (e *Expected) inbound(cfg intent.Config, loopback string) {
 	if cfg.IncludeInboundPorts == "" {
 		return
 	}
 	table := "nat"
-	if cfg.Mode == ModeTProxy {
+	if cfg.Mode == istiopod.ModeTProxy {
 		table = "mangle"
 		e.append("mangle", chainDivert, "-j MARK --set-mark %d", cfg.TProxyMark)
 		e.append("mangle", chainDivert, "-j ACCEPT")
@@ -223,7 +225,7 @@ func (e *Expected) inbound(cfg Config, loopback string) {
 		for _, p := range cfg.ExcludeInboundPorts {
 			e.append(table, chainInbound, "-p tcp --dport %s -j RETURN", p)
 		}
-		if cfg.Mode == ModeTProxy {
+		if cfg.Mode == istiopod.ModeTProxy {
 			e.append("mangle", chainInbound, "-p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j %s", chainDivert)
 			e.append("mangle", chainInbound, "-p tcp -j %s", chainTProxy)
 		} else {
@@ -231,8 +233,8 @@ func (e *Expected) inbound(cfg Config, loopback string) {
 		}
 		return
 	}
-	for _, p := range splitList(cfg.IncludeInboundPorts) {
-		if cfg.Mode == ModeTProxy {
+	for _, p := range cfg.IncludeInboundPortList() {
+		if cfg.Mode == istiopod.ModeTProxy {
 			e.append("mangle", chainInbound, "-p tcp --dport %s -m conntrack --ctstate RELATED,ESTABLISHED -j %s", p, chainDivert)
 			e.append("mangle", chainInbound, "-p tcp --dport %s -j %s", p, chainTProxy)
 		} else {
@@ -243,7 +245,7 @@ func (e *Expected) inbound(cfg Config, loopback string) {
 
 // tproxyMarks are the mangle rules that keep TPROXY'd connections and the proxy's own loopback
 // traffic apart.
-func (e *Expected) tproxyMarks(cfg Config, loopback, passthrough string) {
+func (e *Expected) tproxyMarks(cfg intent.Config, loopback, passthrough string) {
 	mark := cfg.TProxyMark
 	e.append("mangle", "PREROUTING", "-p tcp -m mark --mark %d -j CONNMARK --save-mark", mark)
 	e.append("mangle", "OUTPUT", "-p tcp -o lo -m mark --mark %d -j RETURN", mark)
@@ -280,7 +282,7 @@ func includesLoopback(list []netip.Prefix) bool {
 
 // ExpectIPv6 decides, as Istio's writer does from the pod's addresses, whether it writes IPv6 rules:
 // when the first global address it sees is IPv6, or with dual stack enabled and any IPv6 address.
-func ExpectIPv6(cfg Config, addrs []netip.Addr) bool {
+func ExpectIPv6(cfg intent.Config, addrs []netip.Addr) bool {
 	for _, a := range addrs {
 		a = a.Unmap()
 		if a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() {

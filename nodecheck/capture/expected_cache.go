@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/meshdoctor/meshdoctor/nodecheck/intent"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
@@ -20,7 +21,7 @@ type expectedCache struct {
 	byKey map[string]*Expected
 }
 
-func (c *expectedCache) get(cfg Config, family rules.Family, enabled bool) *Expected {
+func (c *expectedCache) get(cfg intent.Config, family rules.Family, enabled bool) *Expected {
 	key := fmt.Sprintf("%d|%t|%+v", family, enabled, cfg)
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -20,7 +20,7 @@ import (
 	"strings"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 )
 
 // Runtime lists the pods of the node. Discover fails only when the runtime cannot be asked at all
@@ -62,12 +62,8 @@ type Sandbox struct {
 
 // Target applies the shared rules to a sandbox: the latest attempt of each container with its
 // role, the capture expectation (a pod not meant to be captured is skipped), CNI mode and the
-// proxy's UID as meshdoctor annotations, and the netns path under hostRoot.
+// proxy's user as typed facts, and the netns path under hostRoot.
 func Target(s Sandbox, hostRoot string) nodecheck.Target {
-	annotations := make(map[string]string, len(s.Annotations)+2)
-	for k, v := range s.Annotations {
-		annotations[k] = v
-	}
 	t := nodecheck.Target{
 		Namespace:   s.Namespace,
 		Name:        s.Name,
@@ -76,22 +72,14 @@ func Target(s Sandbox, hostRoot string) nodecheck.Target {
 		IP:          s.IP,
 		HostNetwork: s.HostNetwork,
 		Labels:      s.Labels,
-		Annotations: annotations,
+		Annotations: s.Annotations,
 		Containers:  LatestAttempts(s.Containers),
 	}
-	AssignRoles(t.Containers, annotations)
-	if t.Container(capture.ContainerIstioValidation) != nil && t.Container(capture.ContainerIstioInit) == nil {
-		if _, set := annotations[capture.AnnotationCNIMode]; !set {
-			annotations[capture.AnnotationCNIMode] = "true"
-		}
-	}
-	if proxy := t.Container(capture.ContainerIstioProxy); proxy != nil && proxy.UID >= 0 {
-		if _, set := annotations[capture.AnnotationProxyUID]; !set {
-			annotations[capture.AnnotationProxyUID] = strconv.FormatInt(proxy.UID, 10)
-			if proxy.GID >= 0 {
-				annotations[capture.AnnotationProxyGID] = strconv.FormatInt(proxy.GID, 10)
-			}
-		}
+	AssignRoles(t.Containers, t.Annotations)
+	KeepIstioInitSpecs(t.Containers)
+	t.CNIMode = t.Container(istiopod.ContainerIstioValidation) != nil && t.Container(istiopod.ContainerIstioInit) == nil
+	if proxy := t.Container(istiopod.ContainerIstioProxy); proxy != nil && proxy.UID >= 0 {
+		t.ProxyUser = &nodecheck.User{UID: proxy.UID, GID: proxy.GID}
 	}
 	problems := s.Problems
 	if !t.HostNetwork {
@@ -104,7 +92,7 @@ func Target(s Sandbox, hostRoot string) nodecheck.Target {
 	if len(problems) > 0 {
 		t.DiscoveryError = strings.Join(problems, "; ")
 	}
-	if mode, why := capture.Expect(t); mode == capture.ExpectNone {
+	if mode, why := istiopod.Expect(t); mode == istiopod.ExpectNone {
 		t.SkipReason = why
 	}
 	return t
@@ -167,19 +155,30 @@ func LatestAttempts(all []nodecheck.Container) []nodecheck.Container {
 	return out
 }
 
+// KeepIstioInitSpecs drops the argv and environment of every container but Istio's own init
+// containers: only what istio-init and istio-validation were told is needed, and the others'
+// environment may hold secrets that have no business in a report or in memory.
+func KeepIstioInitSpecs(containers []nodecheck.Container) {
+	for i := range containers {
+		if n := containers[i].Name; n != istiopod.ContainerIstioInit && n != istiopod.ContainerIstioValidation {
+			containers[i].Args, containers[i].Env = nil, nil
+		}
+	}
+}
+
 // AssignRoles gives each container its role. The runtime does not know which containers are
 // init containers; Istio's injector says which it added in sidecar.istio.io/status, and its
 // names are fixed: istio-init and istio-validation are init containers, istio-proxy is the
 // sidecar (a native sidecar when the status lists it among the init containers). Other init
 // containers of the pod cannot be told from app containers on the node and are called app.
 func AssignRoles(containers []nodecheck.Container, annotations map[string]string) {
-	status, _ := capture.ParseSidecarStatus(annotations)
+	status, _ := istiopod.ParseSidecarStatus(annotations)
 	for i := range containers {
 		c := &containers[i]
 		switch {
-		case c.Name == capture.ContainerIstioProxy:
+		case c.Name == istiopod.ContainerIstioProxy:
 			c.Role = nodecheck.RoleSidecar
-		case c.Name == capture.ContainerIstioInit, c.Name == capture.ContainerIstioValidation,
+		case c.Name == istiopod.ContainerIstioInit, c.Name == istiopod.ContainerIstioValidation,
 			slices.Contains(status.InitContainers, c.Name):
 			c.Role = nodecheck.RoleInit
 		default:

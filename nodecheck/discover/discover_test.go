@@ -3,11 +3,14 @@ package discover
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 )
 
 const status = `{"initContainers":["istio-init"],"containers":["istio-proxy"],"revision":"default"}`
@@ -32,38 +35,46 @@ func TestTarget(t *testing.T) {
 	}
 	proxy := nodecheck.Container{Name: "istio-proxy", UID: 1337, GID: 1337, CreatedAt: at(3)}
 	cases := []struct {
-		name       string
-		sandbox    Sandbox
-		skip       bool
-		netns      string
-		roles      map[string]nodecheck.ContainerRole
-		annotation map[string]string // must be set
-		problem    bool
+		name      string
+		sandbox   Sandbox
+		skip      bool
+		netns     string
+		roles     map[string]nodecheck.ContainerRole
+		cniMode   bool
+		proxyUser *nodecheck.User
+		initArgs  []string // istio-init's argv, kept
+		problem   bool
 	}{
 		{
 			name: "sidecar pod",
-			sandbox: Sandbox{NetnsPath: netns, Annotations: map[string]string{capture.AnnotationSidecarStatus: status},
+			sandbox: Sandbox{NetnsPath: netns, Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status},
 				Containers: []nodecheck.Container{
-					{Name: "istio-init", CreatedAt: at(1)}, proxy, {Name: "app", CreatedAt: at(4)},
+					{Name: "istio-init", CreatedAt: at(1), Args: []string{"/usr/local/bin/pilot-agent", "istio-iptables", "-p", "15001"},
+						Env: []string{"ISTIO_DUAL_STACK=true"}},
+					proxy,
+					{Name: "app", CreatedAt: at(4), Args: []string{"app"}, Env: []string{"DB_PASSWORD=secret"}},
 				}},
-			netns:      filepath.Join(root, netns),
-			roles:      map[string]nodecheck.ContainerRole{"istio-init": nodecheck.RoleInit, "istio-proxy": nodecheck.RoleSidecar, "app": nodecheck.RoleApp},
-			annotation: map[string]string{capture.AnnotationProxyUID: "1337", capture.AnnotationProxyGID: "1337"},
+			netns:     filepath.Join(root, netns),
+			roles:     map[string]nodecheck.ContainerRole{"istio-init": nodecheck.RoleInit, "istio-proxy": nodecheck.RoleSidecar, "app": nodecheck.RoleApp},
+			proxyUser: &nodecheck.User{UID: 1337, GID: 1337},
+			initArgs:  []string{"/usr/local/bin/pilot-agent", "istio-iptables", "-p", "15001"},
 		},
 		{
 			name: "native sidecar, other init container named by the injector",
-			sandbox: Sandbox{NetnsPath: netns, Annotations: map[string]string{capture.AnnotationSidecarStatus: nativeStatus},
+			sandbox: Sandbox{NetnsPath: netns, Annotations: map[string]string{istiopod.AnnotationSidecarStatus: nativeStatus},
 				Containers: []nodecheck.Container{{Name: "istio-init"}, {Name: "istio-proxy", UID: 1337, GID: 1337}}},
-			netns: filepath.Join(root, netns),
-			roles: map[string]nodecheck.ContainerRole{"istio-init": nodecheck.RoleInit, "istio-proxy": nodecheck.RoleSidecar},
+			netns:     filepath.Join(root, netns),
+			roles:     map[string]nodecheck.ContainerRole{"istio-init": nodecheck.RoleInit, "istio-proxy": nodecheck.RoleSidecar},
+			proxyUser: &nodecheck.User{UID: 1337, GID: 1337},
 		},
 		{
 			name: "CNI mode",
 			sandbox: Sandbox{NetnsPath: netns, Containers: []nodecheck.Container{{Name: "istio-validation"},
 				{Name: "istio-proxy", UID: 1500, GID: -1}}},
-			netns:      filepath.Join(root, netns),
-			roles:      map[string]nodecheck.ContainerRole{"istio-validation": nodecheck.RoleInit},
-			annotation: map[string]string{capture.AnnotationCNIMode: "true", capture.AnnotationProxyUID: "1500"},
+			netns:     filepath.Join(root, netns),
+			roles:     map[string]nodecheck.ContainerRole{"istio-validation": nodecheck.RoleInit},
+			cniMode:   true,
+			proxyUser: &nodecheck.User{UID: 1500, GID: -1},
 		},
 		{
 			name:    "plain pod is skipped",
@@ -72,33 +83,33 @@ func TestTarget(t *testing.T) {
 		},
 		{
 			name:    "host network is skipped, even injected",
-			sandbox: Sandbox{HostNetwork: true, Annotations: map[string]string{capture.AnnotationSidecarStatus: status}},
+			sandbox: Sandbox{HostNetwork: true, Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status}},
 			skip:    true,
 		},
 		{
 			name:    "ambient by label",
-			sandbox: Sandbox{NetnsPath: netns, Labels: map[string]string{capture.LabelDataplaneMode: "ambient"}},
+			sandbox: Sandbox{NetnsPath: netns, Labels: map[string]string{istiopod.LabelDataplaneMode: "ambient"}},
 			netns:   filepath.Join(root, netns),
 		},
 		{
 			name: "ambient label none wins over the annotation",
-			sandbox: Sandbox{NetnsPath: netns, Labels: map[string]string{capture.LabelDataplaneMode: "none"},
-				Annotations: map[string]string{capture.AnnotationAmbientRedirection: "enabled"}},
+			sandbox: Sandbox{NetnsPath: netns, Labels: map[string]string{istiopod.LabelDataplaneMode: "none"},
+				Annotations: map[string]string{istiopod.AnnotationAmbientRedirection: "enabled"}},
 			skip: true, netns: filepath.Join(root, netns),
 		},
 		{
 			name:    "netns path gone: /proc/PID/ns/net",
-			sandbox: Sandbox{NetnsPath: "/var/run/netns/cni-gone", Pid: 42, Annotations: map[string]string{capture.AnnotationSidecarStatus: status}},
+			sandbox: Sandbox{NetnsPath: "/var/run/netns/cni-gone", Pid: 42, Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status}},
 			netns:   filepath.Join(root, "proc/42/ns/net"),
 		},
 		{
 			name:    "netns path and process gone: the reported path, to say it is gone",
-			sandbox: Sandbox{NetnsPath: "/var/run/netns/cni-gone", Pid: 43, Annotations: map[string]string{capture.AnnotationSidecarStatus: status}},
+			sandbox: Sandbox{NetnsPath: "/var/run/netns/cni-gone", Pid: 43, Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status}},
 			netns:   filepath.Join(root, "/var/run/netns/cni-gone"),
 		},
 		{
 			name:    "no netns at all",
-			sandbox: Sandbox{Annotations: map[string]string{capture.AnnotationSidecarStatus: status}},
+			sandbox: Sandbox{Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status}},
 			problem: true,
 		},
 	}
@@ -116,16 +127,31 @@ func TestTarget(t *testing.T) {
 					t.Errorf("%s: %+v, want role %s", name, ct, role)
 				}
 			}
-			for k, v := range c.annotation {
-				if tg.Annotations[k] != v {
-					t.Errorf("annotation %s = %q, want %q", k, tg.Annotations[k], v)
+			if tg.CNIMode != c.cniMode {
+				t.Errorf("CNI mode %v, want %v", tg.CNIMode, c.cniMode)
+			}
+			if !reflect.DeepEqual(tg.ProxyUser, c.proxyUser) {
+				t.Errorf("proxy user %+v, want %+v", tg.ProxyUser, c.proxyUser)
+			}
+			for k := range tg.Annotations {
+				if strings.HasPrefix(k, "meshdoctor.io/") {
+					t.Errorf("discovery invented annotation %s", k)
+				}
+			}
+			for _, ct := range tg.Containers {
+				want := []string(nil)
+				if ct.Name == "istio-init" {
+					want = c.initArgs
+				}
+				if !slices.Equal(ct.Args, want) {
+					t.Errorf("%s: args %q, want %q", ct.Name, ct.Args, want)
+				}
+				if ct.Name == "app" && ct.Env != nil {
+					t.Errorf("app's environment kept: %q", ct.Env)
 				}
 			}
 			if (tg.DiscoveryError != "") != c.problem {
 				t.Errorf("discovery error %q, want problem=%v", tg.DiscoveryError, c.problem)
-			}
-			if len(c.sandbox.Annotations) > 0 && len(c.sandbox.Annotations) == len(tg.Annotations) && c.annotation != nil {
-				t.Error("the sandbox's own annotations map was not copied")
 			}
 		})
 	}

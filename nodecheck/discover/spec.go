@@ -7,10 +7,13 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 )
 
-// Spec is the part of a container's OCI runtime spec that discovery reads: the process's user
-// and effective capabilities (what the kernel lets istio-init do), and the namespaces.
+// Spec is the part of a container's OCI runtime spec that discovery reads: the process's user,
+// argv and environment (what istio-init was told), its effective capabilities (what the kernel
+// lets istio-init do), and the namespaces.
 type Spec struct {
 	Process *struct {
+		Args []string `json:"args"`
+		Env  []string `json:"env"`
 		User struct {
 			UID uint32 `json:"uid"`
 			GID uint32 `json:"gid"`
@@ -50,12 +53,13 @@ func (s Spec) NetworkNamespace() (path string, own bool) {
 	return "", false
 }
 
-// ApplyTo sets the container's capabilities and user from the spec.
+// ApplyTo sets the container's capabilities, user, argv and environment from the spec.
 func (s Spec) ApplyTo(c *nodecheck.Container) {
 	if s.Process == nil {
 		return
 	}
 	c.UID, c.GID = int64(s.Process.User.UID), int64(s.Process.User.GID)
+	c.Args, c.Env = s.Process.Args, s.Process.Env
 	caps := []string{}
 	if s.Process.Capabilities != nil && s.Process.Capabilities.Effective != nil {
 		caps = s.Process.Capabilities.Effective

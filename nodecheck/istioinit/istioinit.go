@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 )
 
 // ValidationFailedExitCode is what Istio's istio-iptables exits with when its validation finds
@@ -42,13 +42,13 @@ type Detail struct {
 func (Check) Check(_ context.Context, t nodecheck.Target) (nodecheck.Result, error) {
 	var res nodecheck.Result
 	var detail Detail
-	for _, name := range []string{capture.ContainerIstioInit, capture.ContainerIstioValidation} {
+	for _, name := range []string{istiopod.ContainerIstioInit, istiopod.ContainerIstioValidation} {
 		c := t.Container(name)
 		if c == nil {
 			continue
 		}
 		detail.Containers = append(detail.Containers, *c)
-		if name == capture.ContainerIstioInit {
+		if name == istiopod.ContainerIstioInit {
 			if f, ok := missingNetAdmin(*c); ok {
 				res.Findings = append(res.Findings, f)
 			}
@@ -102,7 +102,7 @@ func failed(c nodecheck.Container) (nodecheck.Finding, bool) {
 	if !exitedBad && !restarting {
 		return nodecheck.Finding{}, false
 	}
-	cni := c.Name == capture.ContainerIstioValidation
+	cni := c.Name == istiopod.ContainerIstioValidation
 	evidence := map[string]any{
 		"container": c.Name,
 		"state":     c.State,

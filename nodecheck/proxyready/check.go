@@ -25,7 +25,7 @@ import (
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
 )
 
@@ -149,7 +149,7 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 		return nodecheck.Result{}, fmt.Errorf("reading the status port of %s: %w", t.ID(), err)
 	}
 	if port == 0 {
-		d.Skipped = "pilot-agent's status server is disabled (" + capture.AnnotationStatusPort + ": 0): nothing to probe"
+		d.Skipped = "pilot-agent's status server is disabled (" + istiopod.AnnotationStatusPort + ": 0): nothing to probe"
 		return res, nil
 	}
 	probe, err := c.cfg.Prober.Probe(ctx, t.Netns, port)
@@ -157,7 +157,7 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 		return nodecheck.Result{}, fmt.Errorf("probing the proxy of %s: %w", t.ID(), err)
 	}
 	d.Probe = &probe
-	v := &podView{c: c, t: t, port: port, probe: probe, now: c.cfg.Now(), proxy: t.Container(capture.ContainerIstioProxy), detail: d}
+	v := &podView{c: c, t: t, port: port, probe: probe, now: c.cfg.Now(), proxy: t.Container(istiopod.ContainerIstioProxy), detail: d}
 	v.age, v.ageKnown = podAge(t, v.now)
 	if f, ok := v.proxyNotReady(ctx); ok {
 		res.Findings = append(res.Findings, f)
@@ -178,10 +178,10 @@ func skipReason(t nodecheck.Target) string {
 	switch {
 	case t.Netns == "":
 		return "no network namespace to probe in"
-	case len(t.Containers) > 0 && t.Container(capture.ContainerIstioProxy) == nil:
+	case len(t.Containers) > 0 && t.Container(istiopod.ContainerIstioProxy) == nil:
 		return "the pod has no istio-proxy container"
-	case len(t.Containers) == 0 && t.Annotations[capture.AnnotationAmbientRedirection] == "enabled" &&
-		t.Annotations[capture.AnnotationSidecarStatus] == "":
+	case len(t.Containers) == 0 && t.Annotations[istiopod.AnnotationAmbientRedirection] == "enabled" &&
+		t.Annotations[istiopod.AnnotationSidecarStatus] == "":
 		return "ambient mode: the pod has no sidecar proxy"
 	}
 	return ""
@@ -189,13 +189,13 @@ func skipReason(t nodecheck.Target) string {
 
 // statusPort is pilot-agent's status port for the pod: status.sidecar.istio.io/port, else 15020.
 func statusPort(a map[string]string) (uint16, error) {
-	v, ok := a[capture.AnnotationStatusPort]
+	v, ok := a[istiopod.AnnotationStatusPort]
 	if !ok || strings.TrimSpace(v) == "" {
 		return DefaultStatusPort, nil
 	}
 	p, err := strconv.ParseUint(strings.TrimSpace(v), 10, 16)
 	if err != nil {
-		return 0, fmt.Errorf("annotation %s: %q is not a port", capture.AnnotationStatusPort, v)
+		return 0, fmt.Errorf("annotation %s: %q is not a port", istiopod.AnnotationStatusPort, v)
 	}
 	return uint16(p), nil
 }

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 )
@@ -71,7 +71,7 @@ type scenario struct {
 	istiodDown bool
 }
 
-var holdAnnotations = map[string]string{capture.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: true\n"}
+var holdAnnotations = map[string]string{istiopod.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: true\n"}
 
 func scenarios() []scenario {
 	s := 1000 * time.Millisecond
@@ -212,19 +212,19 @@ func podTarget(sc scenario, t nodecheck.Target) nodecheck.Target {
 	if sc.nativeSidecar {
 		status = `{"initContainers":["istio-init","istio-proxy"],"containers":null}`
 	}
-	t.Annotations[capture.AnnotationSidecarStatus] = status
+	t.Annotations[istiopod.AnnotationSidecarStatus] = status
 	proxyState := sc.proxyState
 	if proxyState == "" {
 		proxyState = nodecheck.ContainerRunning
 	}
-	proxy := nodecheck.Container{Name: capture.ContainerIstioProxy, ID: "c-proxy", Role: nodecheck.RoleSidecar,
+	proxy := nodecheck.Container{Name: istiopod.ContainerIstioProxy, ID: "c-proxy", Role: nodecheck.RoleSidecar,
 		State: proxyState, Attempt: sc.proxyAttempt, CreatedAt: t0.Add(sc.proxyStart - 20*time.Millisecond),
 		StartedAt: t0.Add(sc.proxyStart), UID: 1337, GID: 1337}
 	if proxyState == nodecheck.ContainerExited {
 		proxy.ExitCode, proxy.Reason, proxy.FinishedAt = sc.proxyExit, "Error", t0.Add(sc.proxyStart+2*time.Second)
 	}
 	t.Containers = []nodecheck.Container{
-		{Name: capture.ContainerIstioInit, ID: "c-init", Role: nodecheck.RoleInit, State: nodecheck.ContainerExited,
+		{Name: istiopod.ContainerIstioInit, ID: "c-init", Role: nodecheck.RoleInit, State: nodecheck.ContainerExited,
 			CreatedAt: t0, StartedAt: t0.Add(200 * time.Millisecond), FinishedAt: t0.Add(600 * time.Millisecond),
 			UID: 0, GID: 0},
 		proxy,

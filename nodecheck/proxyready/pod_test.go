@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover/containerd"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
@@ -60,7 +60,7 @@ func buildProxyImage(t *testing.T, ctx context.Context, n *kubelet.Node) {
 func istioProxy(restartAlways bool) kubelet.Container {
 	pc, _ := json.Marshal(map[string]string{"binaryPath": "/usr/local/bin/envoy", "discoveryAddress": "127.0.0.1:15012"})
 	return kubelet.Container{
-		Name: capture.ContainerIstioProxy, Image: proxyImage, Args: []string{"proxy", "sidecar"},
+		Name: istiopod.ContainerIstioProxy, Image: proxyImage, Args: []string{"proxy", "sidecar"},
 		Env:       map[string]string{"POD_NAME": "cart", "POD_NAMESPACE": "shop", "PROXY_CONFIG": string(pc)},
 		RunAsUser: kubelet.Int64(0), RunAsGroup: kubelet.Int64(0), RestartAlways: restartAlways,
 	}
@@ -82,7 +82,7 @@ func TestRealPods(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	buildProxyImage(t, ctx, n)
-	init := kubelet.Container{Name: capture.ContainerIstioInit, Args: append([]string{"istio-iptables"}, testbed.DefaultSidecarArgs()...),
+	init := kubelet.Container{Name: istiopod.ContainerIstioInit, Args: append([]string{"istio-iptables"}, testbed.DefaultSidecarArgs()...),
 		RunAsUser: kubelet.Int64(0), RunAsGroup: kubelet.Int64(0), CapAdd: []string{"NET_ADMIN", "NET_RAW"}, CapDrop: []string{"ALL"}}
 	classic := `{"initContainers":["istio-init"],"containers":["istio-proxy"]}`
 	native := `{"initContainers":["istio-init","istio-proxy"],"containers":null}`
@@ -91,14 +91,14 @@ func TestRealPods(t *testing.T) {
 		protection Protection
 		proof      string
 	}{
-		{kubelet.Pod{Name: "unprotected", Annotations: map[string]string{capture.AnnotationSidecarStatus: classic},
+		{kubelet.Pod{Name: "unprotected", Annotations: map[string]string{istiopod.AnnotationSidecarStatus: classic},
 			InitContainers: []kubelet.Container{init}, Containers: []kubelet.Container{app(), istioProxy(false)}},
 			ProtectionNone, proofStartOrder},
-		{kubelet.Pod{Name: "native-sidecar", Annotations: map[string]string{capture.AnnotationSidecarStatus: native},
+		{kubelet.Pod{Name: "native-sidecar", Annotations: map[string]string{istiopod.AnnotationSidecarStatus: native},
 			InitContainers: []kubelet.Container{init, istioProxy(true)}, Containers: []kubelet.Container{app()}},
 			ProtectionNativeSidecar, proofProbe},
-		{kubelet.Pod{Name: "hold", Annotations: map[string]string{capture.AnnotationSidecarStatus: classic,
-			capture.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: true"},
+		{kubelet.Pod{Name: "hold", Annotations: map[string]string{istiopod.AnnotationSidecarStatus: classic,
+			istiopod.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: true"},
 			InitContainers: []kubelet.Container{init}, Containers: []kubelet.Container{istioProxy(false), app()}},
 			ProtectionHold, proofProbe},
 	}
@@ -109,8 +109,8 @@ func TestRealPods(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rp.ExitCodes[capture.ContainerIstioInit] != 0 {
-			t.Fatalf("istio-init failed in %s:\n%s", rp.Name, n.Logs(rp, capture.ContainerIstioInit))
+		if rp.ExitCodes[istiopod.ContainerIstioInit] != 0 {
+			t.Fatalf("istio-init failed in %s:\n%s", rp.Name, n.Logs(rp, istiopod.ContainerIstioInit))
 		}
 		running[rp.Name] = rp
 		// Envoy's admin port, as an Envoy that istiod never configured has it.
@@ -200,7 +200,7 @@ func waitProxyLogged(t *testing.T, n *kubelet.Node, rp *kubelet.RunningPod, netn
 		if err != nil {
 			t.Fatal(err)
 		}
-		logs := n.Logs(rp, capture.ContainerIstioProxy)
+		logs := n.Logs(rp, istiopod.ContainerIstioProxy)
 		if p.Outcome == OutcomeNotReady && strings.Contains(logs, "config not received from XDS server") {
 			return
 		}

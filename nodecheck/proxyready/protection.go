@@ -7,7 +7,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 )
 
 // Protection is what makes a pod's app containers wait for istio-proxy to be ready at start.
@@ -39,24 +39,24 @@ type PodProtection struct {
 // the mesh default, which the node cannot read without the API server and is given as
 // holdDefault. A native sidecar wins: the injection template applies the hold only without one.
 func protectionOf(annotations map[string]string, holdDefault bool) PodProtection {
-	if status, ok := capture.ParseSidecarStatus(annotations); ok && slices.Contains(status.InitContainers, capture.ContainerIstioProxy) {
+	if status, ok := istiopod.ParseSidecarStatus(annotations); ok && slices.Contains(status.InitContainers, istiopod.ContainerIstioProxy) {
 		return PodProtection{Kind: ProtectionNativeSidecar,
-			Source: capture.AnnotationSidecarStatus + " lists istio-proxy among the init containers"}
+			Source: istiopod.AnnotationSidecarStatus + " lists istio-proxy among the init containers"}
 	}
-	hold, set, err := holdAnnotation(annotations[capture.AnnotationProxyConfig])
+	hold, set, err := holdAnnotation(annotations[istiopod.AnnotationProxyConfig])
 	switch {
 	case err != nil:
 		return PodProtection{Kind: ProtectionUnknown, Source: err.Error()}
 	case set && hold:
-		return PodProtection{Kind: ProtectionHold, Source: "holdApplicationUntilProxyStarts: true in the pod's " + capture.AnnotationProxyConfig}
+		return PodProtection{Kind: ProtectionHold, Source: "holdApplicationUntilProxyStarts: true in the pod's " + istiopod.AnnotationProxyConfig}
 	case set:
-		return PodProtection{Kind: ProtectionNone, Source: "holdApplicationUntilProxyStarts: false in the pod's " + capture.AnnotationProxyConfig +
+		return PodProtection{Kind: ProtectionNone, Source: "holdApplicationUntilProxyStarts: false in the pod's " + istiopod.AnnotationProxyConfig +
 			"; istio-proxy is not a native sidecar"}
 	case holdDefault:
 		return PodProtection{Kind: ProtectionHold, Source: "the mesh default (meshConfig.defaultConfig.holdApplicationUntilProxyStarts, as given to meshdoctor)"}
 	}
 	return PodProtection{Kind: ProtectionNone, Source: "istio-proxy is not a native sidecar and holdApplicationUntilProxyStarts is off " +
-		"(not in the pod's " + capture.AnnotationProxyConfig + ", off in the mesh default given to meshdoctor)"}
+		"(not in the pod's " + istiopod.AnnotationProxyConfig + ", off in the mesh default given to meshdoctor)"}
 }
 
 // holdAnnotation reads holdApplicationUntilProxyStarts from a proxy.istio.io/config annotation
@@ -69,7 +69,7 @@ func holdAnnotation(v string) (hold, set bool, err error) {
 		Hold *bool `json:"holdApplicationUntilProxyStarts"`
 	}
 	if err := yaml.Unmarshal([]byte(v), &pc); err != nil {
-		return false, false, fmt.Errorf("annotation %s is not a valid proxy config: %w", capture.AnnotationProxyConfig, err)
+		return false, false, fmt.Errorf("annotation %s is not a valid proxy config: %w", istiopod.AnnotationProxyConfig, err)
 	}
 	if pc.Hold == nil {
 		return false, false, nil

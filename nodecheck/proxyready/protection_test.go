@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 )
 
 // The annotations are as Istio's injector writes them: sidecar.istio.io/status with the
@@ -20,16 +20,16 @@ func TestProtection(t *testing.T) {
 		want        Protection
 	}{
 		{"nothing", nil, false, ProtectionNone},
-		{"classic injection", map[string]string{capture.AnnotationSidecarStatus: classic}, false, ProtectionNone},
-		{"native sidecar", map[string]string{capture.AnnotationSidecarStatus: native}, false, ProtectionNativeSidecar},
-		{"native sidecar wins over the hold", map[string]string{capture.AnnotationSidecarStatus: native,
-			capture.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: true"}, false, ProtectionNativeSidecar},
-		{"hold, YAML", map[string]string{capture.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: true\nproxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n"}, false, ProtectionHold},
-		{"hold, JSON", map[string]string{capture.AnnotationProxyConfig: `{"holdApplicationUntilProxyStarts": true}`}, false, ProtectionHold},
-		{"mesh default", map[string]string{capture.AnnotationSidecarStatus: classic}, true, ProtectionHold},
-		{"pod turns the mesh default off", map[string]string{capture.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: false"}, true, ProtectionNone},
-		{"other proxy config, mesh default", map[string]string{capture.AnnotationProxyConfig: "concurrency: 2"}, true, ProtectionHold},
-		{"malformed proxy config", map[string]string{capture.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: [yes"}, false, ProtectionUnknown},
+		{"classic injection", map[string]string{istiopod.AnnotationSidecarStatus: classic}, false, ProtectionNone},
+		{"native sidecar", map[string]string{istiopod.AnnotationSidecarStatus: native}, false, ProtectionNativeSidecar},
+		{"native sidecar wins over the hold", map[string]string{istiopod.AnnotationSidecarStatus: native,
+			istiopod.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: true"}, false, ProtectionNativeSidecar},
+		{"hold, YAML", map[string]string{istiopod.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: true\nproxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n"}, false, ProtectionHold},
+		{"hold, JSON", map[string]string{istiopod.AnnotationProxyConfig: `{"holdApplicationUntilProxyStarts": true}`}, false, ProtectionHold},
+		{"mesh default", map[string]string{istiopod.AnnotationSidecarStatus: classic}, true, ProtectionHold},
+		{"pod turns the mesh default off", map[string]string{istiopod.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: false"}, true, ProtectionNone},
+		{"other proxy config, mesh default", map[string]string{istiopod.AnnotationProxyConfig: "concurrency: 2"}, true, ProtectionHold},
+		{"malformed proxy config", map[string]string{istiopod.AnnotationProxyConfig: "holdApplicationUntilProxyStarts: [yes"}, false, ProtectionUnknown},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -60,7 +60,7 @@ func TestStatusPort(t *testing.T) {
 	for _, tc := range cases {
 		a := map[string]string{}
 		if tc.set {
-			a[capture.AnnotationStatusPort] = tc.v
+			a[istiopod.AnnotationStatusPort] = tc.v
 		}
 		got, err := statusPort(a)
 		if got != tc.want || (err != nil) != tc.wantErr {
@@ -92,7 +92,7 @@ func TestSkip(t *testing.T) {
 		skip bool
 	}{
 		{"bare netns", nodecheck.Target{Netns: "/x"}, false},
-		{"bare ambient netns", nodecheck.Target{Netns: "/x", Annotations: map[string]string{capture.AnnotationAmbientRedirection: "enabled"}}, true},
+		{"bare ambient netns", nodecheck.Target{Netns: "/x", Annotations: map[string]string{istiopod.AnnotationAmbientRedirection: "enabled"}}, true},
 		{"no netns", nodecheck.Target{}, true},
 		{"pod without proxy", nodecheck.Target{Netns: "/x", Containers: []nodecheck.Container{{Name: "app"}}}, true},
 		{"pod with proxy", nodecheck.Target{Netns: "/x", Containers: []nodecheck.Container{{Name: "app"}, {Name: "istio-proxy"}}}, false},

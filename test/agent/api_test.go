@@ -12,7 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
@@ -22,7 +22,7 @@ func apiPod(ns, name string) *corev1.Pod {
 	c := func(n string) corev1.Container { return corev1.Container{Name: n, Image: "meshdoctor.test/istio:1"} }
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
-			Annotations: map[string]string{capture.AnnotationSidecarStatus: kubelet.SidecarStatus(capture.ContainerIstioInit), "owner.example/keep": "me"}},
+			Annotations: map[string]string{istiopod.AnnotationSidecarStatus: kubelet.SidecarStatus(istiopod.ContainerIstioInit), "owner.example/keep": "me"}},
 		Spec: corev1.PodSpec{NodeName: "test-node", InitContainers: []corev1.Container{c("istio-init")},
 			Containers: []corev1.Container{c("istio-proxy"), c("app")}},
 	}

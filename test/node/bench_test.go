@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover/containerd"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
 
@@ -39,11 +39,11 @@ func BenchmarkCheckNode(b *testing.B) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			p, err := n.RunPod(ctx, kubelet.Pod{Namespace: "bench", Name: "pod-" + strconv.Itoa(i),
-				Annotations:    map[string]string{capture.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init")},
+				Annotations:    map[string]string{istiopod.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init")},
 				InitContainers: []kubelet.Container{kubelet.IstioInit()},
 				Containers:     []kubelet.Container{kubelet.IstioProxy(), kubelet.App()}})
-			if err == nil && p.ExitCodes[capture.ContainerIstioInit] != 0 {
-				err = fmt.Errorf("istio-init of %s exited %d", p.Name, p.ExitCodes[capture.ContainerIstioInit])
+			if err == nil && p.ExitCodes[istiopod.ContainerIstioInit] != 0 {
+				err = fmt.Errorf("istio-init of %s exited %d", p.Name, p.ExitCodes[istiopod.ContainerIstioInit])
 			}
 			errs[i] = err
 			if p != nil {

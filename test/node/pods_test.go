@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
@@ -24,19 +24,19 @@ type scenario struct {
 }
 
 func scenarios() []scenario {
-	ambient := map[string]string{capture.AnnotationAmbientRedirection: "enabled"}
-	ambientLabels := map[string]string{capture.LabelDataplaneMode: "ambient"}
+	ambient := map[string]string{istiopod.AnnotationAmbientRedirection: "enabled"}
+	ambientLabels := map[string]string{istiopod.LabelDataplaneMode: "ambient"}
 	return []scenario{
 		{
 			pod: kubelet.Pod{Namespace: "shop", Name: "cart",
-				Annotations:    map[string]string{capture.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init")},
+				Annotations:    map[string]string{istiopod.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init")},
 				InitContainers: []kubelet.Container{kubelet.IstioInit()},
 				Containers:     []kubelet.Container{kubelet.IstioProxy(), kubelet.App()}},
 			verdict: nodecheck.VerdictOK, mode: "sidecar-redirect",
 		},
 		{
 			pod: kubelet.Pod{Namespace: "shop", Name: "native-sidecar",
-				Annotations: map[string]string{capture.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init", "istio-proxy")},
+				Annotations: map[string]string{istiopod.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init", "istio-proxy")},
 				InitContainers: []kubelet.Container{kubelet.IstioInit(),
 					func() kubelet.Container { c := kubelet.IstioProxy(); c.RestartAlways = true; return c }()},
 				Containers: []kubelet.Container{kubelet.App()}},
@@ -45,7 +45,7 @@ func scenarios() []scenario {
 		{
 			// Something stripped NET_ADMIN from istio-init: it really fails to write the rules.
 			pod: kubelet.Pod{Namespace: "shop", Name: "no-net-admin",
-				Annotations:    map[string]string{capture.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init")},
+				Annotations:    map[string]string{istiopod.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init")},
 				InitContainers: []kubelet.Container{kubelet.IstioInit("NET_RAW")},
 				Containers:     []kubelet.Container{kubelet.IstioProxy(), kubelet.App()}},
 			verdict: nodecheck.VerdictBroken, mode: "sidecar-redirect",
@@ -54,7 +54,7 @@ func scenarios() []scenario {
 		{
 			// CNI mode with no istio-cni on the node: Istio's validation exits 126.
 			pod: kubelet.Pod{Namespace: "shop", Name: "cni-mode",
-				Annotations:    map[string]string{capture.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-validation")},
+				Annotations:    map[string]string{istiopod.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-validation")},
 				InitContainers: []kubelet.Container{kubelet.IstioValidation()},
 				Containers:     []kubelet.Container{kubelet.IstioProxy(), kubelet.App()}},
 			verdict: nodecheck.VerdictBroken, mode: "sidecar-redirect",
@@ -66,7 +66,7 @@ func scenarios() []scenario {
 		},
 		{
 			pod: kubelet.Pod{Namespace: "kube-system", Name: "hostnet", HostNetwork: true,
-				Annotations: map[string]string{capture.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init")},
+				Annotations: map[string]string{istiopod.AnnotationSidecarStatus: kubelet.SidecarStatus("istio-init")},
 				Containers:  []kubelet.Container{kubelet.App()}},
 			verdict: nodecheck.VerdictSkipped, mode: "none",
 		},

@@ -11,6 +11,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover/containerd"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
@@ -30,7 +31,7 @@ func sleeper(name string, uid int64) kubelet.Container {
 func injected(name string, caps ...string) kubelet.Pod {
 	return kubelet.Pod{Namespace: "shop", Name: name,
 		Labels:         map[string]string{"app": name},
-		Annotations:    map[string]string{capture.AnnotationSidecarStatus: status},
+		Annotations:    map[string]string{istiopod.AnnotationSidecarStatus: status},
 		InitContainers: []kubelet.Container{istioInit(caps...)},
 		Containers:     []kubelet.Container{sleeper("istio-proxy", 1337), sleeper("app", 1000)}}
 }
@@ -89,11 +90,11 @@ func TestDiscoverRealSandboxes(t *testing.T) {
 
 			got := byName["ok"]
 			if got.UID != ok.UID || got.SandboxID != ok.SandboxID || got.IP != ok.IP || got.Netns != ok.Netns ||
-				got.Labels["app"] != "ok" || got.Annotations[capture.AnnotationSidecarStatus] != status || got.SkipReason != "" {
+				got.Labels["app"] != "ok" || got.Annotations[istiopod.AnnotationSidecarStatus] != status || got.SkipReason != "" {
 				t.Errorf("pod ok: %+v\nwant uid %s sandbox %s ip %s netns %s", got, ok.UID, ok.SandboxID, ok.IP, ok.Netns)
 			}
-			if got.Annotations[capture.AnnotationProxyUID] != "1337" {
-				t.Errorf("proxy uid annotation %q", got.Annotations[capture.AnnotationProxyUID])
+			if u := got.ProxyUser; u == nil || u.UID != 1337 {
+				t.Errorf("proxy user %+v", u)
 			}
 			init := got.Container("istio-init")
 			if init == nil || init.Role != nodecheck.RoleInit || init.State != nodecheck.ContainerExited || init.ExitCode != 0 ||

@@ -11,9 +11,9 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover/containerd"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover/cri"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
@@ -25,11 +25,11 @@ func pods() []kubelet.Pod {
 		return kubelet.Container{Name: name, Command: []string{"sleep", "3600"}, RunAsUser: kubelet.Int64(uid), RunAsGroup: kubelet.Int64(uid)}
 	}
 	return []kubelet.Pod{
-		{Namespace: "shop", Name: "cni-mode", Annotations: map[string]string{capture.AnnotationSidecarStatus: status},
+		{Namespace: "shop", Name: "cni-mode", Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status},
 			InitContainers: []kubelet.Container{{Name: "istio-validation", Command: []string{"sh", "-c", "exit 126"},
 				RunAsUser: kubelet.Int64(1337), CapDrop: []string{"ALL"}}},
 			Containers: []kubelet.Container{sleeper("istio-proxy", 1337), sleeper("app", 1000)}},
-		{Namespace: "mesh", Name: "ambient", Labels: map[string]string{capture.LabelDataplaneMode: "ambient"},
+		{Namespace: "mesh", Name: "ambient", Labels: map[string]string{istiopod.LabelDataplaneMode: "ambient"},
 			Containers: []kubelet.Container{sleeper("app", 0)}},
 		{Namespace: "kube-system", Name: "hostnet", HostNetwork: true, Containers: []kubelet.Container{sleeper("app", 0)}},
 	}
@@ -76,7 +76,7 @@ func TestCRIAgreesWithContainerd(t *testing.T) {
 				t.Fatalf("%d pods", len(a))
 			}
 			v := a[2].Container("istio-validation") // shop/cni-mode, sorted last
-			if a[2].Name != "cni-mode" || v == nil || v.ExitCode != 126 || a[2].Annotations[capture.AnnotationCNIMode] != "true" {
+			if a[2].Name != "cni-mode" || v == nil || v.ExitCode != 126 || !a[2].CNIMode {
 				t.Errorf("CNI-mode pod: %+v", a[2])
 			}
 		})

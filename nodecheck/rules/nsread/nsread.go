@@ -13,7 +13,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nftread"
@@ -24,8 +23,8 @@ import (
 type Reader struct{}
 
 // ReadRules reads the rule sets of every backend and family, and the addresses, of netnsPath.
-func (Reader) ReadRules(ctx context.Context, netnsPath string) (capture.Snapshot, error) {
-	var snap capture.Snapshot
+func (Reader) ReadRules(ctx context.Context, netnsPath string) (rules.Snapshot, error) {
+	var snap rules.Snapshot
 	// One entry into the pod's namespace for everything: each read opens its socket on this
 	// thread, which binds the socket to the namespace; the decoding then runs on plain data.
 	err := innetns.Do(ctx, netnsPath, func() error {
@@ -83,8 +82,8 @@ func podAddrs(h *netlink.Handle) ([]netip.Addr, error) {
 // markRoutes lists the calling thread's namespace's policy-routing rules that match a firewall
 // mark, in both families, and whether each one's table routes everything to the local host (what
 // TPROXY capture needs).
-func markRoutes(h *netlink.Handle) ([]capture.MarkRoute, error) {
-	var out []capture.MarkRoute
+func markRoutes(h *netlink.Handle) ([]rules.MarkRoute, error) {
+	var out []rules.MarkRoute
 	for _, fam := range []struct {
 		af     int
 		family rules.Family
@@ -105,7 +104,7 @@ func markRoutes(h *netlink.Handle) ([]capture.MarkRoute, error) {
 			if err != nil {
 				return nil, fmt.Errorf("listing %s routes of table %d: %w", fam.family, r.Table, err)
 			}
-			out = append(out, capture.MarkRoute{Family: fam.family, Mark: r.Mark, Mask: mask, Table: r.Table, LocalDefault: local})
+			out = append(out, rules.MarkRoute{Family: fam.family, Mark: r.Mark, Mask: mask, Table: r.Table, LocalDefault: local})
 		}
 	}
 	return out, nil

@@ -11,6 +11,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 )
@@ -100,7 +101,7 @@ func BenchmarkCheck(b *testing.B) {
 	n := benchNetns(b)
 	chk := &capture.Check{Reader: Reader{}}
 	target := nodecheck.Target{Netns: n.Path(), Annotations: map[string]string{
-		capture.AnnotationProxyConfig: `{"proxyMetadata":{"ISTIO_DUAL_STACK":"true"}}`}}
+		istiopod.AnnotationProxyConfig: `{"proxyMetadata":{"ISTIO_DUAL_STACK":"true"}}`}}
 	ctx := context.Background()
 	b.ReportAllocs()
 	start := cpuTime()

@@ -3,7 +3,7 @@ package kubelet
 import (
 	"strings"
 
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 )
 
@@ -14,7 +14,7 @@ import (
 // containers. A last init container named istio-proxy is a native sidecar.
 func SidecarStatus(inits ...string) string {
 	containers := `["istio-proxy"]`
-	if len(inits) > 0 && inits[len(inits)-1] == capture.ContainerIstioProxy {
+	if len(inits) > 0 && inits[len(inits)-1] == istiopod.ContainerIstioProxy {
 		containers = `[]` // native sidecar: istio-proxy is an init container
 	}
 	return `{"initContainers":["` + strings.Join(inits, `","`) + `"],"containers":` + containers +
@@ -29,7 +29,7 @@ func IstioInit(caps ...string) Container {
 		caps = []string{"NET_ADMIN", "NET_RAW"}
 	}
 	return Container{
-		Name:      capture.ContainerIstioInit,
+		Name:      istiopod.ContainerIstioInit,
 		Args:      append([]string{"istio-iptables"}, testbed.DefaultSidecarArgs()...),
 		RunAsUser: Int64(0), RunAsGroup: Int64(0),
 		CapAdd: caps, CapDrop: []string{"ALL"},
@@ -40,7 +40,7 @@ func IstioInit(caps ...string) Container {
 // redirect, as the proxy's user with no capabilities.
 func IstioValidation() Container {
 	return Container{
-		Name: capture.ContainerIstioValidation,
+		Name: istiopod.ContainerIstioValidation,
 		Args: append(append([]string{"istio-iptables"}, testbed.DefaultSidecarArgs()...),
 			"--run-validation", "--skip-rule-apply"),
 		RunAsUser: Int64(1337), RunAsGroup: Int64(1337), CapDrop: []string{"ALL"},
@@ -50,7 +50,7 @@ func IstioValidation() Container {
 // IstioProxy stands in for Istio's proxy: as the proxy's user, busybox's httpd answers 200 on
 // pilot-agent's readiness URL (localhost:15020/healthz/ready), so the pod's proxy is ready.
 func IstioProxy() Container {
-	return Container{Name: capture.ContainerIstioProxy,
+	return Container{Name: istiopod.ContainerIstioProxy,
 		Command: []string{"sh", "-c", "mkdir -p /tmp/www/healthz && echo ok > /tmp/www/healthz/ready && " +
 			"exec httpd -f -p 127.0.0.1:15020 -h /tmp/www"},
 		RunAsUser: Int64(1337), RunAsGroup: Int64(1337), CapDrop: []string{"ALL"}}
@@ -66,7 +66,7 @@ func App() Container {
 func InjectedPod(namespace, name string, initCaps ...string) Pod {
 	return Pod{
 		Namespace: namespace, Name: name,
-		Annotations:    map[string]string{capture.AnnotationSidecarStatus: SidecarStatus(capture.ContainerIstioInit)},
+		Annotations:    map[string]string{istiopod.AnnotationSidecarStatus: SidecarStatus(istiopod.ContainerIstioInit)},
 		InitContainers: []Container{IstioInit(initCaps...)},
 		Containers:     []Container{IstioProxy(), App()},
 	}

@@ -1,4 +1,12 @@
-package capture
+// Package intent resolves how Istio meant a pod to be captured: what its rule writer (istio-init,
+// the istio-cni plugin, istio-cni's ambient node agent) was told for that pod.
+//
+// # Sources
+//
+// The pod's annotations, filled in with Istio's defaults, and the runtime's facts on the target
+// (CNI mode, the proxy's user). The resolved Config is the oracle the capture check builds the
+// expected rules from.
+package intent
 
 import (
 	"encoding/json"
@@ -8,39 +16,9 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
-)
 
-// Annotation keys the injector (or the user) sets on a pod, and that decide its capture rules.
-const (
-	AnnotationInterceptionMode     = "sidecar.istio.io/interceptionMode"
-	AnnotationSidecarStatus        = "sidecar.istio.io/status"
-	AnnotationStatusPort           = "status.sidecar.istio.io/port"
-	AnnotationProxyConfig          = "proxy.istio.io/config"
-	AnnotationIncludeInboundPorts  = "traffic.sidecar.istio.io/includeInboundPorts"
-	AnnotationExcludeInboundPorts  = "traffic.sidecar.istio.io/excludeInboundPorts"
-	AnnotationIncludeOutboundCIDRs = "traffic.sidecar.istio.io/includeOutboundIPRanges"
-	AnnotationExcludeOutboundCIDRs = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
-	AnnotationIncludeOutboundPorts = "traffic.sidecar.istio.io/includeOutboundPorts"
-	AnnotationExcludeOutboundPorts = "traffic.sidecar.istio.io/excludeOutboundPorts"
-	AnnotationExcludeInterfaces    = "traffic.sidecar.istio.io/excludeInterfaces"
-	AnnotationKubevirtInterfaces   = "traffic.sidecar.istio.io/kubevirtInterfaces"
-	AnnotationRerouteInterfaces    = "istio.io/reroute-virtual-interfaces"
-	AnnotationAmbientRedirection   = "ambient.istio.io/redirection"
-	// AnnotationProxyUID and AnnotationProxyGID are meshdoctor's own: the injector does not write
-	// the proxy's UID on the pod (it is in istio-proxy's securityContext), so discovery or the
-	// --annotations file may supply it when it is not Istio's default 1337.
-	AnnotationProxyUID = "meshdoctor.io/proxy-uid"
-	AnnotationProxyGID = "meshdoctor.io/proxy-gid"
-	// AnnotationCNIMode is meshdoctor's own as well: discovery sets it to "true" when the pod has an
-	// istio-validation init container (the istio-cni plugin wrote its rules, not istio-init).
-	AnnotationCNIMode = "meshdoctor.io/cni-mode"
-)
-
-// Interception modes.
-const (
-	ModeRedirect = "REDIRECT"
-	ModeTProxy   = "TPROXY"
-	ModeNone     = "NONE"
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 )
 
 // Config is what Istio's rule writer was told for one pod, resolved from its annotations with
@@ -71,12 +49,20 @@ type Config struct {
 	Ambient *AmbientConfig `json:",omitempty"`
 }
 
-// ConfigFromAnnotations resolves a pod's capture configuration the way the injector template and
-// the istio-cni plugin do. Malformed values are errors that name the annotation.
-func ConfigFromAnnotations(a map[string]string) (Config, error) {
-	cni := a[AnnotationCNIMode] == "true"
+// FromAnnotations resolves the capture configuration of a pod known only by its annotations
+// (istio-init mode, the proxy as Istio's default user).
+func FromAnnotations(a map[string]string) (Config, error) {
+	return Resolve(nodecheck.Target{Annotations: a})
+}
+
+// Resolve resolves a pod's capture configuration the way the injector template and the istio-cni
+// plugin do, from its annotations and what discovery learned of it (CNI mode, the proxy's user).
+// Malformed values are errors that name the annotation.
+func Resolve(t nodecheck.Target) (Config, error) {
+	a := t.Annotations
+	cni := t.CNIMode
 	c := Config{
-		Mode:               ModeRedirect,
+		Mode:               istiopod.ModeRedirect,
 		ProxyPort:          15001,
 		InboundCapturePort: 15006,
 		InboundTunnelPort:  15008,
@@ -85,47 +71,46 @@ func ConfigFromAnnotations(a map[string]string) (Config, error) {
 		TProxyMark:         1337,
 		CNIMode:            cni,
 	}
-	if m := strings.TrimSpace(a[AnnotationInterceptionMode]); m != "" {
+	if m := strings.TrimSpace(a[istiopod.AnnotationInterceptionMode]); m != "" {
 		m = strings.ToUpper(m)
 		switch m {
-		case ModeRedirect, ModeTProxy, ModeNone:
+		case istiopod.ModeRedirect, istiopod.ModeTProxy, istiopod.ModeNone:
 			c.Mode = m
 		default:
-			return c, fmt.Errorf("annotation %s: unknown interception mode %q", AnnotationInterceptionMode, m)
+			return c, fmt.Errorf("annotation %s: unknown interception mode %q", istiopod.AnnotationInterceptionMode, m)
 		}
 	}
-	if v, ok := a[AnnotationProxyUID]; ok {
-		c.ProxyUID = splitList(v)
-	}
-	if v, ok := a[AnnotationProxyGID]; ok {
-		c.ProxyGID = splitList(v)
-	} else if _, ok := a[AnnotationProxyUID]; ok {
+	if u := t.ProxyUser; u != nil && u.UID >= 0 {
+		c.ProxyUID = []string{strconv.FormatInt(u.UID, 10)}
 		c.ProxyGID = c.ProxyUID
+		if u.GID >= 0 {
+			c.ProxyGID = []string{strconv.FormatInt(u.GID, 10)}
+		}
 	}
-	if c.Mode == ModeTProxy {
+	if c.Mode == istiopod.ModeTProxy {
 		// The injector runs the TPROXY proxy as 1337 whatever the pod asks.
 		c.ProxyUID, c.ProxyGID = []string{"1337"}, []string{"1337"}
 	}
 
 	c.IncludeInboundPorts = "*"
-	if v, ok := a[AnnotationIncludeInboundPorts]; ok {
+	if v, ok := a[istiopod.AnnotationIncludeInboundPorts]; ok {
 		c.IncludeInboundPorts = strings.TrimSpace(v)
 	}
-	if err := validatePorts(AnnotationIncludeInboundPorts, c.IncludeInboundPorts, true); err != nil {
+	if err := validatePorts(istiopod.AnnotationIncludeInboundPorts, c.IncludeInboundPorts, true); err != nil {
 		return c, err
 	}
 
 	// istio-init is always told to skip Envoy's own ports; the status port joins them unless
 	// disabled with port 0. istio-cni adds 15020,15021,15090 whatever the status port.
-	userExclude := splitList(a[AnnotationExcludeInboundPorts])
-	if err := validatePorts(AnnotationExcludeInboundPorts, strings.Join(userExclude, ","), false); err != nil {
+	userExclude := splitList(a[istiopod.AnnotationExcludeInboundPorts])
+	if err := validatePorts(istiopod.AnnotationExcludeInboundPorts, strings.Join(userExclude, ","), false); err != nil {
 		return c, err
 	}
 	if cni {
 		c.ExcludeInboundPorts = dedup(append(userExclude, "15020", "15021", "15090"))
 	} else {
 		statusPort := "15020"
-		if v, ok := a[AnnotationStatusPort]; ok {
+		if v, ok := a[istiopod.AnnotationStatusPort]; ok {
 			statusPort = strings.TrimSpace(v)
 		}
 		ex := []string{"15090", "15021"}
@@ -136,45 +121,45 @@ func ConfigFromAnnotations(a map[string]string) (Config, error) {
 	}
 
 	include := "*"
-	if v, ok := a[AnnotationIncludeOutboundCIDRs]; ok {
+	if v, ok := a[istiopod.AnnotationIncludeOutboundCIDRs]; ok {
 		include = strings.TrimSpace(v)
 	}
 	if include == "*" {
 		c.IncludeOutboundAll = true
 	} else {
-		cidrs, err := parseCIDRs(AnnotationIncludeOutboundCIDRs, include)
+		cidrs, err := parseCIDRs(istiopod.AnnotationIncludeOutboundCIDRs, include)
 		if err != nil {
 			return c, err
 		}
 		c.IncludeOutboundCIDRs = cidrs
 	}
-	cidrs, err := parseCIDRs(AnnotationExcludeOutboundCIDRs, a[AnnotationExcludeOutboundCIDRs])
+	cidrs, err := parseCIDRs(istiopod.AnnotationExcludeOutboundCIDRs, a[istiopod.AnnotationExcludeOutboundCIDRs])
 	if err != nil {
 		return c, err
 	}
 	c.ExcludeOutboundCIDRs = cidrs
 
-	c.IncludeOutboundPorts = splitList(a[AnnotationIncludeOutboundPorts])
-	if err := validatePorts(AnnotationIncludeOutboundPorts, strings.Join(c.IncludeOutboundPorts, ","), false); err != nil {
+	c.IncludeOutboundPorts = splitList(a[istiopod.AnnotationIncludeOutboundPorts])
+	if err := validatePorts(istiopod.AnnotationIncludeOutboundPorts, strings.Join(c.IncludeOutboundPorts, ","), false); err != nil {
 		return c, err
 	}
-	if v, ok := a[AnnotationExcludeOutboundPorts]; ok {
+	if v, ok := a[istiopod.AnnotationExcludeOutboundPorts]; ok {
 		c.ExcludeOutboundPorts = splitList(v)
 	} else if cni {
 		// istio-cni's default keeps the kubelet's probes of the status port out of the proxy.
 		c.ExcludeOutboundPorts = []string{"15020"}
 	}
-	if err := validatePorts(AnnotationExcludeOutboundPorts, strings.Join(c.ExcludeOutboundPorts, ","), false); err != nil {
+	if err := validatePorts(istiopod.AnnotationExcludeOutboundPorts, strings.Join(c.ExcludeOutboundPorts, ","), false); err != nil {
 		return c, err
 	}
-	c.ExcludeInterfaces = splitList(a[AnnotationExcludeInterfaces])
-	if v, ok := a[AnnotationRerouteInterfaces]; ok {
+	c.ExcludeInterfaces = splitList(a[istiopod.AnnotationExcludeInterfaces])
+	if v, ok := a[istiopod.AnnotationRerouteInterfaces]; ok {
 		c.RerouteInterfaces = splitList(v)
 	} else {
-		c.RerouteInterfaces = splitList(a[AnnotationKubevirtInterfaces])
+		c.RerouteInterfaces = splitList(a[istiopod.AnnotationKubevirtInterfaces])
 	}
 
-	meta, err := proxyMetadata(a[AnnotationProxyConfig])
+	meta, err := proxyMetadata(a[istiopod.AnnotationProxyConfig])
 	if err != nil {
 		return c, err
 	}
@@ -191,13 +176,13 @@ func proxyMetadata(s string) (map[string]string, error) {
 	}
 	raw, err := yaml.YAMLToJSON([]byte(s))
 	if err != nil {
-		return nil, fmt.Errorf("annotation %s is not valid YAML: %w", AnnotationProxyConfig, err)
+		return nil, fmt.Errorf("annotation %s is not valid YAML: %w", istiopod.AnnotationProxyConfig, err)
 	}
 	var pc struct {
 		ProxyMetadata map[string]any `json:"proxyMetadata"`
 	}
 	if err := json.Unmarshal(raw, &pc); err != nil {
-		return nil, fmt.Errorf("annotation %s: %w", AnnotationProxyConfig, err)
+		return nil, fmt.Errorf("annotation %s: %w", istiopod.AnnotationProxyConfig, err)
 	}
 	out := map[string]string{}
 	for k, v := range pc.ProxyMetadata {
@@ -257,3 +242,6 @@ func parseCIDRs(key, list string) ([]netip.Prefix, error) {
 	}
 	return out, nil
 }
+
+// IncludeInboundPortList is IncludeInboundPorts as a list, when it is not "*".
+func (c Config) IncludeInboundPortList() []string { return splitList(c.IncludeInboundPorts) }

@@ -1,10 +1,42 @@
-package capture
+// Package istiopod is Istio's pod vocabulary: the annotations, labels and container names its
+// injector and istio-cni put on a pod, the injector's sidecar status, and whether a pod is meant to
+// be captured at all and how.
+//
+// It is a leaf that discovery and every check import, as Istio keeps such names in its own leaf
+// packages (istio/api's annotation and label, istio-iptables' constants), so that no consumer
+// reaches them through a check.
+package istiopod
 
 import (
 	"encoding/json"
 	"strings"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+)
+
+// Annotation keys the injector (or the user) sets on a pod, and that decide its capture rules.
+const (
+	AnnotationInterceptionMode     = "sidecar.istio.io/interceptionMode"
+	AnnotationSidecarStatus        = "sidecar.istio.io/status"
+	AnnotationStatusPort           = "status.sidecar.istio.io/port"
+	AnnotationProxyConfig          = "proxy.istio.io/config"
+	AnnotationIncludeInboundPorts  = "traffic.sidecar.istio.io/includeInboundPorts"
+	AnnotationExcludeInboundPorts  = "traffic.sidecar.istio.io/excludeInboundPorts"
+	AnnotationIncludeOutboundCIDRs = "traffic.sidecar.istio.io/includeOutboundIPRanges"
+	AnnotationExcludeOutboundCIDRs = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
+	AnnotationIncludeOutboundPorts = "traffic.sidecar.istio.io/includeOutboundPorts"
+	AnnotationExcludeOutboundPorts = "traffic.sidecar.istio.io/excludeOutboundPorts"
+	AnnotationExcludeInterfaces    = "traffic.sidecar.istio.io/excludeInterfaces"
+	AnnotationKubevirtInterfaces   = "traffic.sidecar.istio.io/kubevirtInterfaces"
+	AnnotationRerouteInterfaces    = "istio.io/reroute-virtual-interfaces"
+	AnnotationAmbientRedirection   = "ambient.istio.io/redirection"
+)
+
+// Interception modes of sidecar.istio.io/interceptionMode.
+const (
+	ModeRedirect = "REDIRECT"
+	ModeTProxy   = "TPROXY"
+	ModeNone     = "NONE"
 )
 
 // Keys that decide whether a pod is captured at all, and how.

@@ -1,0 +1,36 @@
+package rules
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Snapshot is what a reader of capture rules saw in one network namespace.
+type Snapshot struct {
+	// Sets holds every rule set read, any backend and family, empty tables included.
+	Sets []*RuleSet
+	// Addrs are the namespace's interface addresses, loopback device excluded, in the kernel's
+	// order (Istio's writer decides IPv6 capture from them).
+	Addrs []netip.Addr
+	// Routing holds the policy-routing rules that select packets by mark, with whether their
+	// table routes everything locally: what TPROXY capture needs besides its mangle rules.
+	Routing []MarkRoute
+}
+
+// MarkRoute is one `ip rule fwmark MARK lookup TABLE` and what TABLE holds.
+type MarkRoute struct {
+	Family Family `json:"-"`
+	Mark   uint32 `json:"mark"`
+	Mask   uint32 `json:"mask"`
+	Table  int    `json:"table"`
+	// LocalDefault is true when TABLE has `local default dev lo`.
+	LocalDefault bool `json:"localDefault"`
+}
+
+func (m MarkRoute) String() string {
+	s := fmt.Sprintf("%s rule fwmark 0x%x/0x%x lookup %d", m.Family, m.Mark, m.Mask, m.Table)
+	if !m.LocalDefault {
+		s += " (table has no local default route via lo)"
+	}
+	return s
+}
