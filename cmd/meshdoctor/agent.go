@@ -67,8 +67,6 @@ container runtime; annotations and events catch up when the API server is back.`
 	}
 	f := cmd.Flags()
 	o.registerNodeFlags(f)
-	f.StringArrayVar(&o.netns, "netns", nil, "check these network namespaces instead of discovering pods (repeatable; tests, benchmarks)")
-	f.StringVar(&o.annotations, "annotations", "", "JSON file with the pod annotations that apply to the --netns targets")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty: in-cluster config; none: no API server at all")
 	f.StringVar(&o.stateDir, "state-dir", "", "directory for state kept across restarts (log offsets)")
 	f.StringVar(&o.metricsAddress, "metrics-address", ":9809", "listen address of /metrics, /healthz and /readyz; empty: off")
@@ -123,21 +121,19 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 	}
 	defer closeNode()
 	for _, c := range nodeChecks {
-		if cni, ok := c.(*istiocni.Check); ok && len(o.netns) == 0 {
+		if cni, ok := c.(*istiocni.Check); ok && len(o.paths) == 0 {
 			cni.Pods = &holder
 		}
 	}
 
 	var runtime agent.Discoverer
 	var closeRuntime func() error
-	if len(o.netns) > 0 {
-		annotations := map[string]string{}
-		if o.annotations != "" {
-			if annotations, err = readAnnotations(o.annotations); err != nil {
-				return &exitError{code: exitCannot, err: err}
-			}
-		}
-		runtime = staticTargets(o.netnsTargets(annotations))
+	netnsTargets, err := o.netnsOptions.targets()
+	if err != nil {
+		return &exitError{code: exitCannot, err: err}
+	}
+	if netnsTargets != nil {
+		runtime = staticTargets(netnsTargets)
 	} else {
 		rt, where, err := newRuntime(o.discovery, o.hostRoot)
 		if err != nil {
@@ -207,7 +203,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		run("pod informer", func(ctx context.Context) error { watch.Run(ctx); return nil })
 		run("pod reporter", func(ctx context.Context) error { reporter.Run(ctx); return nil })
 	}
-	if len(o.netns) == 0 && o.discovery.criEndpoint == "" {
+	if len(o.paths) == 0 && o.discovery.criEndpoint == "" {
 		// The same socket discovery uses, as given (the DaemonSet mounts it at the same path).
 		addr := o.discovery.containerdAddress
 		run("containerd events", func(ctx context.Context) error {

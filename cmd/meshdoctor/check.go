@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
 	"github.com/meshdoctor/meshdoctor/nodecheck/report"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
@@ -20,17 +18,16 @@ import (
 )
 
 type checkOptions struct {
-	netns       []string
-	annotations string
-	output      string
-	nodeName    string
-	nodeBackend string
-	nodeNetns   string
-	hostRoot    string
-	verbose     bool
-	discovery   discoveryOptions
-	node        nodeOptions       // --node-only, --since, --log-rules, CNI and log paths (nodeflags.go)
-	proxyReady  proxyReadyOptions // --proxy-*, --app-log-window, --hold-application-until-proxy-starts (proxyready.go)
+	netnsOptions // --netns, --annotations (netns.go)
+	output       string
+	nodeName     string
+	nodeBackend  string
+	nodeNetns    string
+	hostRoot     string
+	verbose      bool
+	discovery    discoveryOptions
+	node         nodeOptions       // --node-only, --since, --log-rules, CNI and log paths (nodeflags.go)
+	proxyReady   proxyReadyOptions // --proxy-*, --app-log-window, --hold-application-until-proxy-starts (proxyready.go)
 }
 
 func newCheckCommand() *cobra.Command {
@@ -55,8 +52,6 @@ flags, or no target could be checked at all).`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runCheck(cmd, o) },
 	}
 	f := cmd.Flags()
-	f.StringArrayVar(&o.netns, "netns", nil, "check this network namespace instead of discovering pods (repeatable)")
-	f.StringVar(&o.annotations, "annotations", "", "JSON file with the pod annotations that apply to the --netns targets")
 	f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log each check as it runs (to stderr)")
 	o.registerNodeFlags(f) // shared with agent (checks.go)
@@ -67,15 +62,9 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 	if o.output != "table" && o.output != "json" {
 		return &exitError{code: exitCannot, err: fmt.Errorf("--output %q: want table or json", o.output)}
 	}
-	annotations := map[string]string{}
-	if o.annotations != "" {
-		var err error
-		if annotations, err = readAnnotations(o.annotations); err != nil {
-			return &exitError{code: exitCannot, err: err}
-		}
-	}
-	if _, err := capture.ConfigFromAnnotations(annotations); err != nil {
-		return &exitError{code: exitCannot, err: fmt.Errorf("%s: %w", o.annotations, err)}
+	netnsTargets, err := o.netnsOptions.targets()
+	if err != nil {
+		return &exitError{code: exitCannot, err: err}
 	}
 	level := slog.LevelWarn
 	if o.verbose {
@@ -83,17 +72,18 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 
-	var targets []nodecheck.Target
-	var err error
-	if !o.node.nodeOnly {
-		targets, err = podTargets(cmd.Context(), o, annotations, log)
+	targets := netnsTargets
+	if !o.node.nodeOnly && targets == nil {
+		targets, err = discoverTargets(cmd.Context(), o, log)
+	} else if o.node.nodeOnly {
+		targets = nil
 	}
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}
 	rep := &nodecheck.Report{Node: nodeName(o.nodeName), Pods: []nodecheck.PodReport{}, Findings: []nodecheck.Finding{}}
 	discovered := targets
-	if len(o.netns) > 0 || o.node.nodeOnly {
+	if len(o.paths) > 0 || o.node.nodeOnly {
 		discovered = nil // bare namespaces say nothing of the node's pods
 	}
 	// Node findings first: pod checks link theirs with the node's conditions.
@@ -127,18 +117,6 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 		return &exitError{code: exitCannot, err: errors.New("no target could be checked")}
 	}
 	return nil
-}
-
-func readAnnotations(path string) (map[string]string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading annotations: %w", err)
-	}
-	var a map[string]string
-	if err := json.Unmarshal(data, &a); err != nil {
-		return nil, fmt.Errorf("annotations file %s must be a JSON object of strings: %w", path, err)
-	}
-	return a, nil
 }
 
 func nodeName(flag string) string {

@@ -24,6 +24,7 @@ func (o *checkOptions) registerNodeFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.nodeNetns, "node-netns", "",
 		"the node's network namespace, where --node-backend=auto reads the host's rules (default <host-root>/proc/1/ns/net; "+
 			"/proc/self/ns/net when meshdoctor runs in the host network, which needs no ptrace access to PID 1)")
+	o.netnsOptions.register(f)
 	addDiscoveryFlags(f, &o.discovery)
 	o.node.register(f)
 	o.proxyReady.register(f)
@@ -42,13 +43,4 @@ func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.Node
 		return nil, err
 	}
 	return []nodecheck.Check{&capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}, istioinit.Check{}, proxyReady}, nil
-}
-
-// netnsTargets are the --netns namespaces with the --annotations, or nil without --netns.
-func (o *checkOptions) netnsTargets(annotations map[string]string) []nodecheck.Target {
-	var targets []nodecheck.Target
-	for _, p := range o.netns {
-		targets = append(targets, nodecheck.Target{Netns: p, Annotations: annotations})
-	}
-	return targets
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -31,20 +30,8 @@ func addDiscoveryFlags(f *pflag.FlagSet, o *discoveryOptions) {
 		"discover pods through this CRI endpoint instead of the containerd client (e.g. unix:///run/crio/crio.sock)")
 }
 
-// podTargets returns what `check` looks at: the --netns namespaces with the --annotations, or
-// without --netns every pod sandbox the runtime has.
-func podTargets(ctx context.Context, o checkOptions, annotations map[string]string, log *slog.Logger) ([]nodecheck.Target, error) {
-	if len(o.netns) > 0 {
-		targets := make([]nodecheck.Target, 0, len(o.netns))
-		for _, p := range o.netns {
-			targets = append(targets, nodecheck.Target{Netns: p, Annotations: annotations})
-		}
-		log.Info("checking network namespaces", "count", len(targets))
-		return targets, nil
-	}
-	if o.annotations != "" {
-		return nil, errors.New("--annotations applies to --netns targets; discovered pods carry their own")
-	}
+// discoverTargets returns every pod sandbox the runtime has: what `check` looks at without --netns.
+func discoverTargets(ctx context.Context, o checkOptions, log *slog.Logger) ([]nodecheck.Target, error) {
 	rt, where, err := newRuntime(o.discovery, o.hostRoot)
 	if err != nil {
 		return nil, err
