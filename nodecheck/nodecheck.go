@@ -39,6 +39,9 @@ const (
 	IstiodAPIServerUnreachable Code = "IstiodAPIServerUnreachable"
 	ProxyNotReady              Code = "ProxyNotReady"
 	AppStartedBeforeProxy      Code = "AppStartedBeforeProxy"
+	ProxyUIDMismatch           Code = "ProxyUIDMismatch"
+	CaptureIntentDrift         Code = "CaptureIntentDrift"
+	InitArgsUnknownFlag        Code = "InitArgsUnknownFlag"
 )
 
 // AllCodes lists every code, in the contract's order, so reporters can initialise their series.
@@ -48,6 +51,7 @@ func AllCodes() []Code {
 		InitContainerFailed, InitMissingNetAdmin, PodSecurityBlocksInit, IstioCNINotInstalled,
 		IstioCNIIncomplete, IstioCNINodeNotReady, IstioCNIErrors, NsenterErrors,
 		IstiodAPIServerUnreachable, ProxyNotReady, AppStartedBeforeProxy,
+		ProxyUIDMismatch, CaptureIntentDrift, InitArgsUnknownFlag,
 	}
 }
 
@@ -226,6 +230,11 @@ type Capture struct {
 	Mode string `json:"mode"`
 	// Backend is nft, legacy, native-nftables, mixed or none.
 	Backend string `json:"backend"`
+	// Intent says where the expected rules came from: init-args (istio-init's argv and env),
+	// annotations, or defaults.
+	Intent string `json:"intent,omitempty"`
+	// VerifiedBy says what proved the capture: rules (read and compared).
+	VerifiedBy string `json:"verifiedBy,omitempty"`
 }
 
 // CheckRun records how one check went on one target, for metrics and the debug endpoint.

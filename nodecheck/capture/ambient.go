@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/intent"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
@@ -114,7 +115,8 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent
 	detail.Families = diffs
 	res.Detail = detail
 	res.Capture.Backend = backendName(diffs)
-	res.Findings = c.diagnose(cfg, diffs, snap)
+	res.Capture.Intent, res.Capture.VerifiedBy = string(ambientSource(t)), "rules"
+	res.Findings = c.diagnose(cfg, diffs, snap, intent.SourceAnnotations)
 	if f, ok := ambientRouting(diffs, snap); ok {
 		res.Findings = append(res.Findings, f)
 	}
@@ -162,4 +164,15 @@ func ambientRouting(diffs []FamilyDiff, snap rules.Snapshot) (nodecheck.Finding,
 		Evidence:  map[string]any{"missing": missing, "markRulesFound": markRoutesFound(snap)},
 		Component: nodecheck.ComponentIstioCNI,
 	}, true
+}
+
+// ambientSource says whether the pod's own annotations shaped its ambient rules, or only
+// istio-cni's defaults did.
+func ambientSource(t nodecheck.Target) intent.Source {
+	for _, k := range []string{istiopod.AnnotationAmbientDNSCapture, istiopod.AnnotationAmbientBypassInbound, istiopod.AnnotationRerouteInterfaces} {
+		if _, ok := t.Annotations[k]; ok {
+			return intent.SourceAnnotations
+		}
+	}
+	return intent.SourceDefaults
 }

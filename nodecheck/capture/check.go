@@ -36,22 +36,27 @@ func (c *Check) Name() string { return "capture" }
 
 // Detail is what the capture check hands the debug endpoint: the comparison and the raw rules.
 type Detail struct {
-	Config   intent.Config `json:"config"`
-	Families []FamilyDiff  `json:"families"`
+	Config intent.Config `json:"config"`
+	// Intent is where the configuration came from, what the init container was told, and where
+	// the pod's annotations disagree with it.
+	Intent   *intent.Intent `json:"intent,omitempty"`
+	Families []FamilyDiff   `json:"families"`
 	// Raw is each rule set read, in iptables-save syntax, keyed "backend/family".
 	Raw map[string]string `json:"raw"`
 }
 
 // Check reads the target's rules and diagnoses them.
 func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result, error) {
-	cfg, err := intent.Resolve(t)
+	in, err := intent.Resolve(t)
 	if err != nil {
 		return nodecheck.Result{}, fmt.Errorf("reading the capture configuration of %s: %w", t.ID(), err)
 	}
+	cfg := in.Config
 	if istiopod.AmbientEnrolled(t) && !istiopod.Injected(t) {
 		return c.checkAmbient(ctx, t, cfg)
 	}
-	res := nodecheck.Result{Capture: &nodecheck.Capture{Mode: modeName(cfg), Backend: "none"}}
+	res := nodecheck.Result{Capture: &nodecheck.Capture{Mode: modeName(cfg), Backend: "none", Intent: string(in.Source)}}
+	res.Findings = intentFindings(t, in)
 	if cfg.Mode == istiopod.ModeNone {
 		return res, nil
 	}
@@ -59,10 +64,11 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	if err != nil {
 		return nodecheck.Result{}, fmt.Errorf("reading capture rules of %s: %w", t.ID(), err)
 	}
-	detail := Detail{Config: cfg, Raw: map[string]string{}}
+	detail := Detail{Config: cfg, Intent: &in, Raw: map[string]string{}}
 	for _, s := range snap.Sets {
 		detail.Raw[string(s.Backend)+"/"+s.Family.String()] = s.Save()
 	}
+	res.Capture.VerifiedBy = "rules"
 	v6 := ExpectIPv6(cfg, snap.Addrs)
 	sets := snap.Sets
 	if !v6 {
@@ -75,7 +81,7 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	detail.Families = diffs
 	res.Detail = detail
 	res.Capture.Backend = backendName(diffs)
-	res.Findings = c.diagnose(cfg, diffs, snap)
+	res.Findings = append(res.Findings, c.diagnose(cfg, diffs, snap, in.Source)...)
 	if cfg.Mode == istiopod.ModeTProxy {
 		if f, ok := tproxyRouting(cfg, diffs, snap); ok {
 			res.Findings = append(res.Findings, f)
@@ -112,7 +118,7 @@ func backendName(diffs []FamilyDiff) string {
 	return "mixed"
 }
 
-func (c *Check) diagnose(cfg intent.Config, diffs []FamilyDiff, snap rules.Snapshot) []nodecheck.Finding {
+func (c *Check) diagnose(cfg intent.Config, diffs []FamilyDiff, snap rules.Snapshot, source intent.Source) []nodecheck.Finding {
 	var findings []nodecheck.Finding
 	var missingFamilies []string
 	var incomplete, mismatch []map[string]any
@@ -171,7 +177,7 @@ func (c *Check) diagnose(cfg intent.Config, diffs []FamilyDiff, snap rules.Snaps
 		findings = append(findings, nodecheck.Finding{
 			Code:     nodecheck.RedirectRulesMismatch,
 			Severity: nodecheck.SeverityError,
-			Message:  "the pod's capture rules differ from what its annotations call for: " + summaries(mismatch),
+			Message:  "the pod's capture rules differ from what " + sourcePhrase(source) + " call for: " + summaries(mismatch),
 			Remedy: "The rules were written for another configuration (annotations changed after the pod started, " +
 				"another Istio version) or were altered afterwards. Restart the pod so its rules are written from " +
 				"its current annotations; if they still differ, compare the istio-init arguments with the annotations.",

@@ -45,6 +45,8 @@ type Config struct {
 	TProxyMark           uint32
 	// CNIMode is true when the istio-cni plugin wrote the rules (its defaults differ slightly).
 	CNIMode bool
+	// NativeNftables is istio-init's --native-nftables: Istio's own nftables tables, not iptables.
+	NativeNftables bool `json:",omitempty"`
 	// Ambient is set for a pod captured by ambient mode instead of a sidecar.
 	Ambient *AmbientConfig `json:",omitempty"`
 }
@@ -52,13 +54,13 @@ type Config struct {
 // FromAnnotations resolves the capture configuration of a pod known only by its annotations
 // (istio-init mode, the proxy as Istio's default user).
 func FromAnnotations(a map[string]string) (Config, error) {
-	return Resolve(nodecheck.Target{Annotations: a})
+	return fromTargetAnnotations(nodecheck.Target{Annotations: a})
 }
 
-// Resolve resolves a pod's capture configuration the way the injector template and the istio-cni
-// plugin do, from its annotations and what discovery learned of it (CNI mode, the proxy's user).
-// Malformed values are errors that name the annotation.
-func Resolve(t nodecheck.Target) (Config, error) {
+// fromTargetAnnotations resolves a pod's capture configuration the way the injector template and
+// the istio-cni plugin do, from its annotations and what discovery learned of it (CNI mode, the
+// proxy's user). Malformed values are errors that name the annotation.
+func fromTargetAnnotations(t nodecheck.Target) (Config, error) {
 	a := t.Annotations
 	cni := t.CNIMode
 	c := Config{

@@ -43,7 +43,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Errorf("istio-init excludes outbound %v by default", sidecar.ExcludeOutboundPorts)
 	}
 	// istio-cni keeps the status port out of outbound capture and always skips Envoy's ports.
-	cni, err := Resolve(nodecheck.Target{CNIMode: true, Annotations: map[string]string{istiopod.AnnotationExcludeInboundPorts: "9000,15020"}})
+	cni, err := fromTargetAnnotations(nodecheck.Target{CNIMode: true, Annotations: map[string]string{istiopod.AnnotationExcludeInboundPorts: "9000,15020"}})
 	if err != nil {
 		t.Fatal(err)
 	}
