@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -113,8 +116,13 @@ func addrsOf(scenario string) []netip.Addr {
 }
 
 // TestCheckRealCaptures runs the check over every real capture and compares its findings with
-// testdata/<scenario>.json, the expected result kept beside each case. Native-nftables captures
-// are left to the end-to-end test (their rules are read over netlink, not from iptables-save).
+// the expected result kept beside each case, twice: testdata/<scenario>.json judges the pod by
+// its annotations alone (a bare --netns run, a runtime that gave no spec), and
+// testdata/<scenario>.init-args.json by istio-init's argv and env as the runtime started it (the
+// args the capture ran, after the image's pilot-agent entrypoint, and the annotations'
+// proxyMetadata as env, as the injection template renders them). Native-nftables captures are left
+// to the end-to-end test (their rules are read over netlink, not from iptables-save). A healthy
+// scenario (sidecar-*) must have no error finding either way.
 func TestCheckRealCaptures(t *testing.T) {
 	dirs, _ := filepath.Glob(filepath.Join(capturesDir, "*"))
 	if len(dirs) == 0 {
@@ -125,44 +133,94 @@ func TestCheckRealCaptures(t *testing.T) {
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() || strings.Contains(name, "native-nftables") {
 			continue
 		}
-		t.Run(name, func(t *testing.T) {
-			var ann map[string]string
-			data, err := os.ReadFile(filepath.Join(dir, "annotations.json"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := json.Unmarshal(data, &ann); err != nil {
-				t.Fatal(err)
-			}
-			chk := &Check{Reader: captureReader{dir: dir, addrs: addrsOf(name)}}
-			res, err := chk.Check(t.Context(), nodecheck.Target{Netns: dir, Annotations: ann})
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := json.MarshalIndent(struct {
-				Capture  *nodecheck.Capture  `json:"capture"`
-				Findings []nodecheck.Finding `json:"findings"`
-			}{res.Capture, res.Findings}, "", "  ")
-			if err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, '\n')
-			want := filepath.Join("testdata", name+".json")
-			if *update {
-				if err := os.WriteFile(want, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			exp, err := os.ReadFile(want)
-			if err != nil {
-				t.Fatalf("%v (go test -update writes it)", err)
-			}
-			if !bytes.Equal(got, exp) {
-				t.Errorf("findings differ from %s:\n--- got\n%s--- want\n%s", want, got, exp)
-			}
-		})
+		var ann map[string]string
+		data, err := os.ReadFile(filepath.Join(dir, "annotations.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(data, &ann); err != nil {
+			t.Fatal(err)
+		}
+		byAnnotations := nodecheck.Target{Netns: dir, Annotations: ann}
+		t.Run(name, func(t *testing.T) { checkCapture(t, dir, byAnnotations, name+".json") })
+		init, err := capturedInit(dir, ann)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if init == nil {
+			continue // istio-init never ran
+		}
+		byArgs := nodecheck.Target{Netns: dir, Annotations: ann, Containers: []nodecheck.Container{*init}}
+		t.Run(name+"/init-args", func(t *testing.T) { checkCapture(t, dir, byArgs, name+".init-args.json") })
 	}
+}
+
+func checkCapture(t *testing.T, dir string, target nodecheck.Target, golden string) {
+	t.Helper()
+	name := filepath.Base(dir)
+	chk := &Check{Reader: captureReader{dir: dir, addrs: addrsOf(name)}}
+	res, err := chk.Check(t.Context(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.HasPrefix(name, "sidecar-") {
+		for _, f := range res.Findings {
+			if f.Severity == nodecheck.SeverityError {
+				t.Errorf("healthy capture has an error: %s: %s", f.Code, f.Message)
+			}
+		}
+	}
+	got, err := json.MarshalIndent(struct {
+		Capture  *nodecheck.Capture  `json:"capture"`
+		Findings []nodecheck.Finding `json:"findings"`
+	}{res.Capture, res.Findings}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, '\n')
+	want := filepath.Join("testdata", golden)
+	if *update {
+		if err := os.WriteFile(want, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	exp, err := os.ReadFile(want)
+	if err != nil {
+		t.Fatalf("%v (go test -update writes it)", err)
+	}
+	if !bytes.Equal(got, exp) {
+		t.Errorf("findings differ from %s:\n--- got\n%s--- want\n%s", want, got, exp)
+	}
+}
+
+// capturedInit is istio-init as the runtime would have started it for the capture's first run:
+// pilot-agent, the args of args.txt, and the proxyMetadata of the pod's proxy.istio.io/config as
+// env. Nil when istio-init did not run.
+func capturedInit(dir string, ann map[string]string) (*nodecheck.Container, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "args.txt"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	first, _, _ := strings.Cut(string(data), "--- next run\n")
+	args := strings.Split(strings.TrimSuffix(first, "\n"), "\n")
+	if len(args) == 0 || args[0] != "istio-iptables" {
+		return nil, nil
+	}
+	meta, err := intent.ProxyMetadata(ann[istiopod.AnnotationProxyConfig])
+	if err != nil {
+		return nil, err
+	}
+	var env []string
+	for k, v := range meta {
+		env = append(env, k+"="+v)
+	}
+	slices.Sort(env)
+	return &nodecheck.Container{Name: istiopod.ContainerIstioInit, Role: nodecheck.RoleInit, UID: 0, GID: 0,
+		Args: append([]string{"/usr/local/bin/pilot-agent"}, args...), Env: env}, nil
 }
 
 type noRouting struct{ captureReader }
@@ -228,4 +286,109 @@ func TestCompareOrderByMeaning(t *testing.T) {
 	if len(d.Chains) != 1 || !d.Chains[0].OutOfOrder {
 		t.Errorf("redirect before the exclusions not reported as out of order: %+v", d.Chains)
 	}
+}
+
+// The capture of a pod whose non-default values came from the mesh, not from annotations: what
+// the injection template does with values.global.proxy. Judged by annotations it looks broken;
+// judged by istio-init's args it is what Istio wrote.
+func TestMeshWideValuesOnlyInArgs(t *testing.T) {
+	dir := filepath.Join(capturesDir, "sidecar-custom-ports")
+	init, err := capturedInit(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chk := &Check{Reader: captureReader{dir: dir, addrs: addrsOf("")}}
+	bare, err := chk.Check(t.Context(), nodecheck.Target{Netns: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasCode(bare.Findings, nodecheck.RedirectRulesMismatch) {
+		t.Fatalf("judged by Istio's defaults the custom ports should differ: %+v", bare.Findings)
+	}
+	res, err := chk.Check(t.Context(), nodecheck.Target{Netns: dir, Containers: []nodecheck.Container{*init}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Findings) != 0 || res.Capture.Intent != string(intent.SourceInitArgs) {
+		t.Errorf("judged by istio-init's args: intent %q, findings %+v", res.Capture.Intent, res.Findings)
+	}
+}
+
+func TestProxyUIDMismatch(t *testing.T) {
+	dir := filepath.Join(capturesDir, "sidecar-default")
+	init, err := capturedInit(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name     string
+		user     *nodecheck.User
+		severity nodecheck.Severity // "" for no finding
+	}{
+		{"the proxy runs as -u", &nodecheck.User{UID: 1337, GID: 1337}, ""},
+		{"unknown user", nil, ""},
+		{"unknown group, right UID", &nodecheck.User{UID: 1337, GID: -1}, ""},
+		{"neither excluded: a loop", &nodecheck.User{UID: 1000680000, GID: 1000680000}, nodecheck.SeverityError},
+		{"the GID alone lets it out", &nodecheck.User{UID: 1500, GID: 1337}, nodecheck.SeverityWarning},
+	}
+	chk := &Check{Reader: captureReader{dir: dir, addrs: addrsOf("")}}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			res, err := chk.Check(t.Context(), nodecheck.Target{Netns: dir, Containers: []nodecheck.Container{*init}, ProxyUser: c.user})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got nodecheck.Severity
+			for _, f := range res.Findings {
+				if f.Code == nodecheck.ProxyUIDMismatch {
+					got = f.Severity
+					if ev := f.Evidence; ev["proxyUID"] != c.user.UID || !slices.Equal(ev["excludedUIDs"].([]string), []string{"1337"}) {
+						t.Errorf("evidence %v", ev)
+					}
+				} else {
+					t.Errorf("other finding: %s %s", f.Code, f.Message)
+				}
+			}
+			if got != c.severity {
+				t.Errorf("ProxyUIDMismatch severity %q, want %q", got, c.severity)
+			}
+		})
+	}
+}
+
+// An annotation edited after injection: a warning with both values; the rules, written from the
+// args, still verify.
+func TestCaptureIntentDrift(t *testing.T) {
+	dir := filepath.Join(capturesDir, "sidecar-custom-ports")
+	var ann map[string]string
+	data, err := os.ReadFile(filepath.Join(dir, "annotations.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &ann); err != nil {
+		t.Fatal(err)
+	}
+	init, err := capturedInit(dir, ann)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann[istiopod.AnnotationExcludeOutboundPorts] = "3306"
+	chk := &Check{Reader: captureReader{dir: dir, addrs: addrsOf("")}}
+	res, err := chk.Check(t.Context(), nodecheck.Target{Netns: dir, Annotations: ann, Containers: []nodecheck.Container{*init}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Findings) != 1 || res.Findings[0].Code != nodecheck.CaptureIntentDrift || res.Findings[0].Severity != nodecheck.SeverityWarning ||
+		!strings.Contains(res.Findings[0].Message, `"3306" but --istio-local-outbound-ports-exclude "3306,5432"`) {
+		t.Errorf("want one CaptureIntentDrift warning with both values, got %+v", res.Findings)
+	}
+}
+
+func hasCode(fs []nodecheck.Finding, code nodecheck.Code) bool {
+	for _, f := range fs {
+		if f.Code == code {
+			return true
+		}
+	}
+	return false
 }

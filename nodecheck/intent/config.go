@@ -161,7 +161,7 @@ func fromTargetAnnotations(t nodecheck.Target) (Config, error) {
 		c.RerouteInterfaces = splitList(a[istiopod.AnnotationKubevirtInterfaces])
 	}
 
-	meta, err := proxyMetadata(a[istiopod.AnnotationProxyConfig])
+	meta, err := ProxyMetadata(a[istiopod.AnnotationProxyConfig])
 	if err != nil {
 		return c, err
 	}
@@ -171,8 +171,9 @@ func fromTargetAnnotations(t nodecheck.Target) (Config, error) {
 	return c, nil
 }
 
-// proxyMetadata reads proxyMetadata from the proxy.istio.io/config annotation (YAML or JSON).
-func proxyMetadata(s string) (map[string]string, error) {
+// ProxyMetadata reads proxyMetadata from the proxy.istio.io/config annotation (YAML or JSON): the
+// variables the injection template also renders into istio-init's env.
+func ProxyMetadata(s string) (map[string]string, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
 	}

@@ -66,6 +66,9 @@ func FromInitArgs(a InitArgs, cni bool) (Config, error) {
 	port("envoy-port", &c.ProxyPort)
 	port("inbound-capture-port", &c.InboundCapturePort)
 	port("inbound-tunnel-port", &c.InboundTunnelPort)
+	if err != nil {
+		return c, err
+	}
 	if s := strings.TrimSpace(v["proxy-uid"]); s != "" {
 		c.ProxyUID = splitList(s)
 	}
@@ -78,6 +81,9 @@ func FromInitArgs(a InitArgs, cni bool) (Config, error) {
 		return c, fmt.Errorf("istio-iptables %w", err)
 	}
 	c.ExcludeInboundPorts = ports("istio-local-exclude-ports", false)
+	if err != nil {
+		return c, err
+	}
 	if include := strings.TrimSpace(v["istio-service-cidr"]); include == "*" {
 		c.IncludeOutboundAll = true
 	} else if c.IncludeOutboundCIDRs, err = parseCIDRs("-i", include); err != nil {

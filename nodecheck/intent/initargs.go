@@ -3,15 +3,17 @@ package intent
 import (
 	"fmt"
 	"path"
+	"strconv"
 	"strings"
 )
 
-// A flag of istio-iptables: its long name, its shorthand, whether it is boolean, and the
-// environment variables it falls back to, in the order istio-iptables applies them (a later one
-// wins over an earlier one, a flag on the command line over both).
+// A flag of istio-iptables: its long name, its shorthand, whether it is boolean, whether it is a
+// port (a uint16), and the environment variables it falls back to, in the order istio-iptables
+// applies them (a later one wins over an earlier one, a flag on the command line over both).
 type initFlag struct {
 	long, short string
 	boolean     bool
+	port        bool
 	env         []string
 }
 
@@ -19,9 +21,9 @@ type initFlag struct {
 // environment variable of its upper-cased name except -p, and three take a second variable that
 // Istio's other components use (proxyMetadata renders them into istio-init's env).
 var initFlags = []initFlag{
-	{long: "envoy-port", short: "p"},
-	{long: "inbound-capture-port", short: "z"},
-	{long: "inbound-tunnel-port", short: "e"},
+	{long: "envoy-port", short: "p", port: true},
+	{long: "inbound-capture-port", short: "z", port: true},
+	{long: "inbound-tunnel-port", short: "e", port: true},
 	{long: "proxy-uid", short: "u"},
 	{long: "proxy-gid", short: "g"},
 	{long: "istio-inbound-interception-mode", short: "m"},
@@ -36,7 +38,7 @@ var initFlags = []initFlag{
 	{long: "istio-inbound-tproxy-mark", short: "t"},
 	{long: "istio-inbound-tproxy-route-table", short: "r"},
 	{long: "dry-run", short: "n", boolean: true},
-	{long: "iptables-probe-port"},
+	{long: "iptables-probe-port", port: true},
 	{long: "probe-timeout"},
 	{long: "skip-rule-apply", boolean: true},
 	{long: "run-validation", boolean: true},
@@ -68,6 +70,20 @@ func lookupInitFlag(name string, short bool) (initFlag, bool) {
 	return initFlag{}, false
 }
 
+// accepts says whether istio-iptables takes s as this flag's value: from the environment, a value
+// its type refuses is dropped without a word and the flag keeps what it had.
+func (f initFlag) accepts(s string) bool {
+	switch {
+	case f.boolean:
+		_, err := strconv.ParseBool(s)
+		return err == nil
+	case f.port:
+		_, err := strconv.ParseUint(s, 10, 16)
+		return err == nil
+	}
+	return true
+}
+
 // envNames are the variables a flag reads, in the order istio-iptables applies them.
 func (f initFlag) envNames() []string {
 	if f.long == "envoy-port" || strings.HasPrefix(f.long, "log_") {
@@ -87,6 +103,9 @@ type InitArgs struct {
 	// Unknown are flags this meshdoctor does not know (a newer Istio's): their values are not
 	// judged, and the report names them.
 	Unknown []string `json:"unknown,omitempty"`
+	// IgnoredEnv are variables istio-iptables reads whose values its flag's type refuses
+	// (ISTIO_DUAL_STACK=yes): istio-iptables ignores them, and so does the intent.
+	IgnoredEnv []string `json:"ignoredEnv,omitempty"`
 }
 
 // ParseInitArgs reads an istio-iptables command line as the runtime started it: the container's
@@ -107,8 +126,13 @@ func ParseInitArgs(argv, env []string) (InitArgs, error) {
 	}
 	for _, f := range initFlags {
 		for _, name := range f.envNames() {
-			if v, ok := environ[name]; ok {
+			v, ok := environ[name]
+			switch {
+			case !ok:
+			case f.accepts(v):
 				a.Values[f.long], a.From[f.long] = v, "env "+name
+			default:
+				a.IgnoredEnv = append(a.IgnoredEnv, name+"="+v)
 			}
 		}
 	}
