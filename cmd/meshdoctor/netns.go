@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/intent"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 )
 
 // Keys of the --annotations file that are meshdoctor's own, not the pod's: what discovery learns
@@ -26,6 +27,8 @@ const (
 type netnsOptions struct {
 	paths       []string
 	annotations string
+	initArgs    string
+	initEnv     []string
 }
 
 func (n *netnsOptions) register(f *pflag.FlagSet) {
@@ -33,6 +36,11 @@ func (n *netnsOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&n.annotations, "annotations", "",
 		"JSON file with the pod annotations that apply to the --netns targets; "+
 			fileKeyCNIMode+", "+fileKeyProxyUID+" and "+fileKeyProxyGID+" say what discovery would have learned from the runtime")
+	f.StringVar(&n.initArgs, "init-args", "",
+		"istio-init's command line as the runtime started it, for the --netns targets: a JSON array "+
+			`('["pilot-agent","istio-iptables","-p","15001","-x",""]', needed for empty values) or words separated by spaces; `+
+			"the rules are then judged against it, as for a discovered pod (istio-validation's with "+fileKeyCNIMode+")")
+	f.StringArrayVar(&n.initEnv, "init-env", nil, "NAME=VALUE in istio-init's environment, with --init-args (repeatable; proxyMetadata such as ISTIO_DUAL_STACK=true)")
 }
 
 // targets returns the --netns targets with what the --annotations file says of them, or nil
@@ -40,8 +48,13 @@ func (n *netnsOptions) register(f *pflag.FlagSet) {
 // not have been given, is an error that names it.
 func (n *netnsOptions) targets() ([]nodecheck.Target, error) {
 	if len(n.paths) == 0 {
-		if n.annotations != "" {
-			return nil, fmt.Errorf("--annotations applies to --netns targets; discovered pods carry their own")
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{{"--annotations", n.annotations != ""}, {"--init-args", n.initArgs != ""}, {"--init-env", len(n.initEnv) > 0}} {
+			if f.set {
+				return nil, fmt.Errorf("%s applies to --netns targets; discovered pods carry their own", f.name)
+			}
 		}
 		return nil, nil
 	}
@@ -52,7 +65,17 @@ func (n *netnsOptions) targets() ([]nodecheck.Target, error) {
 			return nil, err
 		}
 	}
+	init, err := n.initContainer(proto.CNIMode)
+	if err != nil {
+		return nil, err
+	}
+	if init != nil {
+		proto.Containers = []nodecheck.Container{*init}
+	}
 	if _, err := intent.Resolve(proto); err != nil {
+		if init != nil {
+			return nil, fmt.Errorf("--init-args: %w", err)
+		}
 		return nil, fmt.Errorf("%s: %w", n.annotations, err)
 	}
 	targets := make([]nodecheck.Target, 0, len(n.paths))
@@ -62,6 +85,46 @@ func (n *netnsOptions) targets() ([]nodecheck.Target, error) {
 		targets = append(targets, t)
 	}
 	return targets, nil
+}
+
+// initContainer is the init container --init-args and --init-env describe: istio-init, or
+// istio-validation in CNI mode, in a state the runtime did not tell (so that only its command line
+// is judged). Nil without --init-args.
+func (n *netnsOptions) initContainer(cniMode bool) (*nodecheck.Container, error) {
+	if n.initArgs == "" {
+		if len(n.initEnv) > 0 {
+			return nil, fmt.Errorf("--init-env needs --init-args: it is the environment of that command line")
+		}
+		return nil, nil
+	}
+	argv, err := splitArgv(n.initArgs)
+	if err != nil {
+		return nil, fmt.Errorf("--init-args: %w", err)
+	}
+	for _, kv := range n.initEnv {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("--init-env %q: want NAME=VALUE", kv)
+		}
+	}
+	name := istiopod.ContainerIstioInit
+	if cniMode {
+		name = istiopod.ContainerIstioValidation
+	}
+	return &nodecheck.Container{Name: name, Role: nodecheck.RoleInit, State: nodecheck.ContainerUnknown,
+		UID: -1, GID: -1, Args: argv, Env: n.initEnv}, nil
+}
+
+// splitArgv reads a command line given on meshdoctor's own: a JSON array of strings, or words
+// separated by white space.
+func splitArgv(s string) ([]string, error) {
+	if strings.HasPrefix(strings.TrimSpace(s), "[") {
+		var argv []string
+		if err := json.Unmarshal([]byte(s), &argv); err != nil {
+			return nil, fmt.Errorf("not a JSON array of strings: %w", err)
+		}
+		return argv, nil
+	}
+	return strings.Fields(s), nil
 }
 
 // readTargetFile reads an --annotations file into a target's annotations and typed facts.
