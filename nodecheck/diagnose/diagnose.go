@@ -72,6 +72,7 @@ func (r *Runner) checkTarget(ctx context.Context, t nodecheck.Target) Outcome {
 		return o
 	}
 	var errs []error
+	captureVerified := false
 	for _, c := range r.Checks {
 		start := time.Now()
 		res, err := r.safeCheck(ctx, c, t)
@@ -90,11 +91,13 @@ func (r *Runner) checkTarget(ctx context.Context, t nodecheck.Target) Outcome {
 		o.Pod.Findings = append(o.Pod.Findings, res.Findings...)
 		if res.Capture != nil {
 			o.Pod.Capture = *res.Capture
+			captureVerified = err == nil && res.Capture.VerifiedBy != "" && !hasError(res.Findings)
 		}
 		if res.Detail != nil {
 			o.Details[c.Name()] = res.Detail
 		}
 	}
+	settleRootCauses(o.Pod.Findings, captureVerified)
 	o.Pod.Verdict = nodecheck.VerdictOK
 	for _, f := range o.Pod.Findings {
 		if f.Severity == nodecheck.SeverityError {
@@ -117,6 +120,15 @@ func (r *Runner) checkTarget(ctx context.Context, t nodecheck.Target) Outcome {
 		}
 	}
 	return o
+}
+
+func hasError(findings []nodecheck.Finding) bool {
+	for _, f := range findings {
+		if f.Severity == nodecheck.SeverityError {
+			return true
+		}
+	}
+	return false
 }
 
 // safeCheck turns a panicking check into an error so one bad check cannot take the node down.
