@@ -392,3 +392,57 @@ func hasCode(fs []nodecheck.Finding, code nodecheck.Code) bool {
 	}
 	return false
 }
+
+// withoutIPv6Jump deletes the ip6 nat OUTPUT jump into ISTIO_OUTPUT from a real capture, as
+// `ip6tables -t nat -D OUTPUT -p tcp -j ISTIO_OUTPUT` does.
+type withoutIPv6Jump struct{ captureReader }
+
+func (r withoutIPv6Jump) ReadRules(ctx context.Context, p string) (rules.Snapshot, error) {
+	s, err := r.captureReader.ReadRules(ctx, p)
+	for _, set := range s.Sets {
+		if set.Family != rules.IPv6 {
+			continue
+		}
+		for _, tbl := range set.Tables {
+			for _, c := range tbl.Chains {
+				if tbl.Name == "nat" && c.Name == "OUTPUT" {
+					c.Rules = slices.DeleteFunc(c.Rules, func(r rules.Rule) bool { return strings.Contains(r.Spec(), "-j ISTIO_OUTPUT") })
+				}
+			}
+		}
+	}
+	return s, err
+}
+
+// A dual-stack pod whose IPv6 jump was deleted is a partial IPv6 capture, whether the intent says
+// dual-stack (istio-init's env) or not (a bare run without it): Istio's IPv6 chains are there.
+func TestDualStackIPv6JumpDeleted(t *testing.T) {
+	dir := filepath.Join(capturesDir, "sidecar-dual-stack")
+	var ann map[string]string
+	data, err := os.ReadFile(filepath.Join(dir, "annotations.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &ann); err != nil {
+		t.Fatal(err)
+	}
+	init, err := capturedInit(dir, ann)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chk := &Check{Reader: withoutIPv6Jump{captureReader{dir: dir, addrs: addrsOf(dir)}}}
+	for name, target := range map[string]nodecheck.Target{
+		"by init env":        {Netns: dir, Containers: []nodecheck.Container{*init}},
+		"without dual-stack": {Netns: dir},
+		"by the annotation":  {Netns: dir, Annotations: ann},
+	} {
+		res, err := chk.Check(t.Context(), target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Findings) != 1 || res.Findings[0].Code != nodecheck.RedirectRulesIncomplete ||
+			!strings.Contains(res.Findings[0].Message, "ipv6") || strings.Contains(res.Findings[0].Message, "ipv4") {
+			t.Errorf("%s: want one RedirectRulesIncomplete for ipv6, got %+v", name, res.Findings)
+		}
+	}
+}
