@@ -41,7 +41,7 @@ th{background:#f4f4f4} td.v{font-weight:600;white-space:nowrap}
 <table><thead><tr><th>Pod</th><th>Verdict</th><th>Capture</th><th>Findings</th><th>Checked</th></tr></thead><tbody>
 {{range .Pods}}<tr id="{{.Key}}"><td>{{if .Target.Name}}<a href="debug/pods/{{.Target.Namespace}}/{{.Target.Name}}">{{.Key}}</a>{{else}}{{.Key}}{{end}}</td>
 <td class="v {{.Outcome.Pod.Verdict}}">{{.Outcome.Pod.Verdict}}</td>
-<td>{{.Outcome.Pod.Capture.Mode}} · {{.Outcome.Pod.Capture.Backend}}</td>
+<td>{{.Outcome.Pod.Capture.Mode}} · {{.Outcome.Pod.Capture.Backend}}{{with .Outcome.Pod.Capture.Intent}}<br><span class="remedy">intent: {{.}}</span>{{end}}</td>
 <td>{{range .Outcome.Pod.Findings}}<div class="f {{.Severity}}"><span class="code">{{.Code}}</span> {{.Message}}{{if .Remedy}}<div class="remedy">remedy: {{.Remedy}}</div>{{end}}</div>{{else}}{{if .Outcome.Pod.Reason}}{{.Outcome.Pod.Reason}}{{else}}—{{end}}{{end}}</td>
 <td>{{ago .Checked}}<br><span class="remedy">{{.Why}}</span></td></tr>
 {{else}}<tr><td colspan="5">no pods seen yet</td></tr>{{end}}
