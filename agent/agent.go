@@ -8,7 +8,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"slices"
 	"sort"
@@ -286,31 +285,16 @@ func (a *Agent) nodeLoop(ctx context.Context) {
 }
 
 func (a *Agent) checkNode(ctx context.Context) {
-	cur := NodeState{Findings: []nodecheck.Finding{}, Details: map[string]any{}}
-	for _, c := range a.cfg.NodeChecks {
-		start := time.Now()
-		res, err := safeNodeCheck(ctx, c)
-		run := nodecheck.CheckRun{Check: c.Name(), Result: "ok", Duration: time.Since(start)}
-		switch {
-		case err != nil:
-			if ctx.Err() != nil {
-				return
-			}
-			run.Result, run.Error = "error", err.Error()
-			a.log.Warn("node check could not run", "check", c.Name(), "err", err)
-		case len(res.Findings) > 0:
-			run.Result = "findings"
-		}
-		if a.cfg.OnCheckRun != nil {
+	out := (&diagnose.NodeRunner{Checks: a.cfg.NodeChecks, Log: a.log}).Run(ctx)
+	if ctx.Err() != nil {
+		return // stopping: a pass cut short is not the node's state
+	}
+	if a.cfg.OnCheckRun != nil {
+		for _, run := range out.Runs {
 			a.cfg.OnCheckRun(run)
 		}
-		cur.Runs = append(cur.Runs, run)
-		cur.Findings = append(cur.Findings, res.Findings...)
-		if res.Detail != nil {
-			cur.Details[c.Name()] = res.Detail
-		}
 	}
-	cur.Checked = time.Now()
+	cur := NodeState{Findings: out.Findings, Runs: out.Runs, Details: out.Details, Checked: time.Now()}
 	a.mu.Lock()
 	prev := a.node
 	a.node = cur
@@ -321,13 +305,4 @@ func (a *Agent) checkNode(ctx context.Context) {
 	if !slices.Equal(Codes(prev.Findings), Codes(cur.Findings)) {
 		a.log.Info("node findings changed", "codes", Codes(cur.Findings), "was", Codes(prev.Findings))
 	}
-}
-
-func safeNodeCheck(ctx context.Context, c nodecheck.NodeCheck) (res nodecheck.Result, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("node check %s panicked: %v", c.Name(), p)
-		}
-	}()
-	return c.CheckNode(ctx)
 }

@@ -2,17 +2,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
 	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
 )
@@ -100,43 +99,6 @@ func (n *nodeOptions) checks(hostRoot string, discovered []nodecheck.Target, log
 	return []nodecheck.NodeCheck{cni, &logscan.Check{Scanner: scanner}}, scanner.Close, nil
 }
 
-// runNodeChecks runs the node checks in parallel and returns their findings in check order; a
-// check that fails is logged and leaves the others alone. It fails only when none could run.
-func runNodeChecks(ctx context.Context, checks []nodecheck.NodeCheck, log *slog.Logger) ([]nodecheck.Finding, error) {
-	results := make([]nodecheck.Result, len(checks))
-	errs := make([]error, len(checks))
-	var wg sync.WaitGroup
-	for i, c := range checks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() {
-				if p := recover(); p != nil {
-					errs[i] = fmt.Errorf("%s check panicked: %v", c.Name(), p)
-				}
-			}()
-			start := time.Now()
-			results[i], errs[i] = c.CheckNode(ctx)
-			log.Debug("node check", "check", c.Name(), "duration", time.Since(start), "findings", len(results[i].Findings), "err", errs[i])
-		}()
-	}
-	wg.Wait()
-	findings := []nodecheck.Finding{}
-	var failed []error
-	for i, c := range checks {
-		if errs[i] != nil {
-			log.Warn("node check could not run", "check", c.Name(), "err", errs[i])
-			failed = append(failed, fmt.Errorf("%s: %w", c.Name(), errs[i]))
-			continue
-		}
-		findings = append(findings, results[i].Findings...)
-	}
-	if len(failed) == len(checks) && len(checks) > 0 {
-		return findings, fmt.Errorf("no node check could run: %w", errors.Join(failed...))
-	}
-	return findings, nil
-}
-
 // nodeFindings builds and runs the node checks: what `check` adds to every report. Its error is
 // for bad node flags, or, with --node-only, for no node check able to run; otherwise a check that
 // cannot run is a warning and the pods' report still stands.
@@ -146,10 +108,13 @@ func (n *nodeOptions) nodeFindings(ctx context.Context, hostRoot string, discove
 		return nil, err
 	}
 	defer closeChecks()
-	findings, err := runNodeChecks(ctx, checks, log)
-	if err != nil && !n.nodeOnly {
-		log.Warn("node-level findings are missing from the report", "err", err)
-		err = nil
+	out := (&diagnose.NodeRunner{Checks: checks, Log: log}).Run(ctx)
+	if out.AllFailed() {
+		err = fmt.Errorf("no node check could run: %w", out.Err)
+		if !n.nodeOnly {
+			log.Warn("node-level findings are missing from the report", "err", err)
+			err = nil
+		}
 	}
-	return findings, err
+	return out.Findings, err
 }
