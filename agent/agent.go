@@ -116,6 +116,7 @@ type Agent struct {
 	trig chan trigger
 
 	mu        sync.Mutex
+	observers []Observer
 	pods      map[string]*PodState
 	node      NodeState
 	ready     bool
@@ -161,7 +162,16 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log, trig: make(chan trigger, 256), pods: map[string]*PodState{}}, nil
+	return &Agent{cfg: cfg, log: cfg.Log, trig: make(chan trigger, 256), pods: map[string]*PodState{},
+		observers: slices.Clone(cfg.Observers)}, nil
+}
+
+// Observe adds a reporter, for one that needs the agent to be built (its triggers): from the
+// next change on, it sees every change the others see.
+func (a *Agent) Observe(o Observer) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.observers = append(a.observers, o)
 }
 
 // TriggerPod asks for a check of the pod with that "namespace/name", UID, or sandbox or container
@@ -298,7 +308,7 @@ func (a *Agent) checkNode(ctx context.Context) {
 	a.mu.Lock()
 	prev := a.node
 	a.node = cur
-	for _, o := range a.cfg.Observers {
+	for _, o := range a.observers {
 		o.NodeChecked(prev, cur)
 	}
 	a.mu.Unlock()

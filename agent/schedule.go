@@ -200,7 +200,7 @@ func (a *Agent) runPass(ctx context.Context, s *scheduler, p pass) error {
 		}
 	}
 	for _, g := range gone {
-		for _, o := range a.cfg.Observers {
+		for _, o := range a.observers {
 			o.PodGone(g)
 		}
 	}
@@ -282,7 +282,7 @@ func (a *Agent) apply(t nodecheck.Target, oc diagnose.Outcome, why string) PodSt
 		c := *prev
 		prevCopy = &c
 	}
-	for _, o := range a.cfg.Observers {
+	for _, o := range a.observers {
 		o.PodChecked(prevCopy, cur)
 	}
 	a.mu.Unlock()

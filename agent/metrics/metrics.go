@@ -43,13 +43,15 @@ type Metrics struct {
 	logs     *prometheus.CounterVec
 	mu       sync.Mutex
 	rules    map[string]bool
+	perPod   bool
 }
 
 var verdicts = []nodecheck.Verdict{nodecheck.VerdictOK, nodecheck.VerdictBroken, nodecheck.VerdictUnknown, nodecheck.VerdictSkipped}
 var severities = []nodecheck.Severity{nodecheck.SeverityError, nodecheck.SeverityWarning, nodecheck.SeverityInfo}
 
-// New builds the registry over src.
-func New(src Source, o Options) *Metrics {
+// New builds the registry and the instruments the agent feeds as it runs; Watch adds the gauges
+// computed from the agent's state.
+func New(o Options) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -67,25 +69,39 @@ func New(src Source, o Options) *Metrics {
 		}, []string{"rule"}),
 		rules: map[string]bool{},
 	}
-	for _, c := range o.Checks {
-		for _, r := range []string{"ok", "findings", "error"} {
-			m.checks.WithLabelValues(c, r)
-		}
-		m.duration.WithLabelValues(c)
-	}
-	for _, r := range o.LogRules {
-		m.logs.WithLabelValues(r)
-		m.rules[r] = true
-	}
+	m.Declare(o.Checks, o.LogRules)
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "meshdoctor_build_info",
 		Help: "meshdoctor's version and Go version; always 1.",
 	}, []string{"version", "goversion"})
 	buildInfo.WithLabelValues(o.Version, runtime.Version()).Set(1)
 	m.Registry.MustRegister(m.checks, m.duration, m.logs, buildInfo,
-		&stateCollector{src: src, perPod: o.PerPod},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.perPod = o.PerPod
 	return m
+}
+
+// Watch exposes the gauges of src's state (pods by verdict, findings, last sweep), computed at
+// scrape time. Call it once.
+func (m *Metrics) Watch(src Source) {
+	m.Registry.MustRegister(&stateCollector{src: src, perPod: m.perPod})
+}
+
+// Declare names checks and log rules, so that their series exist from the start (at zero) and a
+// log match of another rule counts as "other".
+func (m *Metrics) Declare(checks, logRules []string) {
+	for _, c := range checks {
+		for _, r := range []string{"ok", "findings", "error"} {
+			m.checks.WithLabelValues(c, r)
+		}
+		m.duration.WithLabelValues(c)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range logRules {
+		m.logs.WithLabelValues(r)
+		m.rules[r] = true
+	}
 }
 
 // CheckRun counts one check run.

@@ -25,6 +25,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
 	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
+	"github.com/meshdoctor/meshdoctor/nodecheck/proxyready"
 )
 
 // shutdownGrace bounds the HTTP servers' shutdown; with the checks' own cancellation the agent
@@ -105,14 +106,9 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		}
 	}
 
-	// The agent's own state feeds two checks that need it: istio-cni-node's state and the node
-	// conditions a pod's findings link with. It exists only once the checks do, hence the holder.
-	var holder agentHolder
-	podChecks, err := o.podChecks(ctx, &holder, log)
-	if err != nil {
-		return &exitError{code: exitCannot, err: err}
-	}
-	var m *metrics.Metrics
+	// Node checks first: the log scanner among them is the node conditions pod checks link
+	// their findings with, as the node findings are for check.
+	m := metrics.New(metrics.Options{Version: version, PerPod: o.perPodMetrics})
 	o.node.stateDir = o.stateDir
 	o.node.onLogMatch = func(match logscan.Match) { m.LogMatch(match.Rule) }
 	nodeChecks, closeNode, err := o.node.checks(o.hostRoot, nil, log)
@@ -120,11 +116,28 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		return &exitError{code: exitCannot, err: err}
 	}
 	defer closeNode()
+	var conditions proxyready.NodeConditions
+	var cni *istiocni.Check
+	var names, logRules []string
 	for _, c := range nodeChecks {
-		if cni, ok := c.(*istiocni.Check); ok && len(o.paths) == 0 {
-			cni.Pods = &holder
+		switch c := c.(type) {
+		case *logscan.Check:
+			conditions, logRules = c.Scanner, c.RuleNames()
+		case *istiocni.Check:
+			cni = c
 		}
 	}
+	podChecks, err := o.podChecks(ctx, conditions, log)
+	if err != nil {
+		return &exitError{code: exitCannot, err: err}
+	}
+	for _, c := range podChecks {
+		names = append(names, c.Name())
+	}
+	for _, c := range nodeChecks {
+		names = append(names, c.Name())
+	}
+	m.Declare(names, logRules)
 
 	var runtime agent.Discoverer
 	var closeRuntime func() error
@@ -146,17 +159,6 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		defer func() { _ = closeRuntime() }()
 	}
 
-	var names, logRules []string
-	for _, c := range podChecks {
-		names = append(names, c.Name())
-	}
-	for _, c := range nodeChecks {
-		names = append(names, c.Name())
-		if l, ok := c.(*logscan.Check); ok {
-			logRules = l.RuleNames()
-		}
-	}
-	var observers []agent.Observer
 	var reporter *podreport.Reporter
 	var watch *podwatch.Watch
 	a, err := agent.New(agent.Config{
@@ -168,14 +170,15 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		Debounce:        o.debounce,
 		Workers:         o.workers,
 		Log:             log,
-		OnCheckRun:      func(r nodecheck.CheckRun) { m.CheckRun(r) },
-		Observers:       []agent.Observer{observerList{&observers}},
+		OnCheckRun:      m.CheckRun,
 	})
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}
-	holder.set(a)
-	m = metrics.New(a, metrics.Options{Version: version, Checks: names, LogRules: logRules, PerPod: o.perPodMetrics})
+	m.Watch(a)
+	if cni != nil && len(o.paths) == 0 {
+		cni.Pods = agentPods{a} // the pods the agent discovered: istio-cni-node's state, the CNI-mode pods
+	}
 
 	var wg sync.WaitGroup
 	run := func(name string, fn func(context.Context) error) {
@@ -195,7 +198,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 				}
 				return watch.Pod(ns, name)
 			}})
-		observers = append(observers, reporter)
+		a.Observe(reporter)
 		watch, err = podwatch.New(client, node, 0, func(key, uid, why string) { a.TriggerPod(key, uid, "", why) }, reporter.Resync)
 		if err != nil {
 			return &exitError{code: exitCannot, err: err}
@@ -293,75 +296,23 @@ type staticTargets []nodecheck.Target
 
 func (s staticTargets) Discover(context.Context) ([]nodecheck.Target, error) { return s, nil }
 
-// observerList fans out to observers added after the agent was built (the reporter needs the
-// agent for its informer triggers, the agent needs its observers).
-type observerList struct{ list *[]agent.Observer }
+// agentPods is istiocni.PodStates over the pods the agent discovered.
+type agentPods struct{ a *agent.Agent }
 
-func (l observerList) PodChecked(prev *agent.PodState, cur agent.PodState) {
-	for _, o := range *l.list {
-		o.PodChecked(prev, cur)
-	}
-}
-
-func (l observerList) PodGone(last agent.PodState) {
-	for _, o := range *l.list {
-		o.PodGone(last)
-	}
-}
-
-func (l observerList) NodeChecked(prev, cur agent.NodeState) {
-	for _, o := range *l.list {
-		o.NodeChecked(prev, cur)
-	}
-}
-
-// agentHolder lets checks built before the agent read its state: the node conditions pod findings
-// link with (proxyready.NodeConditions), and istio-cni-node's state from the discovered pods
-// (istiocni.PodStates).
-type agentHolder struct {
-	mu sync.Mutex
-	a  *agent.Agent
-}
-
-func (h *agentHolder) set(a *agent.Agent) {
-	h.mu.Lock()
-	h.a = a
-	h.mu.Unlock()
-}
-
-func (h *agentHolder) get() *agent.Agent {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.a
-}
-
-// Active implements proxyready.NodeConditions over the agent's latest node findings.
-func (h *agentHolder) Active(code nodecheck.Code) (nodecheck.Finding, bool) {
-	a := h.get()
-	if a == nil {
-		return nodecheck.Finding{}, false
-	}
-	return nodeConditions(a.Node().Findings).Active(code)
-}
-
-func (h *agentHolder) targets() []nodecheck.Target {
-	a := h.get()
-	if a == nil {
-		return nil
-	}
+func (p agentPods) targets() []nodecheck.Target {
 	var ts []nodecheck.Target
-	for _, p := range a.Pods() {
-		ts = append(ts, p.Target)
+	for _, s := range p.a.Pods() {
+		ts = append(ts, s.Target)
 	}
 	return ts
 }
 
-// IstioCNIAgent implements istiocni.PodStates from the pods the agent discovered.
-func (h *agentHolder) IstioCNIAgent(ctx context.Context) (istiocni.AgentState, error) {
-	return istiocni.FromTargets(h.targets()).IstioCNIAgent(ctx)
+// IstioCNIAgent implements istiocni.PodStates.
+func (p agentPods) IstioCNIAgent(ctx context.Context) (istiocni.AgentState, error) {
+	return istiocni.FromTargets(p.targets()).IstioCNIAgent(ctx)
 }
 
 // CNIModePods implements istiocni.PodStates.
-func (h *agentHolder) CNIModePods(ctx context.Context) ([]string, error) {
-	return istiocni.FromTargets(h.targets()).CNIModePods(ctx)
+func (p agentPods) CNIModePods(ctx context.Context) ([]string, error) {
+	return istiocni.FromTargets(p.targets()).CNIModePods(ctx)
 }
