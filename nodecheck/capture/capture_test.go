@@ -133,14 +133,7 @@ func TestCheckRealCaptures(t *testing.T) {
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() || strings.Contains(name, "native-nftables") {
 			continue
 		}
-		var ann map[string]string
-		data, err := os.ReadFile(filepath.Join(dir, "annotations.json"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := json.Unmarshal(data, &ann); err != nil {
-			t.Fatal(err)
-		}
+		ann := readAnnotations(t, dir)
 		byAnnotations := nodecheck.Target{Netns: dir, Annotations: ann}
 		t.Run(name, func(t *testing.T) { checkCapture(t, dir, byAnnotations, name+".json") })
 		init, err := capturedInit(dir, ann)
@@ -360,14 +353,7 @@ func TestProxyUIDMismatch(t *testing.T) {
 // args, still verify.
 func TestCaptureIntentDrift(t *testing.T) {
 	dir := filepath.Join(capturesDir, "sidecar-custom-ports")
-	var ann map[string]string
-	data, err := os.ReadFile(filepath.Join(dir, "annotations.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(data, &ann); err != nil {
-		t.Fatal(err)
-	}
+	ann := readAnnotations(t, dir)
 	init, err := capturedInit(dir, ann)
 	if err != nil {
 		t.Fatal(err)
@@ -418,14 +404,7 @@ func (r withoutIPv6Jump) ReadRules(ctx context.Context, p string) (rules.Snapsho
 // dual-stack (istio-init's env) or not (a bare run without it): Istio's IPv6 chains are there.
 func TestDualStackIPv6JumpDeleted(t *testing.T) {
 	dir := filepath.Join(capturesDir, "sidecar-dual-stack")
-	var ann map[string]string
-	data, err := os.ReadFile(filepath.Join(dir, "annotations.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(data, &ann); err != nil {
-		t.Fatal(err)
-	}
+	ann := readAnnotations(t, dir)
 	init, err := capturedInit(dir, ann)
 	if err != nil {
 		t.Fatal(err)
@@ -445,4 +424,18 @@ func TestDualStackIPv6JumpDeleted(t *testing.T) {
 			t.Errorf("%s: want one RedirectRulesIncomplete for ipv6, got %+v", name, res.Findings)
 		}
 	}
+}
+
+// readAnnotations reads a capture's annotations.json: the pod annotations its run stood for.
+func readAnnotations(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "annotations.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ann map[string]string
+	if err := json.Unmarshal(data, &ann); err != nil {
+		t.Fatalf("%s/annotations.json: %v", dir, err)
+	}
+	return ann
 }

@@ -57,13 +57,10 @@ func FromAnnotations(a map[string]string) (Config, error) {
 	return fromTargetAnnotations(nodecheck.Target{Annotations: a})
 }
 
-// fromTargetAnnotations resolves a pod's capture configuration the way the injector template and
-// the istio-cni plugin do, from its annotations and what discovery learned of it (CNI mode, the
-// proxy's user). Malformed values are errors that name the annotation.
-func fromTargetAnnotations(t nodecheck.Target) (Config, error) {
-	a := t.Annotations
-	cni := t.CNIMode
-	c := Config{
+// istioDefaults is what Istio's rule writers use when told nothing: Envoy's ports, the proxy's
+// user 1337 as UID and GID, REDIRECT, TPROXY mark 1337.
+func istioDefaults(cni bool) Config {
+	return Config{
 		Mode:               istiopod.ModeRedirect,
 		ProxyPort:          15001,
 		InboundCapturePort: 15006,
@@ -73,6 +70,15 @@ func fromTargetAnnotations(t nodecheck.Target) (Config, error) {
 		TProxyMark:         1337,
 		CNIMode:            cni,
 	}
+}
+
+// fromTargetAnnotations resolves a pod's capture configuration the way the injector template and
+// the istio-cni plugin do, from its annotations and what discovery learned of it (CNI mode, the
+// proxy's user). Malformed values are errors that name the annotation.
+func fromTargetAnnotations(t nodecheck.Target) (Config, error) {
+	a := t.Annotations
+	cni := t.CNIMode
+	c := istioDefaults(cni)
 	if m := strings.TrimSpace(a[istiopod.AnnotationInterceptionMode]); m != "" {
 		m = strings.ToUpper(m)
 		switch m {

@@ -13,15 +13,7 @@ import (
 // cni says the istio-cni plugin wrote the rules. A value istio-iptables would have refused is an
 // error that names its flag.
 func FromInitArgs(a InitArgs, cni bool) (Config, error) {
-	c := Config{
-		Mode:               istiopod.ModeRedirect,
-		ProxyPort:          15001,
-		InboundCapturePort: 15006,
-		InboundTunnelPort:  15008,
-		ProxyUID:           []string{"1337"},
-		TProxyMark:         1337,
-		CNIMode:            cni,
-	}
+	c := istioDefaults(cni)
 	v := a.Values
 	var err error
 	port := func(flag string, dst *uint16) {
