@@ -150,8 +150,9 @@ build_containerd17() {
 # build_ambient_inpod builds test/tools/ambient-inpod, a module of its own that calls Istio's
 # istio-cni code to write ambient mode's in-pod rules.
 build_ambient_inpod() {
-  local bin="$bin_dir/ambient-inpod"
-  if [[ -x "$bin" && "$bin" -nt "$repo_dir/test/tools/ambient-inpod/main.go" ]] &&
+  local bin="$bin_dir/ambient-inpod" src="$repo_dir/test/tools/ambient-inpod"
+  # Stale when any source or the module files changed since (--native-nftables came with go.mod changes).
+  if [[ -x "$bin" && -z "$(find "$src" -maxdepth 1 -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) -newer "$bin")" ]] &&
     go version -m "$bin" 2>/dev/null | awk '$1 == "dep" { print $2, $3 }' | grep -qx "istio.io/istio ${ISTIO_VERSION}"; then
     return 0
   fi
@@ -159,7 +160,7 @@ build_ambient_inpod() {
   mkdir -p "$bin_dir"
   [[ -z "$scratch" ]] || rm -rf "$scratch"
   scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
-  (cd "$repo_dir/test/tools/ambient-inpod" && GOFLAGS="" CGO_ENABLED=0 go build -o "$scratch/ambient-inpod" .) >&2
+  (cd "$src" && GOFLAGS="" CGO_ENABLED=0 go build -o "$scratch/ambient-inpod" .) >&2
   mv -f "$scratch/ambient-inpod" "$bin"
   say "ambient-inpod ready: $bin"
 }

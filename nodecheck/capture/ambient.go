@@ -37,6 +37,12 @@ const (
 // BuildAmbientExpected returns the in-pod rules ambient mode writes for cfg in one family (none
 // when enabled is false).
 func BuildAmbientExpected(cfg intent.AmbientConfig, family rules.Family, enabled bool) *Expected {
+	return buildAmbient(cfg, family, enabled, chainAmbientPrerouting)
+}
+
+// buildAmbient is the in-pod rule set of both istio-cni writers: they write the same rules in
+// the same chains, only the prerouting user chain is spelled differently.
+func buildAmbient(cfg intent.AmbientConfig, family rules.Family, enabled bool, chainAmbientPrerouting string) *Expected {
 	e := &Expected{Family: family, Tables: map[string]map[string][]ExpectedRule{}, tolerated: map[tableChain]bool{}}
 	if !enabled {
 		return e
@@ -107,10 +113,20 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent
 	}
 	// istio-cni writes IPv6 rules whenever its IPv6 support is on (the default), whatever the
 	// pod's addresses: require them for a pod with an IPv6 address, compare them when present.
-	ipv6 := ExpectIPv6(intent.Config{DualStack: true}, snap.Addrs) || hasIstioRules(snap.Sets, rules.IPv6)
+	build, sets := BuildAmbientExpected, snap.Sets
+	v6 := ExpectIPv6(intent.Config{DualStack: true}, snap.Addrs)
+	if nativeAmbient(snap.Sets) {
+		build = BuildAmbientNftExpected
+		if !v6 {
+			// The family-agnostic rules of the inet tables show in the IPv6 view of an IPv4-only
+			// writer too: not IPv6 capture (see dropInetProjection).
+			sets = dropInetProjection(sets)
+		}
+	}
+	ipv6 := v6 || hasIstioRules(sets, rules.IPv6)
 	diffs := []FamilyDiff{
-		Compare(BuildAmbientExpected(acfg, rules.IPv4, true), snap.Sets),
-		Compare(BuildAmbientExpected(acfg, rules.IPv6, ipv6), snap.Sets),
+		Compare(build(acfg, rules.IPv4, true), sets),
+		Compare(build(acfg, rules.IPv6, ipv6), sets),
 	}
 	detail.Families = diffs
 	res.Detail = detail

@@ -448,6 +448,18 @@ func (d *ruleDecoder) ctSet(key uint32, hasDir bool, dir byte, src register) err
 		}
 		d.setTarget(rules.Target{Name: "CONNMARK", Args: rules.ConnMarkArgs("save", nfmask, 0xffffffff)})
 		return nil
+	case key == unix.NFT_CT_MARK && !hasDir && src.kind == regCt && src.key == unix.NFT_CT_MARK &&
+		len(src.mask) == 4 && !src.hton:
+		// ct mark set ct mark & M ^ X is CONNMARK --set-xmark X/~M: istio-cni's native ambient
+		// rules mark accepted connections so (`ct mark & 0xfffff000 | 0x111`, which nft encodes as
+		// the same and-xor pair).
+		m := binary.NativeEndian.Uint32(src.mask)
+		x := uint32(0)
+		if len(src.xor) == 4 {
+			x = binary.NativeEndian.Uint32(src.xor)
+		}
+		d.setTarget(rules.Target{Name: "CONNMARK", Args: "--set-xmark " + rules.MarkValue(x, ^m)})
+		return nil
 	case key == unix.NFT_CT_MARK && !hasDir && src.kind == regImm && len(src.data) == 4:
 		v := binary.NativeEndian.Uint32(src.data)
 		d.setTarget(rules.Target{Name: "CONNMARK", Args: "--set-xmark " + rules.MarkValue(v, 0xffffffff)})

@@ -1,9 +1,12 @@
 // Command ambient-inpod writes Istio ambient mode's in-pod capture rules into the network
-// namespace it runs in, with Istio's own code (istio.io/istio cni/pkg/iptables, what the istio-cni
-// node agent runs when it enrols a pod), so the test bed can make real ambient pods without a
-// Kubernetes API server. Run it inside the pod's network namespace:
+// namespace it runs in, with Istio's own code (istio.io/istio cni/pkg/trafficmanager, what the
+// istio-cni node agent runs when it enrols a pod), so the test bed can make real ambient pods
+// without a Kubernetes API server. By default the rules are iptables rules (cni/pkg/iptables);
+// --native-nftables selects istio-cni's native nftables writer (cni/pkg/nftables, the agent's
+// NativeNftables setting), which writes the tables inet istio-ambient-nat, -mangle and -raw.
+// Run it inside the pod's network namespace:
 //
-//	nsenter --net=/var/run/netns/cni-… ambient-inpod --netns /var/run/netns/cni-… [--dns=false] [--ingress]
+//	nsenter --net=/var/run/netns/cni-… ambient-inpod --netns /var/run/netns/cni-… [--native-nftables] [--dns=false] [--ingress]
 //
 // It is a module of its own so that meshdoctor itself never depends on istio.io/istio.
 package main
@@ -18,6 +21,7 @@ import (
 	"istio.io/istio/cni/pkg/config"
 	"istio.io/istio/cni/pkg/iptables"
 	"istio.io/istio/cni/pkg/scopes"
+	"istio.io/istio/cni/pkg/trafficmanager"
 	dep "istio.io/istio/tools/istio-iptables/pkg/dependencies"
 )
 
@@ -27,6 +31,7 @@ func main() {
 	dns := flag.Bool("dns", true, "istio-cni's REDIRECT_DNS (ambient.dnsCapture, on by default)")
 	ingress := flag.Bool("ingress", false, "the pod's ambient.istio.io/bypass-inbound-capture")
 	virt := flag.String("virtual-interfaces", "", "the pod's istio.io/reroute-virtual-interfaces")
+	native := flag.Bool("native-nftables", false, "istio-cni's NATIVE_NFTABLES (values.global.nativeNftables): write nftables tables, not iptables rules")
 	flag.Parse()
 
 	cfg := &config.AmbientConfig{
@@ -35,9 +40,16 @@ func main() {
 		HostProbeSNATAddress:   netip.MustParseAddr("169.254.7.127"),
 		HostProbeV6SNATAddress: netip.MustParseAddr("fd16:9254:7127:1337:ffff:ffff:ffff:ffff"),
 	}
-	hostDeps := &dep.RealDependencies{}
-	podDeps := &dep.RealDependencies{UsePodScopedXtablesLock: *netns != "", NetworkNamespace: *netns}
-	_, inPod, err := iptables.NewIptablesConfigurator(cfg, cfg, hostDeps, podDeps, iptables.RealNlDeps())
+	// The agent builds its rule writers through the traffic manager, which picks iptables or
+	// nftables from one setting; the dependencies only matter to the iptables writer.
+	_, inPod, err := trafficmanager.NewTrafficRuleManager(&trafficmanager.TrafficRuleManagerConfig{
+		NativeNftables: *native,
+		HostConfig:     cfg,
+		PodConfig:      cfg,
+		HostDeps:       &dep.RealDependencies{},
+		PodDeps:        &dep.RealDependencies{UsePodScopedXtablesLock: *netns != "", NetworkNamespace: *netns},
+		NlDeps:         iptables.RealNlDeps(),
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ambient-inpod:", err)
 		os.Exit(1)
