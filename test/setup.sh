@@ -150,9 +150,11 @@ build_containerd17() {
 # build_ambient_inpod builds test/tools/ambient-inpod, a module of its own that calls Istio's
 # istio-cni code to write ambient mode's in-pod rules.
 build_ambient_inpod() {
-  local bin="$bin_dir/ambient-inpod" src="$repo_dir/test/tools/ambient-inpod"
-  # Stale when any source or the module files changed since (--native-nftables came with go.mod changes).
-  if [[ -x "$bin" && -z "$(find "$src" -maxdepth 1 -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) -newer "$bin")" ]] &&
+  local bin="$bin_dir/ambient-inpod" src="$repo_dir/test/tools/ambient-inpod" sum
+  # Stale when its sources or module files differ from those it was built from (a fresh clone's
+  # mtimes say nothing): their digest is kept beside the binary.
+  sum=$(cd "$src" && cat go.mod go.sum ./*.go | sha256sum | cut -d' ' -f1)
+  if [[ -x "$bin" && "$(cat "$bin.src-sha256" 2>/dev/null)" == "$sum" ]] &&
     go version -m "$bin" 2>/dev/null | awk '$1 == "dep" { print $2, $3 }' | grep -qx "istio.io/istio ${ISTIO_VERSION}"; then
     return 0
   fi
@@ -162,6 +164,7 @@ build_ambient_inpod() {
   scratch=$(mktemp -d "${bin_dir}/.build.XXXXXX")
   (cd "$src" && GOFLAGS="" CGO_ENABLED=0 go build -o "$scratch/ambient-inpod" .) >&2
   mv -f "$scratch/ambient-inpod" "$bin"
+  echo "$sum" >"$bin.src-sha256"
   say "ambient-inpod ready: $bin"
 }
 
