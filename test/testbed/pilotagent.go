@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -60,4 +62,20 @@ func PilotAgent(tb testing.TB) string {
 		skipOrFatal(tb, "testbed: %v", err)
 	}
 	return path
+}
+
+// IstioSource returns the directory of the pinned istio.io/istio module in the Go module cache
+// (go install of pilot-agent puts it there), for tests that read Istio's own files, such as its
+// injection template. When it is missing the test is skipped, or failed when CI=true.
+func IstioSource(tb testing.TB) string {
+	tb.Helper()
+	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	if err != nil {
+		skipOrFatal(tb, "testbed: go env GOMODCACHE: %v", err)
+	}
+	dir := filepath.Join(strings.TrimSpace(string(out)), "istio.io", "istio@"+PilotAgentVersion)
+	if _, err := os.Stat(dir); err != nil {
+		skipOrFatal(tb, "testbed: Istio's source is not in the module cache (%v): run test/setup.sh", err)
+	}
+	return dir
 }

@@ -22,18 +22,15 @@ func SidecarStatus(inits ...string) string {
 		`"istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}`
 }
 
-// IstioInit is istio-init: pilot-agent istio-iptables with the default sidecar arguments, as root
-// with only the given capabilities (by default NET_ADMIN and NET_RAW, as the injector grants).
+// IstioInit is istio-init as the injector renders it with Istio's defaults (InjectedInit of
+// DefaultMeshValues): pilot-agent istio-iptables as root with only the given capabilities (by
+// default NET_ADMIN and NET_RAW, as the injector grants).
 func IstioInit(caps ...string) Container {
-	if caps == nil {
-		caps = []string{"NET_ADMIN", "NET_RAW"}
+	c := InjectedInit(DefaultMeshValues())
+	if caps != nil {
+		c.CapAdd = caps
 	}
-	return Container{
-		Name:      istiopod.ContainerIstioInit,
-		Args:      append([]string{"istio-iptables"}, testbed.DefaultSidecarArgs()...),
-		RunAsUser: Int64(0), RunAsGroup: Int64(0),
-		CapAdd: caps, CapDrop: []string{"ALL"},
-	}
+	return c
 }
 
 // IstioValidation is the CNI-mode init container: the same tool checks that istio-cni's rules

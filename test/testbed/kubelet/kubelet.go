@@ -316,8 +316,8 @@ func (n *Node) startContainer(ctx context.Context, rp *RunningPod, sandbox *runt
 		image = testbed.IstioImage
 	}
 	var envs []*runtimeapi.KeyValue
-	for k, v := range c.Env {
-		envs = append(envs, &runtimeapi.KeyValue{Key: k, Value: []byte(v)})
+	for _, k := range sortedEnv(c.Env) {
+		envs = append(envs, &runtimeapi.KeyValue{Key: k, Value: []byte(c.Env[k])})
 	}
 	sc := &runtimeapi.LinuxContainerSecurityContext{
 		Privileged: c.Privileged,
