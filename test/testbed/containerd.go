@@ -71,6 +71,8 @@ type Containerd struct {
 	// hostDirs are the host directories the runtime creates on demand that did not exist
 	// before this daemon started: removed at Stop when empty.
 	hostDirs []string
+	// dualStack gives the pods IPv6 addresses too.
+	dualStack bool
 }
 
 // runtimeHostDirs are created on the host by containerd's shims (/run/containerd/s holds their
@@ -81,7 +83,17 @@ var runtimeHostDirs = []string{"/run/containerd/s", "/run/containerd", "/var/lib
 type ContainerdOption func(*containerdConfig)
 
 type containerdConfig struct {
-	binary string
+	binary    string
+	dualStack bool
+}
+
+// PodIPv6Subnet is where a dual-stack node's pods get their IPv6 address (WithDualStackPods).
+const PodIPv6Subnet = "fd00:10:88::/64"
+
+// WithDualStackPods gives every pod an IPv6 address (from PodIPv6Subnet) besides its IPv4 one,
+// as a dual-stack cluster's CNI does.
+func WithDualStackPods() ContainerdOption {
+	return func(c *containerdConfig) { c.dualStack = true }
 }
 
 // WithContainerdBinary runs another containerd binary than Debian's /usr/bin/containerd (e.g.
@@ -151,7 +163,7 @@ func LaunchContainerd(ctx context.Context, opts ...ContainerdOption) (_ *Contain
 		return nil, err
 	}
 	SweepAbandoned()
-	c := &Containerd{binary: bin, exited: make(chan struct{})}
+	c := &Containerd{binary: bin, exited: make(chan struct{}), dualStack: cfg.dualStack}
 	for _, d := range runtimeHostDirs {
 		if _, err := os.Stat(d); os.IsNotExist(err) {
 			c.hostDirs = append(c.hostDirs, d)
@@ -288,6 +300,10 @@ state = %s
 		return fmt.Errorf("writing containerd config: %w", err)
 	}
 	// The bridge lives in the daemon's own netns; host-local keeps its leases in our dir.
+	ipv6Range, ipv6Route := "", ""
+	if c.dualStack {
+		ipv6Range, ipv6Route = `, [{"subnet": "`+PodIPv6Subnet+`"}]`, `, {"dst": "::/0"}`
+	}
 	conflist := fmt.Sprintf(`{
   "cniVersion": "0.4.0",
   "name": "mdpods",
@@ -300,13 +316,13 @@ state = %s
       "ipam": {
         "type": "host-local",
         "dataDir": %s,
-        "ranges": [[{"subnet": "10.88.0.0/16"}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
+        "ranges": [[{"subnet": "10.88.0.0/16"}]%s],
+        "routes": [{"dst": "0.0.0.0/0"}%s]
       }
     }
   ]
 }
-`, d("cni-ipam"))
+`, d("cni-ipam"), ipv6Range, ipv6Route)
 	if err := os.WriteFile(filepath.Join(c.Dir, "net.d", "10-mdpods.conflist"), []byte(conflist), 0o600); err != nil {
 		return fmt.Errorf("writing CNI config: %w", err)
 	}

@@ -105,12 +105,18 @@ func (n *Netns) Validate(ctx context.Context) (ok bool, output string, err error
 // ValidateWith is Validate with extra pilot-agent arguments, e.g. "--probe-timeout=1s", or
 // "-p", "15101", "-z", "15106" when the rules were written with other ports.
 func (n *Netns) ValidateWith(ctx context.Context, extraArgs ...string) (ok bool, output string, err error) {
+	return n.ValidateAs(ctx, ProxyUID, extraArgs...)
+}
+
+// ValidateAs is ValidateWith as another proxy user (uid and gid alike), as istio-validation runs
+// when the injector's proxy UID is not 1337; pass the same -u to pilot-agent in extraArgs.
+func (n *Netns) ValidateAs(ctx context.Context, uid string, extraArgs ...string) (ok bool, output string, err error) {
 	pilotAgent, err := n.pilotAgentPath()
 	if err != nil {
 		return false, "", err
 	}
 	argv := append([]string{
-		"--reuid", ProxyUID, "--regid", ProxyUID, "--clear-groups",
+		"--reuid", uid, "--regid", uid, "--clear-groups",
 		pilotAgent, "istio-iptables", "--run-validation", "--skip-rule-apply",
 	}, extraArgs...)
 	res, err := n.exec(ctx, nil, "setpriv", argv...)

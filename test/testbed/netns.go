@@ -94,6 +94,29 @@ func NewNetns(tb testing.TB, opts ...Option) *Netns {
 	return n
 }
 
+// AttachNetns is a Netns for a namespace the test did not make, such as a pod sandbox's
+// /var/run/netns/cni-…: its rules can be read, broken and traced like the test bed's own. Only
+// its private state (the xtables lock) is removed when the test ends; the namespace is its
+// owner's.
+func AttachNetns(tb testing.TB, path string) *Netns {
+	tb.Helper()
+	RequirePrivileged(tb)
+	if filepath.Dir(path) != netnsRunDir {
+		tb.Fatalf("testbed: %s is not under %s, where ip netns finds namespaces", path, netnsRunDir)
+	}
+	n := &Netns{Name: filepath.Base(path), tb: tb}
+	var err error
+	if n.stateDir, err = os.MkdirTemp("", "md-attached-"); err != nil {
+		tb.Fatalf("testbed: creating state dir for netns %s: %v", n.Name, err)
+	}
+	tb.Cleanup(func() {
+		if err := n.Delete(); err != nil {
+			tb.Errorf("testbed: %v", err)
+		}
+	})
+	return n
+}
+
 // Create makes a namespace for callers that are not tests (the capture program). The caller
 // must Delete it. On error nothing is left behind.
 func Create(ctx context.Context, opts ...Option) (_ *Netns, err error) {
