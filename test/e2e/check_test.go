@@ -277,8 +277,7 @@ func runCheck(t *testing.T, ctx context.Context, annotations map[string]string, 
 	t.Helper()
 	// The node-level checks read the host's CNI config, logs and journal under --host-root: point
 	// it at nothing, so the reports depend on the namespaces under test alone.
-	args := []string{"check", "-o", "json", "--node-name", "test-node", "--node-backend", "nft",
-		"--host-root", "/nonexistent-meshdoctor-e2e-host"}
+	args := []string{"--host-root", "/nonexistent-meshdoctor-e2e-host"}
 	if annotations != nil {
 		f := filepath.Join(t.TempDir(), "annotations.json")
 		if err := os.WriteFile(f, []byte(mustJSON(annotations)), 0o600); err != nil {
@@ -289,6 +288,14 @@ func runCheck(t *testing.T, ctx context.Context, annotations map[string]string, 
 	for _, p := range netns {
 		args = append(args, "--netns", p)
 	}
+	return runMeshdoctor(t, ctx, args...)
+}
+
+// runMeshdoctor runs `meshdoctor check -o json --node-name test-node --node-backend nft` with
+// args and returns its report, exit code and stderr.
+func runMeshdoctor(t *testing.T, ctx context.Context, args ...string) (nodecheck.Report, int, string) {
+	t.Helper()
+	args = append([]string{"check", "-o", "json", "--node-name", "test-node", "--node-backend", "nft"}, args...)
 	cmd := exec.CommandContext(ctx, binary, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -321,7 +328,7 @@ func golden(t *testing.T, name string, rep nodecheck.Report) {
 	got = regexp.MustCompile(`md-[0-9a-f]{6,}`).ReplaceAll(got, []byte("NETNS"))
 	path := filepath.Join("testdata", name+".json")
 	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(path, got, 0o644); err != nil {

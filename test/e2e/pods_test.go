@@ -1,0 +1,240 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
+	"github.com/meshdoctor/meshdoctor/test/testbed"
+	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
+)
+
+// podScenario is a pod on a real containerd, created through CRI as kubelet creates it, whose
+// istio-init is rendered as Istio's injection template renders it from the mesh values (the
+// image's entrypoint pilot-agent, `istio-iptables` and the flags as args, proxyMetadata as env)
+// and writes the pod's rules for real. meshdoctor discovers it and must judge it against that
+// argv, since nothing else on the pod carries the mesh-wide values.
+type podScenario struct {
+	name   string
+	values kubelet.MeshValues
+	// edit changes the injected pod before it runs: istio-proxy's user, an annotation edited
+	// after injection.
+	edit func(p *kubelet.Pod)
+	// breakIt damages the rules after the pod started, as something on the node would.
+	breakIt func(ctx context.Context, n *testbed.Netns) error
+	verdict nodecheck.Verdict
+	codes   []nodecheck.Code
+	intent  string
+}
+
+func podScenarios() []podScenario {
+	meshWide := kubelet.DefaultMeshValues()
+	meshWide.IncludeIPRanges, meshWide.ExcludeIPRanges = "10.0.0.0/8,172.16.0.0/12", "10.96.0.1/32"
+	meshWide.IncludeInboundPorts, meshWide.ExcludeInboundPorts = "8080,9090", "8081"
+	meshWide.IncludeOutboundPorts, meshWide.ExcludeOutboundPorts = "3306", "5432"
+	openshift := kubelet.DefaultMeshValues()
+	openshift.ProxyUID, openshift.ProxyGID = 1000650000, 1000650000
+	dualStack := kubelet.DefaultMeshValues()
+	dualStack.ProxyMetadata = map[string]string{"ISTIO_DUAL_STACK": "true"}
+	initArgs := "init-args"
+	return []podScenario{
+		{name: "injected-defaults", values: kubelet.DefaultMeshValues(), verdict: nodecheck.VerdictOK, intent: initArgs},
+		// Non-default mesh-wide ranges and ports are in istio-init's args only: no annotation
+		// says them, and the pod is healthy.
+		{name: "mesh-wide-values", values: meshWide, verdict: nodecheck.VerdictOK, intent: initArgs},
+		// The injector's proxy UID (OpenShift's namespace range) in -u and on istio-proxy alike.
+		{name: "injector-proxy-uid", values: openshift, verdict: nodecheck.VerdictOK, intent: initArgs},
+		// istio-proxy runs as another user than istio-init's -u excluded (a pod-level runAsUser
+		// overriding it): Envoy's own traffic would be captured again.
+		{name: "proxy-uid-mismatch", values: kubelet.DefaultMeshValues(), intent: initArgs,
+			edit: func(p *kubelet.Pod) {
+				p.Containers[0].RunAsUser, p.Containers[0].RunAsGroup = kubelet.Int64(1338), kubelet.Int64(1338)
+			},
+			verdict: nodecheck.VerdictBroken, codes: []nodecheck.Code{nodecheck.ProxyUIDMismatch}},
+		// Dual stack from proxyMetadata, which reaches istio-init as env only.
+		{name: "dual-stack-env", values: dualStack, verdict: nodecheck.VerdictOK, intent: initArgs},
+		{name: "dual-stack-env-ipv6-jumps-deleted", values: dualStack, intent: initArgs,
+			breakIt: func(ctx context.Context, n *testbed.Netns) error {
+				if err := n.DeleteRule(ctx, testbed.Nft, testbed.IPv6, "nat", "PREROUTING", "-p", "tcp", "-j", "ISTIO_INBOUND"); err != nil {
+					return err
+				}
+				return n.DeleteRule(ctx, testbed.Nft, testbed.IPv6, "nat", "OUTPUT", "-j", "ISTIO_OUTPUT")
+			},
+			verdict: nodecheck.VerdictBroken, codes: []nodecheck.Code{nodecheck.RedirectRulesIncomplete}},
+		// An annotation added after injection: istio-init never saw it, the rules follow the
+		// args, and the pod is healthy but told about it.
+		{name: "annotation-edited-after-injection", values: kubelet.DefaultMeshValues(), intent: initArgs,
+			edit: func(p *kubelet.Pod) {
+				p.Annotations[istiopod.AnnotationExcludeOutboundCIDRs] = "10.96.0.0/12"
+			},
+			verdict: nodecheck.VerdictOK, codes: []nodecheck.Code{nodecheck.CaptureIntentDrift}},
+	}
+}
+
+// podUID gives each scenario's pod a fixed UID, so that its golden report does not change.
+func podUID(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i+1) }
+
+// TestInjectedPods runs every pod scenario on one dual-stack test node, discovers them with one
+// `meshdoctor check` through the containerd client, and compares each pod's report with its
+// golden (testdata/pods/NAME.json).
+func TestInjectedPods(t *testing.T) {
+	node := kubelet.Start(t, testbed.WithDualStackPods())
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	scs := podScenarios()
+	pods := make([]*kubelet.RunningPod, len(scs))
+	nets := make([]*testbed.Netns, len(scs))
+	errs := make([]error, len(scs))
+	var wg sync.WaitGroup
+	for i, sc := range scs {
+		p := kubelet.InjectedPodWith("e2e", sc.name, sc.values)
+		p.UID = podUID(i)
+		if sc.edit != nil {
+			sc.edit(&p)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pods[i], errs[i] = node.RunPod(ctx, p)
+		}()
+	}
+	wg.Wait()
+	for i, sc := range scs {
+		if errs[i] != nil {
+			t.Fatalf("%s: %v", sc.name, errs[i])
+		}
+		init := pods[i].InitContainers[0].Name
+		if code := pods[i].ExitCodes[init]; code != 0 {
+			t.Fatalf("%s: %s exited %d:\n%s", sc.name, init, code, node.Logs(pods[i], init))
+		}
+		nets[i] = testbed.AttachNetns(t, pods[i].Netns)
+		// Every pod of the node is dual-stack, so IPv6 rules are expected only where the intent says so.
+		if addrs, err := nets[i].Exec(ctx, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"); err != nil ||
+			!strings.Contains(string(addrs), "fd00:10:88:") {
+			t.Fatalf("%s: the pod has no IPv6 address from %s (%v): %s", sc.name, testbed.PodIPv6Subnet, err, addrs)
+		}
+		if sc.breakIt != nil {
+			if err := sc.breakIt(ctx, nets[i]); err != nil {
+				t.Fatalf("%s: breaking the rules: %v", sc.name, err)
+			}
+		}
+	}
+	before := traces(t, ctx, nets)
+
+	rep, code, stderr := runMeshdoctor(t, ctx, "--containerd-address", node.Containerd.Address,
+		"--cni-conf-dir", filepath.Join(node.Containerd.Dir, "net.d"), "--cni-bin-dir", "/usr/lib/cni",
+		"--pod-log-dir", node.Containerd.PodLogDir)
+
+	for i, after := range traces(t, ctx, nets) {
+		if d := before[i].Diff(after); d != "" {
+			t.Errorf("%s: meshdoctor left a trace in the pod's namespace:\n%s", scs[i].name, d)
+		}
+	}
+	wantExit := 0
+	byName := map[string]nodecheck.PodReport{}
+	for _, p := range rep.Pods {
+		byName[p.Namespace+"/"+p.Name] = p
+	}
+	for i, sc := range scs {
+		if sc.verdict == nodecheck.VerdictBroken {
+			wantExit = 1
+		}
+		t.Run(sc.name, func(t *testing.T) {
+			pod, ok := byName["e2e/"+sc.name]
+			if !ok {
+				t.Fatalf("pod not in the report; stderr:\n%s", stderr)
+			}
+			if pod.Verdict != sc.verdict {
+				t.Errorf("verdict %s, want %s; findings: %s", pod.Verdict, sc.verdict, mustJSON(pod.Findings))
+			}
+			if pod.Capture.Intent != sc.intent {
+				t.Errorf("capture.intent %q, want %q", pod.Capture.Intent, sc.intent)
+			}
+			var codes []nodecheck.Code
+			for _, f := range pod.Findings {
+				codes = append(codes, f.Code)
+				if f.Message == "" || f.Remedy == "" || len(f.Evidence) == 0 {
+					t.Errorf("finding %s lacks a message, remedy or evidence: %+v", f.Code, f)
+				}
+			}
+			slices.Sort(codes)
+			want := slices.Clone(sc.codes)
+			slices.Sort(want)
+			if !slices.Equal(codes, want) {
+				t.Errorf("codes %v, want %v\nfindings: %s", codes, want, mustJSON(pod.Findings))
+			}
+			// Istio's own validation proves one path; where it fails, meshdoctor must say broken.
+			// It runs as the user istio-init excluded, as istio-validation does.
+			uid := initFlag(pods[i].InitContainers[0].Args, "-u")
+			valid, out, err := nets[i].ValidateAs(ctx, uid, "-u", uid, "--probe-timeout=1s")
+			if err != nil {
+				t.Fatalf("Istio validation: %v\n%s", err, out)
+			}
+			if !valid && pod.Verdict != nodecheck.VerdictBroken {
+				t.Errorf("Istio's validation fails but meshdoctor says %s", pod.Verdict)
+			}
+			golden(t, filepath.Join("pods", sc.name), podGolden(rep.Node, pod))
+		})
+	}
+	if code != wantExit {
+		t.Errorf("exit status %d, want %d; stderr: %s", code, wantExit, stderr)
+	}
+}
+
+// initFlag is the value of a flag in an init container's args (the template writes "-u" "1337").
+func initFlag(args []string, flag string) string {
+	if i := slices.Index(args, flag); i >= 0 && i+1 < len(args) {
+		return args[i+1]
+	}
+	return ""
+}
+
+func traces(t *testing.T, ctx context.Context, nets []*testbed.Netns) []testbed.Trace {
+	t.Helper()
+	out := make([]testbed.Trace, len(nets))
+	for i, n := range nets {
+		tr, err := n.Trace(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = tr
+	}
+	return out
+}
+
+// What differs from run to run in a discovered pod's report: the runtime's ids, the addresses
+// the CNI leased, the times containers started.
+var (
+	containerIDRE = regexp.MustCompile(`\b[0-9a-f]{64}\b`)
+	podIPv4RE     = regexp.MustCompile(`\b10\.88\.\d+\.\d+\b`)
+	podIPv6RE     = regexp.MustCompile(`fd00:10:88::[0-9a-f:]+`)
+	timeRE        = regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)`)
+)
+
+// podGolden is one discovered pod as a report of its own, with what differs between runs
+// replaced; node-level findings are left out (they are the host's, not the pod's).
+func podGolden(node string, pod nodecheck.PodReport) nodecheck.Report {
+	pod.Netns = "NETNS"
+	for j := range pod.Checks {
+		pod.Checks[j].Duration = 0
+	}
+	var p nodecheck.PodReport
+	s := mustJSON(pod)
+	s = containerIDRE.ReplaceAllString(s, "CONTAINER_ID")
+	s = podIPv4RE.ReplaceAllString(s, "POD_IPV4")
+	s = podIPv6RE.ReplaceAllString(s, "POD_IPV6")
+	s = timeRE.ReplaceAllString(s, "TIME")
+	if err := json.Unmarshal([]byte(s), &p); err != nil {
+		panic(err)
+	}
+	return nodecheck.Report{Node: node, Pods: []nodecheck.PodReport{p}, Findings: []nodecheck.Finding{}}
+}
