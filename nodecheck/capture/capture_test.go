@@ -349,6 +349,40 @@ func TestProxyUIDMismatch(t *testing.T) {
 	}
 }
 
+// In TPROXY mode the injector runs istio-proxy as root in group 1337: healthy, not a mismatch.
+// Root in another group is not let out at all.
+func TestProxyUIDMismatchTProxy(t *testing.T) {
+	dir := filepath.Join(capturesDir, "sidecar-tproxy")
+	ann := map[string]string{istiopod.AnnotationInterceptionMode: istiopod.ModeTProxy}
+	init, err := capturedInit(dir, ann)
+	if err != nil || init == nil {
+		t.Fatalf("istio-init of %s: %v", dir, err)
+	}
+	chk := &Check{Reader: captureReader{dir: dir, addrs: addrsOf("")}}
+	for _, c := range []struct {
+		user     nodecheck.User
+		severity nodecheck.Severity
+	}{
+		{nodecheck.User{UID: 0, GID: 1337}, ""},
+		{nodecheck.User{UID: 0, GID: 0}, nodecheck.SeverityError},
+	} {
+		res, err := chk.Check(t.Context(), nodecheck.Target{Netns: dir, Annotations: ann,
+			Containers: []nodecheck.Container{*init}, ProxyUser: &c.user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got nodecheck.Severity
+		for _, f := range res.Findings {
+			if f.Code == nodecheck.ProxyUIDMismatch {
+				got = f.Severity
+			}
+		}
+		if got != c.severity {
+			t.Errorf("proxy %d:%d: ProxyUIDMismatch severity %q, want %q; findings %+v", c.user.UID, c.user.GID, got, c.severity, res.Findings)
+		}
+	}
+}
+
 // An annotation edited after injection: a warning with both values; the rules, written from the
 // args, still verify.
 func TestCaptureIntentDrift(t *testing.T) {

@@ -76,6 +76,11 @@ func proxyUIDMismatch(t nodecheck.Target, in intent.Intent) (nodecheck.Finding, 
 	if uidOK && (gidOK || u.GID < 0) {
 		return nodecheck.Finding{}, false
 	}
+	if in.Config.Mode == istiopod.ModeTProxy && u.UID == 0 && gidOK {
+		// Istio's own TPROXY shape: the injector runs istio-proxy as root (transparent sockets
+		// need it) in group 1337, and istio-iptables lets it out by that group.
+		return nodecheck.Finding{}, false
+	}
 	f := nodecheck.Finding{
 		Code: nodecheck.ProxyUIDMismatch,
 		Evidence: map[string]any{
