@@ -323,7 +323,7 @@ var busyboxApplets = []string{"sh", "sleep", "cat", "true", "false", "echo", "ls
 
 // BuildIstioImage writes IstioImage as an archive under dir: Istio's pilot-agent at
 // /usr/local/bin, Debian's iptables (nft and legacy, both families, with their extension modules
-// and libraries) under the names pilot-agent looks for, and busybox.
+// and libraries) under the names pilot-agent looks for, Debian's nft, and busybox.
 func BuildIstioImage(ctx context.Context, dir, pilotAgent string) (string, error) {
 	im := NewImage(IstioImage, "/usr/local/bin/pilot-agent")
 	if err := im.AddFile(pilotAgent, "/usr/local/bin/pilot-agent"); err != nil {
@@ -344,6 +344,15 @@ func BuildIstioImage(ctx context.Context, dir, pilotAgent string) (string, error
 			im.AddSymlink("/usr/sbin/"+fam+"-nft"+suffix, "xtables-nft-multi")
 			im.AddSymlink("/usr/sbin/"+fam+"-legacy"+suffix, "xtables-legacy-multi")
 		}
+	}
+	// Istio's proxy image carries nft too: with native nftables pilot-agent writes the rules
+	// through it.
+	nft, err := findTool("nft")
+	if err != nil {
+		return "", err
+	}
+	if err := im.AddBinary(ctx, nft, "/usr/sbin/nft"); err != nil {
+		return "", err
 	}
 	extDirs, _ := filepath.Glob("/usr/lib/*/xtables")
 	if len(extDirs) == 0 {
