@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -45,12 +46,21 @@ func podScenarios() []podScenario {
 	openshift.ProxyUID, openshift.ProxyGID = 1000650000, 1000650000
 	dualStack := kubelet.DefaultMeshValues()
 	dualStack.ProxyMetadata = map[string]string{"ISTIO_DUAL_STACK": "true"}
+	nativeNft := kubelet.DefaultMeshValues()
+	nativeNft.NativeNftables = true
+	tproxy := kubelet.DefaultMeshValues()
+	tproxy.InterceptionMode = istiopod.ModeTProxy
 	initArgs := "init-args"
 	return []podScenario{
 		{name: "injected-defaults", values: kubelet.DefaultMeshValues(), verdict: nodecheck.VerdictOK, intent: initArgs},
 		// Non-default mesh-wide ranges and ports are in istio-init's args only: no annotation
 		// says them, and the pod is healthy.
 		{name: "mesh-wide-values", values: meshWide, verdict: nodecheck.VerdictOK, intent: initArgs},
+		// values.global.nativeNftables: --native-nftables in the args, no annotation.
+		{name: "mesh-native-nftables", values: nativeNft, verdict: nodecheck.VerdictOK, intent: initArgs},
+		// The mesh's default interception mode TPROXY: -m TPROXY in the args, and istio-proxy
+		// runs as root with group 1337, as the template gives it.
+		{name: "mesh-tproxy", values: tproxy, verdict: nodecheck.VerdictOK, intent: initArgs},
 		// The injector's proxy UID (OpenShift's namespace range) in -u and on istio-proxy alike.
 		{name: "injector-proxy-uid", values: openshift, verdict: nodecheck.VerdictOK, intent: initArgs},
 		// istio-proxy runs as another user than istio-init's -u excluded (a pod-level runAsUser
@@ -80,8 +90,11 @@ func podScenarios() []podScenario {
 	}
 }
 
-// podUID gives each scenario's pod a fixed UID, so that its golden report does not change.
-func podUID(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i+1) }
+// podUID gives each scenario's pod a UID of its name, so that its golden report does not change.
+func podUID(name string) string {
+	h := fmt.Sprintf("%x", sha256.Sum256([]byte(name)))
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
 
 // TestInjectedPods runs every pod scenario on one dual-stack test node, discovers them with one
 // `meshdoctor check` through the containerd client, and compares each pod's report with its
@@ -97,7 +110,7 @@ func TestInjectedPods(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, sc := range scs {
 		p := kubelet.InjectedPodWith("e2e", sc.name, sc.values)
-		p.UID = podUID(i)
+		p.UID = podUID(sc.name)
 		if sc.edit != nil {
 			sc.edit(&p)
 		}
