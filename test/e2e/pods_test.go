@@ -143,9 +143,16 @@ func TestInjectedPods(t *testing.T) {
 	}
 	before := traces(t, ctx, nets)
 
-	rep, code, stderr := runMeshdoctor(t, ctx, "--containerd-address", node.Containerd.Address,
-		"--cni-conf-dir", filepath.Join(node.Containerd.Dir, "net.d"), "--cni-bin-dir", "/usr/lib/cni",
-		"--pod-log-dir", node.Containerd.PodLogDir)
+	nodeFlags := []string{"--cni-conf-dir", filepath.Join(node.Containerd.Dir, "net.d"), "--cni-bin-dir", "/usr/lib/cni",
+		"--pod-log-dir", node.Containerd.PodLogDir}
+	rep, code, stderr := runMeshdoctor(t, ctx, append([]string{"--containerd-address", node.Containerd.Address}, nodeFlags...)...)
+	// Through CRI, istio-init's argv and env come from the container's verbose status: the same
+	// report, pod for pod.
+	viaCRI, _, criStderr := runMeshdoctor(t, ctx, append([]string{"--cri-endpoint", "unix://" + node.Containerd.Address}, nodeFlags...)...)
+	criPods := map[string]nodecheck.PodReport{}
+	for _, p := range viaCRI.Pods {
+		criPods[p.Namespace+"/"+p.Name] = p
+	}
 
 	for i, after := range traces(t, ctx, nets) {
 		if d := before[i].Diff(after); d != "" {
@@ -195,12 +202,33 @@ func TestInjectedPods(t *testing.T) {
 			if !valid && pod.Verdict != nodecheck.VerdictBroken {
 				t.Errorf("Istio's validation fails but meshdoctor says %s", pod.Verdict)
 			}
-			golden(t, filepath.Join("pods", sc.name), podGolden(rep.Node, pod))
+			goldenRep := podGolden(rep.Node, pod)
+			golden(t, filepath.Join("pods", sc.name), goldenRep)
+			if got := podGolden(viaCRI.Node, criPods["e2e/"+sc.name]); mustJSON(got) != mustJSON(goldenRep) {
+				t.Errorf("through CRI the pod's report differs:\n%s\nstderr: %s", mustJSON(got), criStderr)
+			}
 		})
 	}
 	if code != wantExit {
 		t.Errorf("exit status %d, want %d; stderr: %s", code, wantExit, stderr)
 	}
+
+	// The mesh-wide values are nowhere but in istio-init's argv: the same namespace checked bare
+	// is judged by Istio's defaults and differs, and given that argv with --init-args it is ok.
+	i := slices.IndexFunc(scs, func(sc podScenario) bool { return sc.name == "mesh-wide-values" })
+	t.Run("mesh-wide-values-bare-netns", func(t *testing.T) {
+		bare, _, stderr := runMeshdoctor(t, ctx, "--netns", pods[i].Netns)
+		if len(bare.Pods) != 1 || bare.Pods[0].Verdict != nodecheck.VerdictBroken || bare.Pods[0].Capture.Intent != "defaults" ||
+			!slices.ContainsFunc(bare.Pods[0].Findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.RedirectRulesMismatch }) {
+			t.Errorf("judged by Istio's defaults the mesh-wide values should differ:\n%s\nstderr: %s", mustJSON(bare.Pods), stderr)
+		}
+		argv := append([]string{"/usr/local/bin/pilot-agent"}, pods[i].InitContainers[0].Args...)
+		byArgs, code, stderr := runMeshdoctor(t, ctx, "--netns", pods[i].Netns, "--init-args", mustJSON(argv))
+		if len(byArgs.Pods) != 1 || byArgs.Pods[0].Verdict != nodecheck.VerdictOK || byArgs.Pods[0].Capture.Intent != "init-args" ||
+			len(byArgs.Pods[0].Findings) != 0 || code != 0 {
+			t.Errorf("judged by --init-args: exit %d\n%s\nstderr: %s", code, mustJSON(byArgs.Pods), stderr)
+		}
+	})
 }
 
 // initFlag is the value of a flag in an init container's args (the template writes "-u" "1337").
