@@ -1,7 +1,10 @@
 // Package e2e runs the real meshdoctor binary against pod network namespaces whose capture rules
 // were written by Istio's own pilot-agent, exactly as istio-init writes them, and then broken the
-// ways nodes break them. Every scenario also asks Istio's own validation whether capture works,
-// checks that meshdoctor agrees, and checks that meshdoctor left no trace in the namespace.
+// ways nodes break them: bare namespaces checked with --netns, and pods on a real containerd
+// whose istio-init is rendered as Istio's injection template renders it (pods_test.go), which
+// meshdoctor discovers. Every scenario also asks Istio's own validation whether capture works,
+// checks that meshdoctor agrees, and checks that meshdoctor left no trace in the namespace; no
+// healthy scenario's report holds an error (healthy_test.go).
 package e2e
 
 import (

@@ -58,13 +58,13 @@ func App() Container {
 	return Container{Name: "app", Command: []string{"sleep", "3600"}}
 }
 
-// InjectedPod is a sidecar-injected pod: istio-init writing the rules with Istio's own tool (with
-// initCaps, see IstioInit), the stand-in proxy, an app.
+// InjectedPod is a sidecar-injected pod with Istio's default mesh values (InjectedPodWith):
+// istio-init writing the rules with Istio's own tool (with initCaps, see IstioInit), the stand-in
+// proxy, an app.
 func InjectedPod(namespace, name string, initCaps ...string) Pod {
-	return Pod{
-		Namespace: namespace, Name: name,
-		Annotations:    map[string]string{istiopod.AnnotationSidecarStatus: SidecarStatus(istiopod.ContainerIstioInit)},
-		InitContainers: []Container{IstioInit(initCaps...)},
-		Containers:     []Container{IstioProxy(), App()},
+	p := InjectedPodWith(namespace, name, DefaultMeshValues())
+	if initCaps != nil {
+		p.InitContainers[0].CapAdd = initCaps
 	}
+	return p
 }
