@@ -135,6 +135,11 @@ func TestInjectedPods(t *testing.T) {
 			!strings.Contains(string(addrs), "fd00:10:88:") {
 			t.Fatalf("%s: the pod has no IPv6 address from %s (%v): %s", sc.name, testbed.PodIPv6Subnet, err, addrs)
 		}
+		// The report must not depend on how fast the stand-in proxy came up.
+		testbed.Eventually(t, 30*time.Second, sc.name+"'s istio-proxy ready", func() error {
+			_, err := nets[i].Exec(ctx, "busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:15020/healthz/ready")
+			return err
+		})
 		if sc.breakIt != nil {
 			if err := sc.breakIt(ctx, nets[i]); err != nil {
 				t.Fatalf("%s: breaking the rules: %v", sc.name, err)
