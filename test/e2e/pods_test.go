@@ -97,8 +97,9 @@ func podUID(name string) string {
 }
 
 // TestInjectedPods runs every pod scenario on one dual-stack test node, discovers them with one
-// `meshdoctor check` through the containerd client, and compares each pod's report with its
-// golden (testdata/pods/NAME.json).
+// `meshdoctor check` through the containerd client and one through CRI, and compares each pod's
+// report with its golden (testdata/pods/NAME.json). An annotation "edited after injection" is
+// one the pod carries but istio-init's args were rendered without: what a later edit leaves.
 func TestInjectedPods(t *testing.T) {
 	node := kubelet.Start(t, testbed.WithDualStackPods())
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
