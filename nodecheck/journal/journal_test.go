@@ -74,6 +74,13 @@ func journalctl(t *testing.T, file string) []journalctlEntry {
 // cursor the iteration ends at.
 func readAll(t *testing.T, j *File, after uint64, since time.Time) ([]journalctlEntry, uint64) {
 	t.Helper()
+	got, it := readIter(t, j, after, since)
+	return got, it.Last()
+}
+
+// readIter is readAll returning the finished iterator.
+func readIter(t *testing.T, j *File, after uint64, since time.Time) ([]journalctlEntry, *Iterator) {
+	t.Helper()
 	var got []journalctlEntry
 	it := j.Entries(context.Background(), after, since)
 	for it.Next() {
@@ -82,7 +89,7 @@ func readAll(t *testing.T, j *File, after uint64, since time.Time) ([]journalctl
 			Ident: e.Identifier, Message: append([]byte(nil), e.Message...)})
 	}
 	must(t, it.Err())
-	return got, it.Last()
+	return got, it
 }
 
 func must(t testing.TB, err error) {
