@@ -1,6 +1,8 @@
-// Package nodecheck holds what every meshdoctor check shares: the Target a check looks at (one pod,
-// or one network namespace), the Finding it produces with the codes of the design contract, the
-// Check interface, and the Report that `meshdoctor check` prints and the agent serves.
+// Package nodecheck holds what every meshdoctor check shares.
+//
+// That is the Target a check looks at (one pod, or one network namespace), the Finding it
+// produces with the codes of the design contract, the Check interface, and the Report that
+// `meshdoctor check` prints and the agent serves.
 package nodecheck
 
 import (

@@ -1,10 +1,13 @@
-// Package discover finds every pod sandbox on the node through its container runtime and turns
-// each into the nodecheck.Target the checks look at: identity, network namespace, IP, annotations,
-// labels, and containers with their role, state, exit code, times and effective capabilities.
-// Nothing comes from the API server, so a node can be diagnosed while it is down: the runtime keeps
-// the pod's annotations as kubelet handed them over when it created the sandbox.
+// Package discover finds the node's pod sandboxes through its container runtime.
 //
-// The runtimes themselves are in the sub-packages: discover/containerd (the containerd Go client)
+// Each sandbox becomes the nodecheck.Target the checks look at: identity, network namespace, IP,
+// annotations, labels, and containers with their role, state, exit code, times and effective
+// capabilities. Nothing comes from the API server, so a node can be diagnosed while it is down:
+// the runtime keeps the pod's annotations as kubelet handed them over when it created the sandbox.
+//
+// # Runtimes
+//
+// The runtimes themselves are in the sub-packages: discover/containerd (containerd's gRPC API)
 // and discover/cri (any CRI runtime, CRI-O included). This package holds what both share: the
 // rules that give containers their role, decide whether a pod is meant to be captured, and find
 // its network namespace under --host-root.

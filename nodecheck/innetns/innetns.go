@@ -1,6 +1,8 @@
-// Package innetns runs a function inside another network namespace, safely: on a locked OS thread
-// of its own, so no other goroutine ever runs in the pod's namespace, and with that thread thrown
-// away (never returned to Go's pool) if switching back to the original namespace fails.
+// Package innetns runs a function inside another network namespace, safely.
+//
+// The function runs on a locked OS thread of its own, so no other goroutine ever runs in the
+// pod's namespace, and that thread is thrown away (never returned to Go's pool) if switching back
+// to the original namespace fails.
 package innetns
 
 import (

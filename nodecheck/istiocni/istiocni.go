@@ -1,8 +1,10 @@
-// Package istiocni checks istio-cni's install state on a node, the node-level half of the guide's
-// "istio-init crashes" problem: the primary CNI config chains the istio-cni plugin, the plugin
-// binary is in the CNI bin directory, its kubeconfig is present, and the istio-cni-node pod of
-// the node is ready. It reads files only; pod readiness comes from a PodStates source (the
-// container runtime or the API server) and is reported unknown when none is wired.
+// Package istiocni checks istio-cni's install state on a node.
+//
+// It is the node-level half of the guide's "istio-init crashes" problem: the primary CNI config
+// chains the istio-cni plugin, the plugin binary is in the CNI bin directory, its kubeconfig is
+// present, and the istio-cni-node pod of the node is ready. It reads files only; pod readiness
+// comes from a PodStates source (the container runtime or the API server) and is reported
+// unknown when none is wired.
 package istiocni
 
 import (

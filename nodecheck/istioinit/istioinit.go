@@ -1,9 +1,10 @@
-// Package istioinit explains, from what the container runtime says of a pod, why Istio's init
-// container did not set up traffic capture: istio-init (or istio-validation, in CNI mode) exited
-// non-zero or keeps restarting (InitContainerFailed), or istio-init runs without CAP_NET_ADMIN /
-// CAP_NET_RAW in its effective capabilities and cannot write iptables rules (InitMissingNetAdmin).
-// In CNI mode the rules are the istio-cni plugin's work: its findings name that component, so a
-// reporter can join them with the node-level istio-cni findings.
+// Package istioinit explains why Istio's init container did not set up a pod's traffic capture.
+//
+// It reads what the container runtime says of the pod: istio-init (or istio-validation, in CNI
+// mode) exited non-zero or keeps restarting (InitContainerFailed), or istio-init runs without
+// CAP_NET_ADMIN / CAP_NET_RAW in its effective capabilities and cannot write iptables rules
+// (InitMissingNetAdmin). In CNI mode the rules are the istio-cni plugin's work: its findings name
+// that component, so a reporter can join them with the node-level istio-cni findings.
 //
 // It is a pure function of the Target discovery built: it reads nothing on the node.
 package istioinit

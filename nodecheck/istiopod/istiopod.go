@@ -1,6 +1,7 @@
-// Package istiopod is Istio's pod vocabulary: the annotations, labels and container names its
-// injector and istio-cni put on a pod, the injector's sidecar status, and whether a pod is meant to
-// be captured at all and how.
+// Package istiopod is Istio's pod vocabulary.
+//
+// It holds the annotations, labels and container names Istio's injector and istio-cni put on a
+// pod, the injector's sidecar status, and whether a pod is meant to be captured at all and how.
 //
 // It is a leaf that discovery and every check import, as Istio keeps such names in its own leaf
 // packages (istio/api's annotation and label, istio-iptables' constants), so that no consumer

@@ -1,9 +1,10 @@
-// Package logscan finds log evidence of Istio capture problems on a node: istiod losing the API
-// server, istio-cni plugin failures, pod sandboxes failing in the CNI chain, nsenter errors. It
-// reads kubelet's container logs, the systemd journal and plain syslog files, matches them
-// against rules that are data (embedded defaults, or a YAML file), and turns matches into
-// node-level findings with their evidence: count, first and last seen, sample lines with their
-// file and offset, the pods named.
+// Package logscan finds log evidence of Istio capture problems on a node.
+//
+// The evidence is istiod losing the API server, istio-cni plugin failures, pod sandboxes failing
+// in the CNI chain, nsenter errors. It reads kubelet's container logs, the systemd journal and
+// plain syslog files, matches them against rules that are data (embedded defaults, or a YAML
+// file), and turns matches into node-level findings with their evidence: count, first and last
+// seen, sample lines with their file and offset, the pods named.
 //
 // # Reading
 //
@@ -11,19 +12,8 @@
 // <container>/N.log in the CRI format; lines tagged P (partial) are joined with their final F line
 // per stream. Only the containers some rule selects are opened.
 //
-// The journal is read natively from its files, following systemd's documented file format
-// (header, entry arrays, entry and data objects; regular and compact layouts; zstd- and
-// lz4-compressed fields). Not journalctl, because:
-//   - meshdoctor runs no binary on the node, and a DaemonSet image should not carry systemd;
-//     running the host's journalctl would need its libraries and a chroot;
-//   - journalctl is slower to start than a scan pass and its JSON output is heavier than the
-//     three or four fields the rules read;
-//   - a resumable cursor falls out of the format itself: the file ID (stable across journald's
-//     rename on rotation) and the entry sequence number, with no cursor strings to parse.
-//
-// The cost is owning a reader of a stable, documented format; the tests check it against journal
-// files written by systemd's own tools and against journalctl's reading of the same files.
-// XZ-compressed fields (journals written before systemd 246 with XZ) are counted as skipped.
+// The journal is read natively from its files with nodecheck/journal (see there for why not
+// journalctl); where reading stopped is its file ID and the last entry's sequence number.
 //
 // Syslog files (/var/log/syslog, /var/log/messages) are read with their rotated copies, in the
 // traditional and the RFC 3339 timestamp formats.

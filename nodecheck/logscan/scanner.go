@@ -10,13 +10,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/journal"
 )
 
 // Config says where the node's logs are and how to read them.
@@ -53,8 +51,9 @@ type Scanner struct {
 	state  *scanState
 	loaded bool
 	reader *chunkReader
-	zstd   *zstd.Decoder
-	last   ScanStats
+	// zstd serves every journal file of every pass, read one after another.
+	zstd *journal.Decoder
+	last ScanStats
 	// warned holds the read errors of the last pass, so each is logged once, when it appears.
 	warned map[string]bool
 }
@@ -91,10 +90,9 @@ func New(cfg Config) (*Scanner, error) {
 	if cfg.MaxLine > cfg.ChunkSize {
 		return nil, fmt.Errorf("logscan: max line %d larger than the chunk %d", cfg.MaxLine, cfg.ChunkSize)
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
-		zstd.WithDecoderMaxMemory(64<<20))
+	dec, err := journal.NewDecoder()
 	if err != nil {
-		return nil, fmt.Errorf("logscan: zstd decoder: %w", err)
+		return nil, fmt.Errorf("logscan: %w", err)
 	}
 	return &Scanner{cfg: cfg, reader: newChunkReader(cfg.ChunkSize, cfg.MaxLine), zstd: dec}, nil
 }
@@ -106,13 +104,13 @@ func (s *Scanner) Close() {
 
 // ScanStats says what a pass read, for the check's detail and the debug endpoint.
 type ScanStats struct {
-	FirstStart bool         `json:"firstStart"`
-	Files      int          `json:"files"`
-	Bytes      int64        `json:"bytes"`
-	BadLines   int64        `json:"badLines,omitempty"`
-	Journal    journalStats `json:"journal"`
-	Matches    int64        `json:"matches"`
-	Duration   string       `json:"duration"`
+	FirstStart bool          `json:"firstStart"`
+	Files      int           `json:"files"`
+	Bytes      int64         `json:"bytes"`
+	BadLines   int64         `json:"badLines,omitempty"`
+	Journal    journal.Stats `json:"journal"`
+	Matches    int64         `json:"matches"`
+	Duration   string        `json:"duration"`
 	// Sources lists what was found to read, so "no finding" can be told from "nothing read".
 	Sources []string `json:"sources"`
 	Errors  []string `json:"errors,omitempty"`
@@ -487,7 +485,7 @@ func (p *pass) journal() {
 	}
 	var files []string
 	for _, d := range p.s.cfg.JournalDirs {
-		found, err := journalFiles(d)
+		found, err := journal.Files(d)
 		if err != nil {
 			p.stats.addError(err)
 			continue
@@ -509,38 +507,8 @@ func (p *pass) journal() {
 	p.next.JournalSeen = true
 }
 
-// journalFiles lists *.journal files in dir and its subdirectories (one per machine ID).
-func journalFiles(dir string) ([]string, error) {
-	var out []string
-	ents, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listing journal dir: %w", err)
-	}
-	for _, e := range ents {
-		path := filepath.Join(dir, e.Name())
-		switch {
-		case e.IsDir():
-			sub, err := os.ReadDir(path)
-			if err != nil {
-				return out, fmt.Errorf("listing journal dir: %w", err)
-			}
-			for _, s := range sub {
-				if !s.IsDir() && strings.HasSuffix(s.Name(), ".journal") {
-					out = append(out, filepath.Join(path, s.Name()))
-				}
-			}
-		case strings.HasSuffix(e.Name(), ".journal"):
-			out = append(out, path)
-		}
-	}
-	return out, nil
-}
-
 func (p *pass) journalFile(path string, rules []*compiledRule, firstStart bool) error {
-	j, err := openJournal(path, p.s.cfg.MaxLine, p.s.zstd, &p.stats.Journal)
+	j, err := journal.Open(path, journal.Options{MaxData: p.s.cfg.MaxLine, Decoder: p.s.zstd})
 	if err != nil {
 		// Keep where this file was read up to: a passing error must not make it new.
 		for id, c := range p.old.Journal {
@@ -551,7 +519,7 @@ func (p *pass) journalFile(path string, rules []*compiledRule, firstStart bool) 
 		return err
 	}
 	defer j.Close()
-	id := j.h.FileID()
+	id := j.ID()
 	cur := p.old.Journal[id]
 	var after uint64
 	var since time.Time
@@ -560,13 +528,17 @@ func (p *pass) journalFile(path string, rules []*compiledRule, firstStart bool) 
 		after = cur.Seqnum
 	case firstStart:
 		since = p.cutoff
-		if j.h.tailRealtime > 0 && time.UnixMicro(int64(j.h.tailRealtime)).Before(since) {
-			p.next.Journal[id] = &journalCursor{Path: path, Seqnum: j.h.tailSeqnum}
+		if seqnum, rt := j.Tail(); !rt.IsZero() && rt.Before(since) {
+			p.next.Journal[id] = &journalCursor{Path: path, Seqnum: seqnum}
 			return nil
 		}
 	}
 	p.stats.Files++
-	last, err := j.entries(p.ctx, after, since, func(e *journalEntry) {
+	// An iteration that stops at a damaged or half-written object is not an error: the cursor
+	// stays before it and the next pass reads it (the damage is counted in the stats).
+	it := j.Entries(p.ctx, after, since)
+	for it.Next() {
+		e := it.Entry()
 		origin := e.Unit
 		if origin == "" {
 			origin = e.Identifier
@@ -577,10 +549,8 @@ func (p *pass) journalFile(path string, rules []*compiledRule, firstStart bool) 
 			}
 			p.emit(r, path, e.Message, int64(e.Offset), e.Realtime, e.Truncated, origin)
 		}
-	})
-	p.next.Journal[id] = &journalCursor{Path: path, Seqnum: last}
-	if err != nil {
-		return err
 	}
-	return nil
+	p.stats.Journal.Add(j.Stats())
+	p.next.Journal[id] = &journalCursor{Path: path, Seqnum: it.Last()}
+	return it.Err()
 }

@@ -1,11 +1,15 @@
-// Package proxyready diagnoses problem 3 of Istio's traffic-management troubleshooting guide,
-// "connection refused right after pod start": the app container started before istio-proxy was
-// listening. It asks the proxy itself, from inside the pod's network namespace, whether it is
-// ready (GET localhost:15020/healthz/ready, what the guide tells an app to poll) and reports
-// ProxyNotReady with pilot-agent's reason; and it compares the start of each app container with
-// the proxy's readiness (AppStartedBeforeProxy), says whether a native sidecar or
+// Package proxyready diagnoses app containers that start before their istio-proxy is ready.
+//
+// That is problem 3 of Istio's traffic-management troubleshooting guide, "connection refused
+// right after pod start": the app container started before istio-proxy was listening. It asks
+// the proxy itself, from inside the pod's network namespace, whether it is ready (GET
+// localhost:15020/healthz/ready, what the guide tells an app to poll) and reports ProxyNotReady
+// with pilot-agent's reason; and it compares the start of each app container with the proxy's
+// readiness (AppStartedBeforeProxy), says whether a native sidecar or
 // holdApplicationUntilProxyStarts protects the pod, and cites refused connections from the app's
 // own log.
+//
+// # Readers
 //
 // Its readers of the node are the probe (a socket opened inside the pod's namespace, never a
 // process), the container facts discovery handed over, and kubelet's container log files, read

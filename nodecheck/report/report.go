@@ -1,5 +1,6 @@
-// Package report renders a node Report for people (a table for the terminal) and for machines
-// (the JSON of the design contract).
+// Package report renders a node Report for people and for machines.
+//
+// People get a table for the terminal, machines the JSON of the design contract.
 package report
 
 import (

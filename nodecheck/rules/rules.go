@@ -1,9 +1,10 @@
-// Package rules is meshdoctor's model of the packet-capture rules in a network namespace: what an
-// iptables or nftables rule means, independent of the backend it was read from. Rules read over
-// netlink (iptables-nft, Istio's native nftables tables), read from the legacy xtables socket, parsed
-// from iptables-save text, or built from a pod's annotations all end up as the same Rule values, so
-// they can be compared by meaning: `-p tcp -m tcp --dport 15008` and `meta l4proto tcp tcp dport
-// 15008` are one rule here.
+// Package rules is meshdoctor's model of the packet-capture rules in a network namespace.
+//
+// A Rule says what an iptables or nftables rule means, independent of the backend it was read
+// from. Rules read over netlink (iptables-nft, Istio's native nftables tables), read from the
+// legacy xtables socket, parsed from iptables-save text, or built from a pod's annotations all
+// end up as the same Rule values, so they can be compared by meaning: `-p tcp -m tcp --dport
+// 15008` and `meta l4proto tcp tcp dport 15008` are one rule here.
 package rules
 
 import (

@@ -1,8 +1,11 @@
-// Package containerd discovers the node's pods through containerd's gRPC API: every CRI pod
-// sandbox (containers labelled io.cri-containerd.kind=sandbox in the k8s.io namespace) with its
-// sandbox metadata extension (io.cri-containerd.sandbox.metadata: netns path, IP, the pod's
-// annotations and labels), its containers with their OCI spec (effective capabilities), and the
-// running tasks. Three requests list the whole node.
+// Package containerd discovers the node's pods through containerd's gRPC API.
+//
+// It lists every CRI pod sandbox (containers labelled io.cri-containerd.kind=sandbox in the
+// k8s.io namespace) with its sandbox metadata extension (io.cri-containerd.sandbox.metadata:
+// netns path, IP, the pod's annotations and labels), its containers with their OCI spec
+// (effective capabilities), and the running tasks. Three requests list the whole node.
+//
+// # Exited containers
 //
 // One thing containerd's own API cannot say: how a container that has exited ended. The CRI
 // plugin deletes a container's task as soon as it exits and keeps the exit code, reason and
@@ -10,8 +13,12 @@
 // container comes from a CRI ContainerStatus on the same connection (falling back to the task
 // list if CRI does not answer), which is also what kubelet sees.
 //
+// # Versions
+//
 // Works with containerd 1.6, 1.7 and 2.x daemons: they serve the same v1 gRPC services, and the
 // CRI plugin has kept its extension formats ("Version": "v1") since 1.x.
+//
+// # Why not containerd's Go client
 //
 // The services are called with the generated clients of containerd's API module
 // (github.com/containerd/containerd/api) rather than through containerd's Go client

@@ -1,9 +1,10 @@
-// Package cri discovers the node's pods through the Container Runtime Interface (k8s.io/cri-api),
-// what kubelet itself speaks, so a node whose runtime is not containerd (CRI-O) is covered too:
-// ListPodSandbox and ListContainers for the whole node, then one verbose PodSandboxStatus per
-// ready sandbox (IP, annotations, and in the runtime's info the OCI spec with the netns path and
-// the sandbox pid) and one verbose ContainerStatus per container (state, exit code, times, and the
-// OCI spec with the effective capabilities), in parallel.
+// Package cri discovers the node's pods through the Container Runtime Interface.
+//
+// The CRI (k8s.io/cri-api) is what kubelet itself speaks, so a node whose runtime is not
+// containerd (CRI-O) is covered too: ListPodSandbox and ListContainers for the whole node, then
+// one verbose PodSandboxStatus per ready sandbox (IP, annotations, and in the runtime's info the
+// OCI spec with the netns path and the sandbox pid) and one verbose ContainerStatus per container
+// (state, exit code, times, and the OCI spec with the effective capabilities), in parallel.
 package cri
 
 import (

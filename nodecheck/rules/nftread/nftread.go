@@ -1,14 +1,20 @@
-// Package nftread reads, over netlink and in-process, every nftables rule of a network namespace
-// that matters for Istio's traffic capture, and decodes it into meshdoctor's rule model: the
-// tables iptables-nft writes (ip/ip6 nat, mangle, raw, filter, security, with their xtables-compat
-// match and target expressions) and Istio's native tables (inet istio-proxy-nat and friends),
-// renamed to their iptables equivalents so that one expected rule set compares against both.
+// Package nftread reads a network namespace's nftables rules over netlink, in-process.
+//
+// It reads every nftables rule that matters for Istio's traffic capture and decodes it into
+// meshdoctor's rule model: the tables iptables-nft writes (ip/ip6 nat, mangle, raw, filter,
+// security, with their xtables-compat match and target expressions) and Istio's native tables
+// (inet istio-proxy-nat and friends), renamed to their iptables equivalents so that one expected
+// rule set compares against both.
+//
+// # Why not iptables-nft-save
 //
 // Why netlink in-process rather than `nsenter … iptables-nft-save`: no process per pod and per
 // family (a Read of a dual-stack sidecar pod takes about half a millisecond, the two exec'd
 // saves about forty: BenchmarkRead, BenchmarkExecSave), no xtables lock, nothing that could
 // create a table, and the native tables, which iptables-save does not show at all. Only GET
 // requests are ever sent.
+//
+// # Why not google/nftables
 //
 // Why not google/nftables' Conn.GetRules, though its Conn opens its socket in another namespace
 // (WithNetNSFd): in v0.3.0 the rule listing silently skips every expression it has no Go type

@@ -1,7 +1,9 @@
-// Package nsread reads everything the capture check needs from one network namespace, from every
-// place Istio may have written rules: nftables over netlink (iptables-nft and Istio's native
-// tables), the legacy xtables tables that exist, and the interface addresses Istio's writer decides
-// IPv6 capture from. It never creates a table, never takes the xtables lock, never runs a binary.
+// Package nsread reads everything the capture check needs from one network namespace.
+//
+// It reads every place Istio may have written rules: nftables over netlink (iptables-nft and
+// Istio's native tables), the legacy xtables tables that exist, and the interface addresses
+// Istio's writer decides IPv6 capture from. It never creates a table, never takes the xtables
+// lock, never runs a binary.
 package nsread
 
 import (
