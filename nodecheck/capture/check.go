@@ -1,8 +1,19 @@
-// Package capture verifies a pod's traffic-capture rules: it builds the rule set Istio's writer
-// (istio-init or the istio-cni plugin) produces for the pod's annotations, compares it by meaning
-// with the rules read from the pod's network namespace in every backend and family, and names what
-// is wrong — rules missing, incomplete, written for another configuration, or split across
-// iptables backends — with the evidence and the remedy of Istio's troubleshooting guide.
+// Package capture verifies a pod's traffic-capture rules.
+//
+// # Expected rules
+//
+// It builds the rule set Istio's writer (istio-init, the istio-cni plugin, istio-cni's ambient
+// node agent) produces from the pod's capture intent (nodecheck/intent: istio-init's argv and env,
+// the annotations in CNI mode, Istio's defaults), for sidecar REDIRECT and TPROXY and ambient's
+// in-pod rules, written with iptables or native nftables.
+//
+// # Comparison and findings
+//
+// The expected rules are compared by meaning with those read from the pod's network namespace in
+// every backend and family. What is wrong is named with its evidence and the remedy of Istio's
+// troubleshooting guide: rules missing, incomplete, written for another configuration, split
+// across iptables backends; and what the intent itself says (a proxy user istio-init did not
+// exclude, an annotation edited after injection, a flag of a newer Istio).
 package capture
 
 import (

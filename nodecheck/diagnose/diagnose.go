@@ -1,6 +1,15 @@
-// Package diagnose runs checks over targets and turns what they find into a node Report: every
-// check on every target, in parallel with a bound, each check timed, a failing check never taking
-// the others down, and one verdict per target.
+// Package diagnose runs the checks and turns what they find into verdicts.
+//
+// # Pods
+//
+// Runner runs every pod check on every target, in parallel with a bound, each check timed, a
+// failing or panicking check never taking the others down, and gives one verdict per target. The
+// verdict follows the verified capture: once a pod's rules verify, a reason istio-init could not
+// write them is a warning.
+//
+// # The node
+//
+// NodeRunner runs the node-level checks for both `check` and the agent.
 package diagnose
 
 import (

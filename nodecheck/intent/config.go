@@ -3,9 +3,13 @@
 //
 // # Sources
 //
-// The pod's annotations, filled in with Istio's defaults, and the runtime's facts on the target
-// (CNI mode, the proxy's user). The resolved Config is the oracle the capture check builds the
-// expected rules from.
+// In istio-init mode, istio-init's argv and environment as the runtime started it, parsed as
+// istio-iptables parses them (Resolve, ParseInitArgs, FromInitArgs): Istio's injection template
+// puts the mesh-wide values only there. In CNI mode the pod's annotations, which the injector
+// fills with what it resolved, cross-checked against istio-validation's argv. Otherwise the
+// annotations with Istio's defaults, and the runtime's facts on the target (CNI mode, the proxy's
+// user). The resolved Config is the oracle the capture check builds the expected rules from;
+// Intent says which source it came from and where the annotations drift from the argv.
 package intent
 
 import (
