@@ -267,7 +267,7 @@ func TestDecodeXT(t *testing.T) {
 		{"conntrack", v4, "conntrack", 3, mustMarshalXT(t, v4, 3, &xt.ConntrackMtinfo3{ConntrackMtinfo2: xt.ConntrackMtinfo2{
 			ConntrackMtinfoBase: conntrackBase(xt.ConntrackState, xt.ConntrackState), StateMask: 2 | 4}}), "-m conntrack ! --ctstate ESTABLISHED,RELATED", ""},
 		{"conntrack other options", v6, "conntrack", 3, mustMarshalXT(t, v6, 3, &xt.ConntrackMtinfo3{ConntrackMtinfo2: xt.ConntrackMtinfo2{
-			ConntrackMtinfoBase: conntrackBase(xt.ConntrackState|xt.ConntrackDirection, 0), StateMask: 1}}), "-m conntrack --ctstate INVALID -m conntrack options 0x1000 (not decoded)", ""},
+			ConntrackMtinfoBase: conntrackBase(xt.ConntrackState|xt.ConntrackDirection, 0), StateMask: 1}}), "-m conntrack --ctstate INVALID --ctdir ORIGINAL", ""},
 		{"conntrack in inet", unix.NFPROTO_INET, "conntrack", 3, make([]byte, 200), "", "family inet"},
 		{"unknown", v4, "addrtype", 1, make([]byte, 8), "", "not decoded"},
 	}

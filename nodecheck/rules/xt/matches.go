@@ -1,7 +1,8 @@
-package xtlegacy
+package xt
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -10,9 +11,9 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
-// matchDecoder appends what one match extension says to the rule, or returns false when the
-// revision or the data size is not one it knows; the match is then kept as MatchOther.
-type matchDecoder func(family rules.Family, rev uint8, data []byte, m *matchOut) bool
+// matchDecoder appends what one match extension says to o. It returns ErrNotDecoded for a
+// revision it does not know and another error for a structure it cannot read.
+type matchDecoder func(family rules.Family, rev uint32, data []byte, o *matchOut) error
 
 // matchOut collects a match's conditions. Options the model has no kind for are gathered into
 // one MatchOther per match, as ParseSave does with the unknown options of one -m module.
@@ -52,26 +53,26 @@ func matchDecoderFor(name string) matchDecoder {
 	case "socket":
 		return decodeSocket
 	case "comment":
-		return func(rules.Family, uint8, []byte, *matchOut) bool { return true } // changes nothing
+		return func(rules.Family, uint32, []byte, *matchOut) error { return nil } // changes nothing
 	}
 	return nil
 }
 
-func decodeMatch(family rules.Family, name string, rev uint8, data []byte, r *rules.Rule) {
-	if dec := matchDecoderFor(name); dec != nil {
-		var o matchOut
-		if dec(family, rev, data, &o) {
-			r.Matches = append(r.Matches, o.matches...)
-			if len(o.other) > 0 {
-				r.Matches = append(r.Matches, rules.Match{Kind: rules.MatchOther, Value: strings.Join(o.other, " ")})
-			}
-			return
-		}
+// Match decodes the info of match extension name at revision rev, in a table of family, into
+// the conditions it stands for. An extension or revision without a decoder is ErrNotDecoded.
+func Match(family rules.Family, name string, rev uint32, info []byte) ([]rules.Match, error) {
+	dec := matchDecoderFor(name)
+	if dec == nil {
+		return nil, fmt.Errorf("match %s revision %d: %w", name, rev, ErrNotDecoded)
 	}
-	r.Matches = append(r.Matches, rules.Match{
-		Kind:  rules.MatchOther,
-		Value: fmt.Sprintf("-m %s (rev %d)%s", name, rev, rawData(data)),
-	})
+	var o matchOut
+	if err := dec(family, rev, info, &o); err != nil {
+		return nil, fmt.Errorf("match %s revision %d: %w", name, rev, err)
+	}
+	if len(o.other) > 0 {
+		o.matches = append(o.matches, rules.Match{Kind: rules.MatchOther, Value: strings.Join(o.other, " ")})
+	}
+	return o.matches, nil
 }
 
 // ports appends a port-range condition unless it is the full range (what a bare `-m tcp` has);
@@ -84,9 +85,9 @@ func (o *matchOut) ports(kind rules.MatchKind, lo, hi uint16, not bool) {
 }
 
 // decodeTCP reads struct xt_tcp: spts[2], dpts[2], option, flg_mask, flg_cmp, invflags.
-func decodeTCP(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
-	if rev != 0 || len(d) < 12 {
-		return false
+func decodeTCP(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+	if err := revisionAndSize(rev, 0, d, 12); err != nil {
+		return err
 	}
 	inv := d[11]
 	o.ports(rules.MatchSourcePort, ne.Uint16(d[0:]), ne.Uint16(d[2:]), inv&0x01 != 0)
@@ -97,7 +98,7 @@ func decodeTCP(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
 	if opt := d[8]; opt != 0 || inv&0x08 != 0 {
 		o.addOther(inv&0x08 != 0, "--tcp-option "+strconv.Itoa(int(opt)))
 	}
-	return true
+	return nil
 }
 
 func tcpFlags(f uint8) string {
@@ -115,14 +116,14 @@ func tcpFlags(f uint8) string {
 }
 
 // decodeUDP reads struct xt_udp: spts[2], dpts[2], invflags.
-func decodeUDP(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
-	if rev != 0 || len(d) < 9 {
-		return false
+func decodeUDP(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+	if err := revisionAndSize(rev, 0, d, 9); err != nil {
+		return err
 	}
 	inv := d[8]
 	o.ports(rules.MatchSourcePort, ne.Uint16(d[0:]), ne.Uint16(d[2:]), inv&0x01 != 0)
 	o.ports(rules.MatchDestinationPort, ne.Uint16(d[4:]), ne.Uint16(d[6:]), inv&0x02 != 0)
-	return true
+	return nil
 }
 
 // Bits of xt_owner_match_info's match and invert fields.
@@ -135,11 +136,14 @@ const (
 
 // decodeOwner reads struct xt_owner_match_info (revision 1; 0 is long gone from the kernel):
 // uid_min, uid_max, gid_min, gid_max, match, invert.
-func decodeOwner(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
-	if rev != 1 || len(d) < 18 {
-		return false
+func decodeOwner(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+	if err := revisionAndSize(rev, 1, d, 18); err != nil {
+		return err
 	}
 	match, inv := d[16], d[17]
+	if unknown := match &^ (ownerUID | ownerGID | ownerSocket | ownerSupplGroups); unknown != 0 {
+		return fmt.Errorf("unknown owner flags %#x", match)
+	}
 	if match&ownerSocket != 0 {
 		o.addOther(inv&ownerSocket != 0, "--socket-exists")
 	}
@@ -152,36 +156,42 @@ func decodeOwner(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
 	if match&ownerSupplGroups != 0 {
 		o.addOther(inv&ownerSupplGroups != 0, "--suppl-groups")
 	}
-	if unknown := match &^ (ownerUID | ownerGID | ownerSocket | ownerSupplGroups); unknown != 0 {
-		o.addOther(false, fmt.Sprintf("owner flags 0x%x", unknown))
-	}
-	return true
+	return nil
 }
 
 const multiportMax = 15 // XT_MULTI_PORTS
 
 // decodeMultiport reads struct xt_multiport (rev 0: flags, count, ports[15]) and
 // xt_multiport_v1 (rev 1: the same, then pflags[15] marking ranges, and invert).
-func decodeMultiport(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
+func decodeMultiport(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
 	const portsAt = 2
 	var pflags []byte
 	var not bool
-	switch {
-	case rev == 0 && len(d) >= portsAt+2*multiportMax:
-	case rev == 1 && len(d) >= portsAt+3*multiportMax+1:
+	switch rev {
+	case 0:
+		if err := need(d, portsAt+2*multiportMax); err != nil {
+			return err
+		}
+	case 1:
+		if err := need(d, portsAt+3*multiportMax+1); err != nil {
+			return err
+		}
 		pflags = d[portsAt+2*multiportMax : portsAt+3*multiportMax]
 		not = d[portsAt+3*multiportMax] != 0
 	default:
-		return false
+		return ErrNotDecoded
 	}
 	count := int(d[1])
-	if count > multiportMax {
-		return false
+	if count == 0 || count > multiportMax {
+		return fmt.Errorf("multiport with %d ports", count)
 	}
 	port := func(i int) uint16 { return ne.Uint16(d[portsAt+2*i:]) }
 	var parts []string
 	for i := 0; i < count; i++ {
-		if pflags != nil && pflags[i] != 0 && i+1 < count {
+		if pflags != nil && pflags[i] != 0 {
+			if i+1 >= count {
+				return errors.New("multiport range without an end")
+			}
 			parts = append(parts, rules.PortRangeValue(port(i), port(i+1)))
 			i++
 			continue
@@ -197,19 +207,19 @@ func decodeMultiport(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
 	case 2: // XT_MULTIPORT_EITHER: the model has no kind for "source or destination"
 		o.other = append(o.other, "-m multiport "+bang(not)+"--ports "+list)
 	default:
-		return false
+		return fmt.Errorf("multiport flags %d", d[0])
 	}
-	return true
+	return nil
 }
 
 // decodeMark reads struct xt_mark_mtinfo1 / xt_connmark_mtinfo1 (revision 1): mark, mask, invert.
 func decodeMark(kind rules.MatchKind) matchDecoder {
-	return func(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
-		if rev != 1 || len(d) < 9 {
-			return false
+	return func(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+		if err := revisionAndSize(rev, 1, d, 9); err != nil {
+			return err
 		}
 		o.add(kind, d[8] != 0, rules.MarkValue(ne.Uint32(d[0:]), ne.Uint32(d[4:])))
-		return true
+		return nil
 	}
 }
 
@@ -271,7 +281,7 @@ const (
 // nf_inet_addr (orig/repl src/dst, each with its mask), expires_min/max, l4proto, four ports
 // (network order), match_flags, invert_flags; then state_mask and status_mask (u8 in rev 1,
 // u16 from rev 2), and in rev 3 the upper ends of the four port ranges.
-func decodeConntrack(family rules.Family, rev uint8, d []byte, o *matchOut) bool {
+func decodeConntrack(family rules.Family, rev uint32, d []byte, o *matchOut) error {
 	const (
 		expiresAt = 128
 		protoAt   = 136
@@ -281,14 +291,27 @@ func decodeConntrack(family rules.Family, rev uint8, d []byte, o *matchOut) bool
 		stateAt   = 150
 		highAt    = 154
 	)
+	if family != rules.IPv4 && family != rules.IPv6 {
+		return errFamily(family) // the addresses are read as the family's
+	}
 	var state, status uint16
-	switch {
-	case rev == 1 && len(d) >= 152:
+	switch rev {
+	case 1:
+		if err := need(d, 152); err != nil {
+			return err
+		}
 		state, status = uint16(d[stateAt]), uint16(d[stateAt+1])
-	case (rev == 2 && len(d) >= 154) || (rev == 3 && len(d) >= 162):
+	case 2, 3:
+		size := 154
+		if rev == 3 {
+			size = 162
+		}
+		if err := need(d, size); err != nil {
+			return err
+		}
 		state, status = ne.Uint16(d[stateAt:]), ne.Uint16(d[stateAt+2:])
 	default:
-		return false
+		return ErrNotDecoded
 	}
 	flags, inv := ne.Uint16(d[flagsAt:]), ne.Uint16(d[invertAt:])
 	if flags&ctFlagState != 0 {
@@ -349,7 +372,7 @@ func decodeConntrack(family rules.Family, rev uint8, d []byte, o *matchOut) bool
 	if unknown := flags &^ known; unknown != 0 {
 		o.addOther(false, fmt.Sprintf("conntrack flags 0x%x", unknown))
 	}
-	return true
+	return nil
 }
 
 func inetPrefix(family rules.Family, addr, mask []byte) string {
@@ -385,23 +408,28 @@ func ctStatus(s uint16) string {
 
 // decodeState reads struct xt_state_info (the old `-m state`): one state mask, inversion
 // already applied to it by iptables.
-func decodeState(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
-	if rev != 0 || len(d) < 4 {
-		return false
+func decodeState(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+	if err := revisionAndSize(rev, 0, d, 4); err != nil {
+		return err
 	}
 	mask := ne.Uint32(d)
 	if mask>>16 != 0 {
-		return false
+		return fmt.Errorf("unknown state bits %#x", mask)
 	}
 	o.add(rules.MatchCTState, false, ctStates(uint16(mask), stateStates))
-	return true
+	return nil
 }
 
 // decodeSocket reads the socket match: no data in revision 0, one flags byte from revision 1.
 // The flags are listed in the order iptables-save prints them, as ParseSave collects them.
-func decodeSocket(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
-	if rev > 3 || (rev > 0 && len(d) < 1) {
-		return false
+func decodeSocket(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+	if rev > 3 {
+		return ErrNotDecoded
+	}
+	if rev > 0 {
+		if err := need(d, 1); err != nil {
+			return err
+		}
 	}
 	var opts []string
 	if rev > 0 {
@@ -420,5 +448,5 @@ func decodeSocket(_ rules.Family, rev uint8, d []byte, o *matchOut) bool {
 		}
 	}
 	o.add(rules.MatchSocket, false, strings.Join(opts, " "))
-	return true
+	return nil
 }
