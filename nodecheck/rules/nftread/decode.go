@@ -696,6 +696,78 @@ func (a *attrIter) u32() (uint32, error) {
 	return binary.BigEndian.Uint32(a.data), nil
 }
 
+// maxExprAttr is the highest attribute type any expression decoder reads (NFTA_PAYLOAD_* go
+// up to 9, NFTA_BITWISE_* to 7); the others are of no decoder's interest.
+const maxExprAttr = 15
+
+// attrTable is an expression's attributes by type, so that each decoder names the fields it
+// reads instead of running a loop of its own. Of an attribute sent twice the last counts, as
+// the kernel's nla_parse keeps it. The first malformed attribute or value is kept in err and
+// every later read returns nothing: a decoder checks err once, after its reads.
+type attrTable struct {
+	data    [maxExprAttr + 1][]byte
+	present uint16
+	err     error
+}
+
+func parseAttrs(b []byte) attrTable {
+	var t attrTable
+	a := attrIter{b: b}
+	for a.next() {
+		if a.typ <= maxExprAttr {
+			t.data[a.typ] = a.data
+			t.present |= 1 << a.typ
+		}
+	}
+	t.err = a.err
+	return t
+}
+
+// has reports whether the expression has attribute typ.
+func (t *attrTable) has(typ uint16) bool {
+	return typ <= maxExprAttr && t.present&(1<<typ) != 0
+}
+
+// bytes returns attribute typ's payload; nil when it is absent.
+func (t *attrTable) bytes(typ uint16) []byte {
+	if !t.has(typ) {
+		return nil
+	}
+	return t.data[typ]
+}
+
+// str returns attribute typ as a NUL-terminated string.
+func (t *attrTable) str(typ uint16) string {
+	return string(bytes.TrimRight(t.bytes(typ), "\x00"))
+}
+
+// u32 returns attribute typ as a 32-bit value in network order, and whether it is there.
+func (t *attrTable) u32(typ uint16) (uint32, bool) {
+	if t.err != nil || !t.has(typ) {
+		return 0, false
+	}
+	a := attrIter{typ: typ, data: t.data[typ]}
+	v, err := a.u32()
+	if err != nil {
+		t.err = err
+		return 0, false
+	}
+	return v, true
+}
+
+// value returns attribute typ as an NFTA_DATA nest holding a value, and whether it is there.
+func (t *attrTable) value(typ uint16) ([]byte, bool) {
+	if t.err != nil || !t.has(typ) {
+		return nil, false
+	}
+	v, err := dataValue(t.data[typ])
+	if err != nil {
+		t.err = err
+		return nil, false
+	}
+	return v, true
+}
+
 // dataValue reads an NFTA_DATA nest holding a value.
 func dataValue(b []byte) ([]byte, error) {
 	a := attrIter{b: b}

@@ -161,18 +161,11 @@ func (d *ruleDecoder) decode(ctx *ruleContext, exprs []byte) (decodedRule, error
 		if list.typ != unix.NFTA_LIST_ELEM {
 			continue
 		}
-		var name, data []byte
-		a := attrIter{b: list.data}
-		for a.next() {
-			switch a.typ {
-			case unix.NFTA_EXPR_NAME:
-				name = bytes.TrimRight(a.data, "\x00")
-			case unix.NFTA_EXPR_DATA:
-				data = a.data
-			}
-		}
-		if a.err != nil {
-			return decodedRule{}, fmt.Errorf("expression %q: %w", name, a.err)
+		at := parseAttrs(list.data)
+		name := bytes.TrimRight(at.bytes(unix.NFTA_EXPR_NAME), "\x00")
+		data := at.bytes(unix.NFTA_EXPR_DATA)
+		if at.err != nil {
+			return decodedRule{}, fmt.Errorf("expression %q: %w", name, at.err)
 		}
 		if err := d.expr(name, data); err != nil {
 			return decodedRule{}, fmt.Errorf("expression %q: %w", name, err)

@@ -7,32 +7,14 @@ import (
 )
 
 func (d *ruleDecoder) bitwise(data []byte) error {
-	var sreg, dreg, op uint32
-	var mask, xor []byte
-	var hasSreg, hasDreg bool
-	a := attrIter{b: data}
-	for a.next() {
-		var err error
-		switch a.typ {
-		case unix.NFTA_BITWISE_SREG:
-			sreg, err = a.u32()
-			hasSreg = true
-		case unix.NFTA_BITWISE_DREG:
-			dreg, err = a.u32()
-			hasDreg = true
-		case unix.NFTA_BITWISE_MASK:
-			mask, err = dataValue(a.data)
-		case unix.NFTA_BITWISE_XOR:
-			xor, err = dataValue(a.data)
-		case nftaBitwiseOp:
-			op, err = a.u32()
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if a.err != nil {
-		return a.err
+	at := parseAttrs(data)
+	sreg, hasSreg := at.u32(unix.NFTA_BITWISE_SREG)
+	dreg, hasDreg := at.u32(unix.NFTA_BITWISE_DREG)
+	mask, _ := at.value(unix.NFTA_BITWISE_MASK)
+	xor, _ := at.value(unix.NFTA_BITWISE_XOR)
+	op, _ := at.u32(nftaBitwiseOp)
+	if at.err != nil {
+		return at.err
 	}
 	if !hasSreg || !hasDreg {
 		return fmt.Errorf("bitwise without registers")

@@ -7,27 +7,12 @@ import (
 )
 
 func (d *ruleDecoder) byteorder(data []byte) error {
-	var sreg, dreg, op uint32
-	var hasSreg, hasDreg bool
-	a := attrIter{b: data}
-	for a.next() {
-		var err error
-		switch a.typ {
-		case unix.NFTA_BYTEORDER_SREG:
-			sreg, err = a.u32()
-			hasSreg = true
-		case unix.NFTA_BYTEORDER_DREG:
-			dreg, err = a.u32()
-			hasDreg = true
-		case unix.NFTA_BYTEORDER_OP:
-			op, err = a.u32()
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if a.err != nil {
-		return a.err
+	at := parseAttrs(data)
+	sreg, hasSreg := at.u32(unix.NFTA_BYTEORDER_SREG)
+	dreg, hasDreg := at.u32(unix.NFTA_BYTEORDER_DREG)
+	op, _ := at.u32(unix.NFTA_BYTEORDER_OP)
+	if at.err != nil {
+		return at.err
 	}
 	if !hasSreg || !hasDreg {
 		return fmt.Errorf("byteorder without registers")

@@ -20,28 +20,12 @@ const (
 var cmpNames = map[uint32]string{cmpEq: "==", cmpNeq: "!=", cmpLt: "<", cmpLte: "<=", cmpGt: ">", cmpGte: ">="}
 
 func (d *ruleDecoder) cmp(data []byte) error {
-	var sreg, op uint32
-	var value []byte
-	var hasSreg, hasValue bool
-	a := attrIter{b: data}
-	for a.next() {
-		var err error
-		switch a.typ {
-		case unix.NFTA_CMP_SREG:
-			sreg, err = a.u32()
-			hasSreg = true
-		case unix.NFTA_CMP_OP:
-			op, err = a.u32()
-		case unix.NFTA_CMP_DATA:
-			value, err = dataValue(a.data)
-			hasValue = true
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if a.err != nil {
-		return a.err
+	at := parseAttrs(data)
+	sreg, hasSreg := at.u32(unix.NFTA_CMP_SREG)
+	op, _ := at.u32(unix.NFTA_CMP_OP)
+	value, hasValue := at.value(unix.NFTA_CMP_DATA)
+	if at.err != nil {
+		return at.err
 	}
 	if !hasSreg || !hasValue {
 		return fmt.Errorf("cmp without a register or value")

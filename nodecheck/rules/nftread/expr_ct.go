@@ -10,33 +10,21 @@ import (
 )
 
 func (d *ruleDecoder) ct(data []byte) error {
-	var key, dreg, sreg uint32
-	var hasDreg, hasSreg, hasDir bool
-	var dir byte
-	a := attrIter{b: data}
-	for a.next() {
-		var err error
-		switch a.typ {
-		case unix.NFTA_CT_KEY:
-			key, err = a.u32()
-		case unix.NFTA_CT_DREG:
-			dreg, err = a.u32()
-			hasDreg = true
-		case unix.NFTA_CT_SREG:
-			sreg, err = a.u32()
-			hasSreg = true
-		case unix.NFTA_CT_DIRECTION:
-			if len(a.data) != 1 {
-				return fmt.Errorf("ct direction of %d bytes", len(a.data))
-			}
-			dir, hasDir = a.data[0], true
-		}
-		if err != nil {
-			return err
-		}
+	at := parseAttrs(data)
+	key, _ := at.u32(unix.NFTA_CT_KEY)
+	dreg, hasDreg := at.u32(unix.NFTA_CT_DREG)
+	sreg, hasSreg := at.u32(unix.NFTA_CT_SREG)
+	if at.err != nil {
+		return at.err
 	}
-	if a.err != nil {
-		return a.err
+	var dir byte
+	hasDir := at.has(unix.NFTA_CT_DIRECTION)
+	if hasDir {
+		b := at.bytes(unix.NFTA_CT_DIRECTION)
+		if len(b) != 1 {
+			return fmt.Errorf("ct direction of %d bytes", len(b))
+		}
+		dir = b[0]
 	}
 	switch {
 	case hasDreg:

@@ -10,27 +10,19 @@ import (
 )
 
 func (d *ruleDecoder) immediate(data []byte) error {
-	var dreg uint32
-	var hasDreg bool
+	at := parseAttrs(data)
+	dreg, hasDreg := at.u32(unix.NFTA_IMMEDIATE_DREG)
+	if at.err != nil {
+		return at.err
+	}
 	var value []byte
 	var v verdict
 	var isVerdict bool
-	a := attrIter{b: data}
-	for a.next() {
+	if at.has(unix.NFTA_IMMEDIATE_DATA) {
 		var err error
-		switch a.typ {
-		case unix.NFTA_IMMEDIATE_DREG:
-			dreg, err = a.u32()
-			hasDreg = true
-		case unix.NFTA_IMMEDIATE_DATA:
-			value, v, isVerdict, err = parseData(a.data)
-		}
-		if err != nil {
+		if value, v, isVerdict, err = parseData(at.bytes(unix.NFTA_IMMEDIATE_DATA)); err != nil {
 			return err
 		}
-	}
-	if a.err != nil {
-		return a.err
 	}
 	if !hasDreg {
 		return fmt.Errorf("immediate without a register")
@@ -61,26 +53,15 @@ func parseData(b []byte) (value []byte, v verdict, isVerdict bool, err error) {
 		case unix.NFTA_DATA_VALUE:
 			return a.data, v, false, nil
 		case unix.NFTA_DATA_VERDICT:
-			var hasCode bool
-			va := attrIter{b: a.data}
-			for va.next() {
-				switch va.typ {
-				case unix.NFTA_VERDICT_CODE:
-					c, err := va.u32()
-					if err != nil {
-						return nil, v, false, err
-					}
-					v.code, hasCode = int32(c), true
-				case unix.NFTA_VERDICT_CHAIN:
-					v.chain = va.data
-				}
-			}
-			if va.err != nil {
-				return nil, v, false, va.err
+			vt := parseAttrs(a.data)
+			code, hasCode := vt.u32(unix.NFTA_VERDICT_CODE)
+			if vt.err != nil {
+				return nil, v, false, vt.err
 			}
 			if !hasCode {
 				return nil, v, false, fmt.Errorf("verdict without a code")
 			}
+			v.code, v.chain = int32(code), vt.bytes(unix.NFTA_VERDICT_CHAIN)
 			return nil, v, true, nil
 		}
 	}

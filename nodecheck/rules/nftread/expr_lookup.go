@@ -15,29 +15,13 @@ import (
 )
 
 func (d *ruleDecoder) lookup(data []byte) error {
-	var setName string
-	var sreg, flags uint32
-	var hasSreg, hasDreg bool
-	a := attrIter{b: data}
-	for a.next() {
-		var err error
-		switch a.typ {
-		case unix.NFTA_LOOKUP_SET:
-			setName = a.str()
-		case unix.NFTA_LOOKUP_SREG:
-			sreg, err = a.u32()
-			hasSreg = true
-		case unix.NFTA_LOOKUP_DREG:
-			hasDreg = true
-		case unix.NFTA_LOOKUP_FLAGS:
-			flags, err = a.u32()
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if a.err != nil {
-		return a.err
+	at := parseAttrs(data)
+	setName := at.str(unix.NFTA_LOOKUP_SET)
+	sreg, hasSreg := at.u32(unix.NFTA_LOOKUP_SREG)
+	hasDreg := at.has(unix.NFTA_LOOKUP_DREG)
+	flags, _ := at.u32(unix.NFTA_LOOKUP_FLAGS)
+	if at.err != nil {
+		return at.err
 	}
 	if !hasSreg {
 		return fmt.Errorf("lookup without a register")

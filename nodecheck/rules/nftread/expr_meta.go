@@ -11,27 +11,12 @@ import (
 )
 
 func (d *ruleDecoder) meta(data []byte) error {
-	var key, dreg, sreg uint32
-	var hasDreg, hasSreg bool
-	a := attrIter{b: data}
-	for a.next() {
-		var err error
-		switch a.typ {
-		case unix.NFTA_META_KEY:
-			key, err = a.u32()
-		case unix.NFTA_META_DREG:
-			dreg, err = a.u32()
-			hasDreg = true
-		case unix.NFTA_META_SREG:
-			sreg, err = a.u32()
-			hasSreg = true
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if a.err != nil {
-		return a.err
+	at := parseAttrs(data)
+	key, _ := at.u32(unix.NFTA_META_KEY)
+	dreg, hasDreg := at.u32(unix.NFTA_META_DREG)
+	sreg, hasSreg := at.u32(unix.NFTA_META_SREG)
+	if at.err != nil {
+		return at.err
 	}
 	switch {
 	case hasDreg:

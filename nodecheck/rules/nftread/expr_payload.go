@@ -12,32 +12,15 @@ import (
 )
 
 func (d *ruleDecoder) payload(data []byte) error {
-	var r register
-	r.kind = regPayload
-	var dreg uint32
-	var hasDreg, hasSreg bool
-	a := attrIter{b: data}
-	for a.next() {
-		var err error
-		switch a.typ {
-		case unix.NFTA_PAYLOAD_DREG:
-			dreg, err = a.u32()
-			hasDreg = true
-		case unix.NFTA_PAYLOAD_SREG:
-			hasSreg = true
-		case unix.NFTA_PAYLOAD_BASE:
-			r.base, err = a.u32()
-		case unix.NFTA_PAYLOAD_OFFSET:
-			r.offset, err = a.u32()
-		case unix.NFTA_PAYLOAD_LEN:
-			r.length, err = a.u32()
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if a.err != nil {
-		return a.err
+	at := parseAttrs(data)
+	r := register{kind: regPayload}
+	r.base, _ = at.u32(unix.NFTA_PAYLOAD_BASE)
+	r.offset, _ = at.u32(unix.NFTA_PAYLOAD_OFFSET)
+	r.length, _ = at.u32(unix.NFTA_PAYLOAD_LEN)
+	dreg, hasDreg := at.u32(unix.NFTA_PAYLOAD_DREG)
+	hasSreg := at.has(unix.NFTA_PAYLOAD_SREG)
+	if at.err != nil {
+		return at.err
 	}
 	if hasSreg {
 		d.other("payload set %s", r.describe())

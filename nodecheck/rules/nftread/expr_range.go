@@ -10,29 +10,13 @@ import (
 )
 
 func (d *ruleDecoder) rangeExpr(data []byte) error {
-	var sreg, op uint32
-	var from, to []byte
-	var hasSreg bool
-	a := attrIter{b: data}
-	for a.next() {
-		var err error
-		switch a.typ {
-		case unix.NFTA_RANGE_SREG:
-			sreg, err = a.u32()
-			hasSreg = true
-		case unix.NFTA_RANGE_OP:
-			op, err = a.u32()
-		case unix.NFTA_RANGE_FROM_DATA:
-			from, err = dataValue(a.data)
-		case unix.NFTA_RANGE_TO_DATA:
-			to, err = dataValue(a.data)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if a.err != nil {
-		return a.err
+	at := parseAttrs(data)
+	sreg, hasSreg := at.u32(unix.NFTA_RANGE_SREG)
+	op, _ := at.u32(unix.NFTA_RANGE_OP)
+	from, _ := at.value(unix.NFTA_RANGE_FROM_DATA)
+	to, _ := at.value(unix.NFTA_RANGE_TO_DATA)
+	if at.err != nil {
+		return at.err
 	}
 	if !hasSreg || from == nil || to == nil {
 		return fmt.Errorf("range without a register or bounds")

@@ -7,27 +7,13 @@ import (
 )
 
 func (d *ruleDecoder) redir(data []byte) error {
-	var minReg, maxReg uint32
-	var hasMin, hasMax bool
-	a := attrIter{b: data}
-	for a.next() {
-		var err error
-		switch a.typ {
-		case unix.NFTA_REDIR_REG_PROTO_MIN:
-			minReg, err = a.u32()
-			hasMin = true
-		case unix.NFTA_REDIR_REG_PROTO_MAX:
-			maxReg, err = a.u32()
-			hasMax = true
-		}
-		// NFTA_REDIR_FLAGS (random, persistent) is left out, as rules.ParseSave leaves out
-		// REDIRECT --random: neither changes where the proxy must listen.
-		if err != nil {
-			return err
-		}
-	}
-	if a.err != nil {
-		return a.err
+	// NFTA_REDIR_FLAGS (random, persistent) is left out: neither changes where the proxy must
+	// listen.
+	at := parseAttrs(data)
+	minReg, hasMin := at.u32(unix.NFTA_REDIR_REG_PROTO_MIN)
+	maxReg, hasMax := at.u32(unix.NFTA_REDIR_REG_PROTO_MAX)
+	if at.err != nil {
+		return at.err
 	}
 	if !hasMin {
 		d.setTarget(rules.Target{Name: "REDIRECT", Args: rules.RedirectArgs(0, 0)})

@@ -9,27 +9,12 @@ import (
 )
 
 func (d *ruleDecoder) tproxyExpr(data []byte) error {
-	var fam, addrReg, portReg uint32
-	var hasAddr, hasPort bool
-	a := attrIter{b: data}
-	for a.next() {
-		var err error
-		switch a.typ {
-		case nftaTproxyFamily:
-			fam, err = a.u32()
-		case nftaTproxyRegAddr:
-			addrReg, err = a.u32()
-			hasAddr = true
-		case nftaTproxyRegPort:
-			portReg, err = a.u32()
-			hasPort = true
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if a.err != nil {
-		return a.err
+	at := parseAttrs(data)
+	fam, _ := at.u32(nftaTproxyFamily)
+	addrReg, hasAddr := at.u32(nftaTproxyRegAddr)
+	portReg, hasPort := at.u32(nftaTproxyRegPort)
+	if at.err != nil {
+		return at.err
 	}
 	switch fam {
 	case unix.NFPROTO_IPV4:

@@ -21,27 +21,13 @@ var errNotDecoded = xt.ErrNotDecoded
 
 // xt decodes a `match` or `target` expression.
 func (d *ruleDecoder) xt(data []byte, isTarget bool) error {
-	var name string
-	var rev uint32
-	var info []byte
-	var err error
 	// NFTA_MATCH_* and NFTA_TARGET_* share their numbers (name 1, rev 2, info 3).
-	a := attrIter{b: data}
-	for a.next() {
-		switch a.typ {
-		case unix.NFTA_MATCH_NAME:
-			name = a.str()
-		case unix.NFTA_MATCH_REV:
-			rev, err = a.u32()
-		case unix.NFTA_MATCH_INFO:
-			info = a.data
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if a.err != nil {
-		return a.err
+	at := parseAttrs(data)
+	name := at.str(unix.NFTA_MATCH_NAME)
+	rev, _ := at.u32(unix.NFTA_MATCH_REV)
+	info := at.bytes(unix.NFTA_MATCH_INFO)
+	if at.err != nil {
+		return at.err
 	}
 	if isTarget {
 		t, tp, err := decodeXTTarget(d.ctx.family, name, rev, info)
