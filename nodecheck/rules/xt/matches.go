@@ -11,9 +11,9 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
-// matchDecoder appends what one match extension says to o. It returns ErrNotDecoded for a
-// revision it does not know and another error for a structure it cannot read.
-type matchDecoder func(family rules.Family, rev uint32, data []byte, o *matchOut) error
+// matchDecoder returns what one match extension says, or ErrNotDecoded for a revision it does
+// not know and another error for a structure it cannot read.
+type matchDecoder func(family rules.Family, rev uint32, data []byte) (matchOut, error)
 
 // matchOut collects a match's conditions. Options the model has no kind for are gathered into
 // one MatchOther per match, as ParseSave does with the unknown options of one -m module.
@@ -53,7 +53,7 @@ func matchDecoderFor(name string) matchDecoder {
 	case "socket":
 		return decodeSocket
 	case "comment":
-		return func(rules.Family, uint32, []byte, *matchOut) error { return nil } // changes nothing
+		return func(rules.Family, uint32, []byte) (matchOut, error) { return matchOut{}, nil } // changes nothing
 	}
 	return nil
 }
@@ -65,8 +65,10 @@ func Match(family rules.Family, name string, rev uint32, info []byte) ([]rules.M
 	if dec == nil {
 		return nil, fmt.Errorf("match %s revision %d: %w", name, rev, ErrNotDecoded)
 	}
-	var o matchOut
-	if err := dec(family, rev, info, &o); err != nil {
+	// The decoder returns its matchOut rather than filling one it is given: through a func
+	// value, a pointer would move it to the heap, once per match of every rule.
+	o, err := dec(family, rev, info)
+	if err != nil {
 		return nil, fmt.Errorf("match %s revision %d: %w", name, rev, err)
 	}
 	if len(o.other) > 0 {
@@ -85,9 +87,9 @@ func (o *matchOut) ports(kind rules.MatchKind, lo, hi uint16, not bool) {
 }
 
 // decodeTCP reads struct xt_tcp: spts[2], dpts[2], option, flg_mask, flg_cmp, invflags.
-func decodeTCP(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+func decodeTCP(_ rules.Family, rev uint32, d []byte) (o matchOut, err error) {
 	if err := revisionAndSize(rev, 0, d, 12); err != nil {
-		return err
+		return o, err
 	}
 	inv := d[11]
 	o.ports(rules.MatchSourcePort, ne.Uint16(d[0:]), ne.Uint16(d[2:]), inv&0x01 != 0)
@@ -98,7 +100,7 @@ func decodeTCP(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
 	if opt := d[8]; opt != 0 || inv&0x08 != 0 {
 		o.addOther(inv&0x08 != 0, "--tcp-option "+strconv.Itoa(int(opt)))
 	}
-	return nil
+	return o, nil
 }
 
 func tcpFlags(f uint8) string {
@@ -116,14 +118,14 @@ func tcpFlags(f uint8) string {
 }
 
 // decodeUDP reads struct xt_udp: spts[2], dpts[2], invflags.
-func decodeUDP(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+func decodeUDP(_ rules.Family, rev uint32, d []byte) (o matchOut, err error) {
 	if err := revisionAndSize(rev, 0, d, 9); err != nil {
-		return err
+		return o, err
 	}
 	inv := d[8]
 	o.ports(rules.MatchSourcePort, ne.Uint16(d[0:]), ne.Uint16(d[2:]), inv&0x01 != 0)
 	o.ports(rules.MatchDestinationPort, ne.Uint16(d[4:]), ne.Uint16(d[6:]), inv&0x02 != 0)
-	return nil
+	return o, nil
 }
 
 // Bits of xt_owner_match_info's match and invert fields.
@@ -136,13 +138,13 @@ const (
 
 // decodeOwner reads struct xt_owner_match_info (revision 1; 0 is long gone from the kernel):
 // uid_min, uid_max, gid_min, gid_max, match, invert.
-func decodeOwner(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+func decodeOwner(_ rules.Family, rev uint32, d []byte) (o matchOut, err error) {
 	if err := revisionAndSize(rev, 1, d, 18); err != nil {
-		return err
+		return o, err
 	}
 	match, inv := d[16], d[17]
 	if unknown := match &^ (ownerUID | ownerGID | ownerSocket | ownerSupplGroups); unknown != 0 {
-		return fmt.Errorf("unknown owner flags %#x", match)
+		return o, fmt.Errorf("unknown owner flags %#x", match)
 	}
 	if match&ownerSocket != 0 {
 		o.addOther(inv&ownerSocket != 0, "--socket-exists")
@@ -156,41 +158,41 @@ func decodeOwner(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
 	if match&ownerSupplGroups != 0 {
 		o.addOther(inv&ownerSupplGroups != 0, "--suppl-groups")
 	}
-	return nil
+	return o, nil
 }
 
 const multiportMax = 15 // XT_MULTI_PORTS
 
 // decodeMultiport reads struct xt_multiport (rev 0: flags, count, ports[15]) and
 // xt_multiport_v1 (rev 1: the same, then pflags[15] marking ranges, and invert).
-func decodeMultiport(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+func decodeMultiport(_ rules.Family, rev uint32, d []byte) (o matchOut, err error) {
 	const portsAt = 2
 	var pflags []byte
 	var not bool
 	switch rev {
 	case 0:
 		if err := need(d, portsAt+2*multiportMax); err != nil {
-			return err
+			return o, err
 		}
 	case 1:
 		if err := need(d, portsAt+3*multiportMax+1); err != nil {
-			return err
+			return o, err
 		}
 		pflags = d[portsAt+2*multiportMax : portsAt+3*multiportMax]
 		not = d[portsAt+3*multiportMax] != 0
 	default:
-		return ErrNotDecoded
+		return o, ErrNotDecoded
 	}
 	count := int(d[1])
 	if count == 0 || count > multiportMax {
-		return fmt.Errorf("multiport with %d ports", count)
+		return o, fmt.Errorf("multiport with %d ports", count)
 	}
 	port := func(i int) uint16 { return ne.Uint16(d[portsAt+2*i:]) }
 	var parts []string
 	for i := 0; i < count; i++ {
 		if pflags != nil && pflags[i] != 0 {
 			if i+1 >= count {
-				return errors.New("multiport range without an end")
+				return o, errors.New("multiport range without an end")
 			}
 			parts = append(parts, rules.PortRangeValue(port(i), port(i+1)))
 			i++
@@ -207,19 +209,19 @@ func decodeMultiport(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
 	case 2: // XT_MULTIPORT_EITHER: the model has no kind for "source or destination"
 		o.other = append(o.other, "-m multiport "+bang(not)+"--ports "+list)
 	default:
-		return fmt.Errorf("multiport flags %d", d[0])
+		return o, fmt.Errorf("multiport flags %d", d[0])
 	}
-	return nil
+	return o, nil
 }
 
 // decodeMark reads struct xt_mark_mtinfo1 / xt_connmark_mtinfo1 (revision 1): mark, mask, invert.
 func decodeMark(kind rules.MatchKind) matchDecoder {
-	return func(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+	return func(_ rules.Family, rev uint32, d []byte) (o matchOut, err error) {
 		if err := revisionAndSize(rev, 1, d, 9); err != nil {
-			return err
+			return o, err
 		}
 		o.add(kind, d[8] != 0, rules.MarkValue(ne.Uint32(d[0:]), ne.Uint32(d[4:])))
-		return nil
+		return o, nil
 	}
 }
 
@@ -281,7 +283,7 @@ const (
 // nf_inet_addr (orig/repl src/dst, each with its mask), expires_min/max, l4proto, four ports
 // (network order), match_flags, invert_flags; then state_mask and status_mask (u8 in rev 1,
 // u16 from rev 2), and in rev 3 the upper ends of the four port ranges.
-func decodeConntrack(family rules.Family, rev uint32, d []byte, o *matchOut) error {
+func decodeConntrack(family rules.Family, rev uint32, d []byte) (o matchOut, err error) {
 	const (
 		expiresAt = 128
 		protoAt   = 136
@@ -292,13 +294,13 @@ func decodeConntrack(family rules.Family, rev uint32, d []byte, o *matchOut) err
 		highAt    = 154
 	)
 	if family != rules.IPv4 && family != rules.IPv6 {
-		return errFamily(family) // the addresses are read as the family's
+		return o, errFamily(family) // the addresses are read as the family's
 	}
 	var state, status uint16
 	switch rev {
 	case 1:
 		if err := need(d, 152); err != nil {
-			return err
+			return o, err
 		}
 		state, status = uint16(d[stateAt]), uint16(d[stateAt+1])
 	case 2, 3:
@@ -307,11 +309,11 @@ func decodeConntrack(family rules.Family, rev uint32, d []byte, o *matchOut) err
 			size = 162
 		}
 		if err := need(d, size); err != nil {
-			return err
+			return o, err
 		}
 		state, status = ne.Uint16(d[stateAt:]), ne.Uint16(d[stateAt+2:])
 	default:
-		return ErrNotDecoded
+		return o, ErrNotDecoded
 	}
 	flags, inv := ne.Uint16(d[flagsAt:]), ne.Uint16(d[invertAt:])
 	if flags&ctFlagState != 0 {
@@ -372,7 +374,7 @@ func decodeConntrack(family rules.Family, rev uint32, d []byte, o *matchOut) err
 	if unknown := flags &^ known; unknown != 0 {
 		o.addOther(false, fmt.Sprintf("conntrack flags 0x%x", unknown))
 	}
-	return nil
+	return o, nil
 }
 
 func inetPrefix(family rules.Family, addr, mask []byte) string {
@@ -408,27 +410,27 @@ func ctStatus(s uint16) string {
 
 // decodeState reads struct xt_state_info (the old `-m state`): one state mask, inversion
 // already applied to it by iptables.
-func decodeState(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+func decodeState(_ rules.Family, rev uint32, d []byte) (o matchOut, err error) {
 	if err := revisionAndSize(rev, 0, d, 4); err != nil {
-		return err
+		return o, err
 	}
 	mask := ne.Uint32(d)
 	if mask>>16 != 0 {
-		return fmt.Errorf("unknown state bits %#x", mask)
+		return o, fmt.Errorf("unknown state bits %#x", mask)
 	}
 	o.add(rules.MatchCTState, false, ctStates(uint16(mask), stateStates))
-	return nil
+	return o, nil
 }
 
 // decodeSocket reads the socket match: no data in revision 0, one flags byte from revision 1.
 // The flags are listed in the order iptables-save prints them, as ParseSave collects them.
-func decodeSocket(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
+func decodeSocket(_ rules.Family, rev uint32, d []byte) (o matchOut, err error) {
 	if rev > 3 {
-		return ErrNotDecoded
+		return o, ErrNotDecoded
 	}
 	if rev > 0 {
 		if err := need(d, 1); err != nil {
-			return err
+			return o, err
 		}
 	}
 	var opts []string
@@ -448,5 +450,5 @@ func decodeSocket(_ rules.Family, rev uint32, d []byte, o *matchOut) error {
 		}
 	}
 	o.add(rules.MatchSocket, false, strings.Join(opts, " "))
-	return nil
+	return o, nil
 }
