@@ -6,6 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// bitwise decodes a mask-and-xor over a register: how prefixes and mark masks are written.
 func (d *ruleDecoder) bitwise(data []byte) error {
 	at := parseAttrs(data)
 	sreg, hasSreg := at.u32(unix.NFTA_BITWISE_SREG)

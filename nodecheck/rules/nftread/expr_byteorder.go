@@ -6,6 +6,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// byteorder decodes the conversion nft puts before comparing a host-order key (meta skuid) as a
+// range.
 func (d *ruleDecoder) byteorder(data []byte) error {
 	at := parseAttrs(data)
 	sreg, hasSreg := at.u32(unix.NFTA_BYTEORDER_SREG)

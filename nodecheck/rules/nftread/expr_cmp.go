@@ -19,6 +19,8 @@ const (
 
 var cmpNames = map[uint32]string{cmpEq: "==", cmpNeq: "!=", cmpLt: "<", cmpLte: "<=", cmpGt: ">", cmpGte: ">="}
 
+// cmp decodes a comparison of a register with a value: with the load before it, a match. The
+// gte and lte halves of an older iptables-nft port range are paired into one.
 func (d *ruleDecoder) cmp(data []byte) error {
 	at := parseAttrs(data)
 	sreg, hasSreg := at.u32(unix.NFTA_CMP_SREG)

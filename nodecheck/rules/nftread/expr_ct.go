@@ -9,6 +9,8 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
+// ct decodes `ct KEY`: a load of conntrack state for a later compare, or `ct KEY set` from a
+// register, a statement (CONNMARK, CT --zone).
 func (d *ruleDecoder) ct(data []byte) error {
 	at := parseAttrs(data)
 	key, _ := at.u32(unix.NFTA_CT_KEY)

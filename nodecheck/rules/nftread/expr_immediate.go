@@ -9,6 +9,8 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
+// immediate decodes a constant put into a register, or into the verdict register: the rule's
+// verdict or jump.
 func (d *ruleDecoder) immediate(data []byte) error {
 	at := parseAttrs(data)
 	dreg, hasDreg := at.u32(unix.NFTA_IMMEDIATE_DREG)

@@ -14,6 +14,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
+// lookup decodes a set membership test (`tcp dport { 53, 15008 }`), or a map, kept whole.
 func (d *ruleDecoder) lookup(data []byte) error {
 	at := parseAttrs(data)
 	setName := at.str(unix.NFTA_LOOKUP_SET)

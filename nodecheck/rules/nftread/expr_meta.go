@@ -10,6 +10,8 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
+// meta decodes `meta KEY`: a load of packet metadata that a later cmp turns into a match, or
+// `meta KEY set` from a register, a statement (MARK, CONNMARK --restore-mark).
 func (d *ruleDecoder) meta(data []byte) error {
 	at := parseAttrs(data)
 	key, _ := at.u32(unix.NFTA_META_KEY)

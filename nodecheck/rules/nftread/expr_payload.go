@@ -11,6 +11,8 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
+// payload decodes a load of header bytes (addresses, ports, flags) for a later cmp, range or
+// lookup; a payload write (mangling) is kept whole as MatchOther.
 func (d *ruleDecoder) payload(data []byte) error {
 	at := parseAttrs(data)
 	r := register{kind: regPayload}

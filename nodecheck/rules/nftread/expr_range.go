@@ -9,6 +9,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
+// rangeExpr decodes `range`: a register between two bounds (a port or ID range).
 func (d *ruleDecoder) rangeExpr(data []byte) error {
 	at := parseAttrs(data)
 	sreg, hasSreg := at.u32(unix.NFTA_RANGE_SREG)

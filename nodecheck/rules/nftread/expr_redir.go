@@ -6,6 +6,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
+// redir decodes nft's `redirect`: iptables' REDIRECT, its ports from immediate registers.
 func (d *ruleDecoder) redir(data []byte) error {
 	// NFTA_REDIR_FLAGS (random, persistent) is left out: neither changes where the proxy must
 	// listen.

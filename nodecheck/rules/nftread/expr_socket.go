@@ -4,6 +4,7 @@ import (
 	"fmt"
 )
 
+// socket decodes a load of the packet's socket (`socket transparent`) for a later cmp.
 func (d *ruleDecoder) socket(data []byte) error {
 	at := parseAttrs(data)
 	key, _ := at.u32(nftaSocketKey)

@@ -8,6 +8,8 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
+// tproxyExpr decodes nft's `tproxy`: iptables' TPROXY, its address and port from immediate
+// registers and its mark from a `meta mark set` after it.
 func (d *ruleDecoder) tproxyExpr(data []byte) error {
 	at := parseAttrs(data)
 	fam, _ := at.u32(nftaTproxyFamily)
