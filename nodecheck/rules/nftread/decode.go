@@ -106,16 +106,11 @@ func parseTables(msgs [][]byte) ([]tableInfo, error) {
 		if err != nil {
 			return nil, fmt.Errorf("table: %w", err)
 		}
-		id := tableID{family: fam}
-		a := attrIter{b: attrs}
-		for a.next() {
-			if a.typ == unix.NFTA_TABLE_NAME {
-				id.name = a.str()
-			}
+		at := parseAttrs(attrs)
+		if at.err != nil {
+			return nil, fmt.Errorf("table: %w", at.err)
 		}
-		if a.err != nil {
-			return nil, fmt.Errorf("table: %w", a.err)
-		}
+		id := tableID{family: fam, name: at.str(unix.NFTA_TABLE_NAME)}
 		if id.name == "" {
 			return nil, errors.New("table without a name")
 		}
@@ -139,37 +134,21 @@ func parseChains(msgs [][]byte) ([]chainInfo, error) {
 		if err != nil {
 			return nil, fmt.Errorf("chain: %w", err)
 		}
-		c := chainInfo{table: tableID{family: fam}}
-		a := attrIter{b: attrs}
-		for a.next() {
-			switch a.typ {
-			case unix.NFTA_CHAIN_TABLE:
-				c.table.name = a.str()
-			case unix.NFTA_CHAIN_NAME:
-				c.name = a.str()
-			case unix.NFTA_CHAIN_HOOK:
-				c.base = true
-				h := attrIter{b: a.data}
-				for h.next() {
-					if h.typ == unix.NFTA_HOOK_HOOKNUM {
-						if c.hook, err = h.u32(); err != nil {
-							return nil, fmt.Errorf("chain %s hook: %w", c.name, err)
-						}
-					}
-				}
-				if h.err != nil {
-					return nil, fmt.Errorf("chain %s hook: %w", c.name, h.err)
-				}
-			case unix.NFTA_CHAIN_POLICY:
-				p, err := a.u32()
-				if err != nil {
-					return nil, fmt.Errorf("chain %s policy: %w", c.name, err)
-				}
-				c.policy = verdictName(int32(p))
+		at := parseAttrs(attrs)
+		c := chainInfo{table: tableID{family: fam, name: at.str(unix.NFTA_CHAIN_TABLE)}, name: at.str(unix.NFTA_CHAIN_NAME)}
+		if at.err != nil {
+			return nil, fmt.Errorf("chain %s: %w", c.name, at.err)
+		}
+		if c.base = at.has(unix.NFTA_CHAIN_HOOK); c.base {
+			hook := parseAttrs(at.bytes(unix.NFTA_CHAIN_HOOK))
+			if c.hook, _ = hook.u32(unix.NFTA_HOOK_HOOKNUM); hook.err != nil {
+				return nil, fmt.Errorf("chain %s hook: %w", c.name, hook.err)
 			}
 		}
-		if a.err != nil {
-			return nil, fmt.Errorf("chain %s: %w", c.name, a.err)
+		if p, ok := at.u32(unix.NFTA_CHAIN_POLICY); ok {
+			c.policy = verdictName(int32(p))
+		} else if at.err != nil {
+			return nil, fmt.Errorf("chain %s policy: %w", c.name, at.err)
 		}
 		if c.name == "" || c.table.name == "" {
 			return nil, errors.New("chain without a name or table")
@@ -200,26 +179,16 @@ func parseSets(msgs [][]byte) ([]*setInfo, error) {
 		if err != nil {
 			return nil, fmt.Errorf("set: %w", err)
 		}
-		s := &setInfo{table: tableID{family: fam}}
-		a := attrIter{b: attrs}
-		for a.next() {
-			switch a.typ {
-			case unix.NFTA_SET_TABLE:
-				s.table.name = a.str()
-			case unix.NFTA_SET_NAME:
-				s.name = a.str()
-			case unix.NFTA_SET_FLAGS:
-				if s.flags, err = a.u32(); err != nil {
-					return nil, fmt.Errorf("set %s flags: %w", s.name, err)
-				}
-			case unix.NFTA_SET_KEY_LEN:
-				if s.keyLen, err = a.u32(); err != nil {
-					return nil, fmt.Errorf("set %s key length: %w", s.name, err)
-				}
-			}
+		at := parseAttrs(attrs)
+		s := &setInfo{table: tableID{family: fam, name: at.str(unix.NFTA_SET_TABLE)}, name: at.str(unix.NFTA_SET_NAME)}
+		if at.err != nil {
+			return nil, fmt.Errorf("set %s: %w", s.name, at.err)
 		}
-		if a.err != nil {
-			return nil, fmt.Errorf("set %s: %w", s.name, a.err)
+		if s.flags, _ = at.u32(unix.NFTA_SET_FLAGS); at.err != nil {
+			return nil, fmt.Errorf("set %s flags: %w", s.name, at.err)
+		}
+		if s.keyLen, _ = at.u32(unix.NFTA_SET_KEY_LEN); at.err != nil {
+			return nil, fmt.Errorf("set %s key length: %w", s.name, at.err)
 		}
 		if s.name == "" || s.table.name == "" {
 			return nil, errors.New("set without a name or table")
@@ -240,21 +209,11 @@ func addElements(sets map[setKey]*setInfo, msgs [][]byte) error {
 		if err != nil {
 			return fmt.Errorf("set elements: %w", err)
 		}
-		key := setKey{table: tableID{family: fam}}
-		var list []byte
-		a := attrIter{b: attrs}
-		for a.next() {
-			switch a.typ {
-			case unix.NFTA_SET_ELEM_LIST_TABLE:
-				key.table.name = a.str()
-			case unix.NFTA_SET_ELEM_LIST_SET:
-				key.name = a.str()
-			case unix.NFTA_SET_ELEM_LIST_ELEMENTS:
-				list = a.data
-			}
-		}
-		if a.err != nil {
-			return fmt.Errorf("elements of set %s: %w", key.name, a.err)
+		at := parseAttrs(attrs)
+		key := setKey{table: tableID{family: fam, name: at.str(unix.NFTA_SET_ELEM_LIST_TABLE)}, name: at.str(unix.NFTA_SET_ELEM_LIST_SET)}
+		list := at.bytes(unix.NFTA_SET_ELEM_LIST_ELEMENTS)
+		if at.err != nil {
+			return fmt.Errorf("elements of set %s: %w", key.name, at.err)
 		}
 		s := sets[key]
 		if s == nil {
@@ -263,23 +222,10 @@ func addElements(sets map[setKey]*setInfo, msgs [][]byte) error {
 		l := attrIter{b: list}
 		for l.next() {
 			var e setElement
-			ea := attrIter{b: l.data}
-			for ea.next() {
-				switch ea.typ {
-				case unix.NFTA_SET_ELEM_KEY:
-					if e.key, err = dataValue(ea.data); err != nil {
-						return fmt.Errorf("element of set %s: %w", key.name, err)
-					}
-				case nftaSetElemKeyEnd:
-					if e.keyEnd, err = dataValue(ea.data); err != nil {
-						return fmt.Errorf("element of set %s: %w", key.name, err)
-					}
-				case unix.NFTA_SET_ELEM_FLAGS:
-					if e.flags, err = ea.u32(); err != nil {
-						return fmt.Errorf("element of set %s: %w", key.name, err)
-					}
-				}
-			}
+			ea := parseAttrs(l.data)
+			e.key, _ = ea.value(unix.NFTA_SET_ELEM_KEY)
+			e.keyEnd, _ = ea.value(nftaSetElemKeyEnd)
+			e.flags, _ = ea.u32(unix.NFTA_SET_ELEM_FLAGS)
 			if ea.err != nil {
 				return fmt.Errorf("element of set %s: %w", key.name, ea.err)
 			}
@@ -539,20 +485,12 @@ func (b *builder) addRule(msg []byte) error {
 	if err != nil {
 		return fmt.Errorf("rule: %w", err)
 	}
-	var table, chain, exprs []byte
-	a := attrIter{b: attrs}
-	for a.next() {
-		switch a.typ {
-		case unix.NFTA_RULE_TABLE:
-			table = bytes.TrimRight(a.data, "\x00")
-		case unix.NFTA_RULE_CHAIN:
-			chain = bytes.TrimRight(a.data, "\x00")
-		case unix.NFTA_RULE_EXPRESSIONS:
-			exprs = a.data
-		}
-	}
-	if a.err != nil {
-		return fmt.Errorf("rule in %s %s chain %s: %w", familyName(fam), table, chain, a.err)
+	at := parseAttrs(attrs)
+	table := bytes.TrimRight(at.bytes(unix.NFTA_RULE_TABLE), "\x00")
+	chain := bytes.TrimRight(at.bytes(unix.NFTA_RULE_CHAIN), "\x00")
+	exprs := at.bytes(unix.NFTA_RULE_EXPRESSIONS)
+	if at.err != nil {
+		return fmt.Errorf("rule in %s %s chain %s: %w", familyName(fam), table, chain, at.err)
 	}
 	bt := b.lookup(fam, table)
 	if bt == nil {
@@ -696,26 +634,33 @@ func (a *attrIter) u32() (uint32, error) {
 	return binary.BigEndian.Uint32(a.data), nil
 }
 
-// maxExprAttr is the highest attribute type any expression decoder reads (NFTA_PAYLOAD_* go
-// up to 9, NFTA_BITWISE_* to 7); the others are of no decoder's interest.
-const maxExprAttr = 15
+// maxAttr is the highest attribute type any decoder reads (NFTA_SET_ELEM_KEY_END is 10,
+// NFTA_PAYLOAD_* go up to 9); the others are of no decoder's interest.
+const maxAttr = 15
 
-// attrTable is an expression's attributes by type, so that each decoder names the fields it
-// reads instead of running a loop of its own. Of an attribute sent twice the last counts, as
+// attrTable is the attributes of one message, expression or nest by type, so that each decoder
+// names the fields it reads instead of running a loop of its own. Of an attribute sent twice the last counts, as
 // the kernel's nla_parse keeps it. The first malformed attribute or value is kept in err and
 // every later read returns nothing: a decoder checks err once, after its reads.
 type attrTable struct {
-	data    [maxExprAttr + 1][]byte
+	b []byte
+	// span is where each attribute's payload lies in b: offsets rather than slices, so the table
+	// a decoder zeroes for every expression is a third of the size.
+	span    [maxAttr + 1]struct{ from, to uint32 }
 	present uint16
 	err     error
 }
 
 func parseAttrs(b []byte) attrTable {
-	var t attrTable
+	t := attrTable{b: b}
 	a := attrIter{b: b}
-	for a.next() {
-		if a.typ <= maxExprAttr {
-			t.data[a.typ] = a.data
+	for {
+		at := len(b) - len(a.b) + 4 // where the next attribute's payload starts
+		if !a.next() {
+			break
+		}
+		if a.typ <= maxAttr {
+			t.span[a.typ].from, t.span[a.typ].to = uint32(at), uint32(at+len(a.data))
 			t.present |= 1 << a.typ
 		}
 	}
@@ -725,7 +670,7 @@ func parseAttrs(b []byte) attrTable {
 
 // has reports whether the expression has attribute typ.
 func (t *attrTable) has(typ uint16) bool {
-	return typ <= maxExprAttr && t.present&(1<<typ) != 0
+	return typ <= maxAttr && t.present&(1<<typ) != 0
 }
 
 // bytes returns attribute typ's payload; nil when it is absent.
@@ -733,7 +678,8 @@ func (t *attrTable) bytes(typ uint16) []byte {
 	if !t.has(typ) {
 		return nil
 	}
-	return t.data[typ]
+	sp := t.span[typ]
+	return t.b[sp.from:sp.to:sp.to]
 }
 
 // str returns attribute typ as a NUL-terminated string.
@@ -746,7 +692,7 @@ func (t *attrTable) u32(typ uint16) (uint32, bool) {
 	if t.err != nil || !t.has(typ) {
 		return 0, false
 	}
-	a := attrIter{typ: typ, data: t.data[typ]}
+	a := attrIter{typ: typ, data: t.bytes(typ)}
 	v, err := a.u32()
 	if err != nil {
 		t.err = err
@@ -760,7 +706,7 @@ func (t *attrTable) value(typ uint16) ([]byte, bool) {
 	if t.err != nil || !t.has(typ) {
 		return nil, false
 	}
-	v, err := dataValue(t.data[typ])
+	v, err := dataValue(t.bytes(typ))
 	if err != nil {
 		t.err = err
 		return nil, false
