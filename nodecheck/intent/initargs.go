@@ -84,6 +84,16 @@ func (f initFlag) accepts(s string) bool {
 	return true
 }
 
+// initFlagEnv is envNames of each of initFlags, in the same order: worked out once, since every
+// istio-init-mode pod's check reads them.
+var initFlagEnv = func() [][]string {
+	out := make([][]string, len(initFlags))
+	for i, f := range initFlags {
+		out[i] = f.envNames()
+	}
+	return out
+}()
+
 // envNames are the variables a flag reads, in the order istio-iptables applies them.
 func (f initFlag) envNames() []string {
 	if f.long == "envoy-port" || strings.HasPrefix(f.long, "log_") {
@@ -124,8 +134,8 @@ func ParseInitArgs(argv, env []string) (InitArgs, error) {
 			environ[k] = v
 		}
 	}
-	for _, f := range initFlags {
-		for _, name := range f.envNames() {
+	for i, f := range initFlags {
+		for _, name := range initFlagEnv[i] {
 			v, ok := environ[name]
 			switch {
 			case !ok:
