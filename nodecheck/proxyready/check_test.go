@@ -168,10 +168,15 @@ func runScenario(t *testing.T, sc scenario) []byte {
 		p.notReadyLine = agent.waitLine(t, "Envoy proxy is NOT ready:")
 		if sc.proxy == proxyLive {
 			admin.set(adminLive)
-			probe, err := (NetnsProber{}).Probe(ctx, ns.Path(), DefaultStatusPort)
-			if err != nil || probe.Outcome != OutcomeReady {
-				t.Fatalf("pilot-agent with a live Envoy: %+v %v\n%s", probe, err, agent.out.String())
-			}
+			// pilot-agent may answer one more probe from what it last saw of Envoy: wait for it
+			// to see the live admin.
+			testbed.Eventually(t, 10*time.Second, "pilot-agent ready with a live Envoy", func() error {
+				probe, err := (NetnsProber{}).Probe(ctx, ns.Path(), DefaultStatusPort)
+				if err == nil && probe.Outcome != OutcomeReady {
+					err = fmt.Errorf("%+v\n%s", probe, agent.out.String())
+				}
+				return err
+			})
 			p.readyLine = agent.waitLine(t, "Envoy proxy is ready")
 		}
 	case proxyHangs:
