@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
@@ -146,6 +147,43 @@ func drift(annotations map[string]string, args InitArgs) []Drift {
 		fv := args.Values[af.flag]
 		if !agree(af.kind, av, fv) {
 			out = append(out, Drift{Annotation: af.annotation, AnnotationValue: av, Flag: "--" + af.flag, ArgValue: fv})
+		}
+	}
+	return append(out, metadataDrift(annotations[istiopod.AnnotationProxyConfig], args)...)
+}
+
+// metadataFlags pairs the proxyMetadata variables that decide capture with the flag each sets:
+// the injection template renders the pod's proxyMetadata into istio-init's env.
+var metadataFlags = []struct{ variable, flag string }{
+	{"ISTIO_DUAL_STACK", "dual-stack"},
+	{"ISTIO_META_DNS_CAPTURE", "redirect-dns"},
+	{"INVALID_DROP", "drop-invalid"},
+}
+
+// metadataDrift lists the proxyMetadata of the pod's proxy.istio.io/config that says otherwise
+// than the init container's env and args: the annotation edited after injection. A value
+// istio-iptables would ignore, or an annotation that does not parse, says nothing here (the
+// annotation's own check reports a malformed one).
+func metadataDrift(proxyConfig string, args InitArgs) []Drift {
+	meta, err := ProxyMetadata(proxyConfig)
+	if err != nil || len(meta) == 0 {
+		return nil
+	}
+	var out []Drift
+	for _, mf := range metadataFlags {
+		av, ok := meta[mf.variable]
+		if !ok {
+			continue
+		}
+		want, err := strconv.ParseBool(strings.TrimSpace(av))
+		if err != nil {
+			continue
+		}
+		fv := args.Values[mf.flag]
+		got, _ := strconv.ParseBool(strings.TrimSpace(fv))
+		if got != want {
+			out = append(out, Drift{Annotation: istiopod.AnnotationProxyConfig + " proxyMetadata." + mf.variable,
+				AnnotationValue: av, Flag: "--" + mf.flag, ArgValue: fv})
 		}
 	}
 	return out

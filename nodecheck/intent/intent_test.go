@@ -60,6 +60,27 @@ func TestResolve(t *testing.T) {
 			drift:      []string{istiopod.AnnotationExcludeOutboundCIDRs},
 		},
 		{
+			name: "proxyMetadata edited after injection: istio-init's env did not get it",
+			target: nodecheck.Target{
+				Annotations: map[string]string{istiopod.AnnotationProxyConfig: `{"proxyMetadata":{"ISTIO_DUAL_STACK":"true","ISTIO_META_DNS_CAPTURE":"maybe"}}`},
+				Containers:  []nodecheck.Container{initContainer(istiopod.ContainerIstioInit, meshWideArgv...)},
+			},
+			source: SourceInitArgs, container: istiopod.ContainerIstioInit, excludeOut: "10.0.0.0/8",
+			drift: []string{istiopod.AnnotationProxyConfig + " proxyMetadata.ISTIO_DUAL_STACK"},
+		},
+		{
+			name: "proxyMetadata as istio-init's env has it",
+			target: func() nodecheck.Target {
+				init := initContainer(istiopod.ContainerIstioInit, meshWideArgv...)
+				init.Env = []string{"ISTIO_DUAL_STACK=true"}
+				return nodecheck.Target{
+					Annotations: map[string]string{istiopod.AnnotationProxyConfig: "proxyMetadata:\n  ISTIO_DUAL_STACK: \"true\"\n"},
+					Containers:  []nodecheck.Container{init},
+				}
+			}(),
+			source: SourceInitArgs, container: istiopod.ContainerIstioInit, excludeOut: "10.0.0.0/8",
+		},
+		{
 			name:   "no init argv and capture annotations",
 			target: nodecheck.Target{Annotations: map[string]string{istiopod.AnnotationExcludeOutboundCIDRs: "10.1.0.0/16"}},
 			source: SourceAnnotations, excludeOut: "10.1.0.0/16",
