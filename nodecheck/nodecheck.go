@@ -44,6 +44,7 @@ const (
 	ProxyUIDMismatch           Code = "ProxyUIDMismatch"
 	CaptureIntentDrift         Code = "CaptureIntentDrift"
 	InitArgsUnknownFlag        Code = "InitArgsUnknownFlag"
+	NetnsNotPods               Code = "NetnsNotPods"
 )
 
 // AllCodes lists every code, in the contract's order, so reporters can initialise their series.
@@ -53,7 +54,7 @@ func AllCodes() []Code {
 		InitContainerFailed, InitMissingNetAdmin, PodSecurityBlocksInit, IstioCNINotInstalled,
 		IstioCNIIncomplete, IstioCNINodeNotReady, IstioCNIErrors, NsenterErrors,
 		IstiodAPIServerUnreachable, ProxyNotReady, AppStartedBeforeProxy,
-		ProxyUIDMismatch, CaptureIntentDrift, InitArgsUnknownFlag,
+		ProxyUIDMismatch, CaptureIntentDrift, InitArgsUnknownFlag, NetnsNotPods,
 	}
 }
 

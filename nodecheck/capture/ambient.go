@@ -111,6 +111,12 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent
 	for _, s := range snap.Sets {
 		detail.Raw[string(s.Backend)+"/"+s.Family.String()] = s.Save()
 	}
+	if f, wrong, err := netnsNotPods(t, snap.Addrs); err != nil {
+		return nodecheck.Result{}, err
+	} else if wrong {
+		res.Detail, res.Findings = detail, []nodecheck.Finding{f}
+		return res, nil
+	}
 	// istio-cni writes IPv6 rules whenever its IPv6 support is on (the default), whatever the
 	// pod's addresses: require them for a pod with an IPv6 address, compare them when present.
 	build, sets := BuildAmbientExpected, snap.Sets

@@ -79,6 +79,13 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	for _, s := range snap.Sets {
 		detail.Raw[string(s.Backend)+"/"+s.Family.String()] = s.Save()
 	}
+	if f, wrong, err := netnsNotPods(t, snap.Addrs); err != nil {
+		return nodecheck.Result{}, err
+	} else if wrong {
+		res.Detail = detail
+		res.Findings = append(res.Findings, f)
+		return res, nil
+	}
 	res.Capture.VerifiedBy = "rules"
 	// IPv6 capture is meant when the pod's addresses and the intent call for it, or when Istio's
 	// IPv6 chains are there: they were written on purpose, so what is missing of them is a partial
