@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -82,6 +83,21 @@ func BenchmarkCheckNode(b *testing.B) {
 		script := `for ns in ` + strings.Join(netns, " ") + `; do nsenter --net="$ns" iptables-save >/dev/null || exit 1; done`
 		base = measure(b, func() *exec.Cmd { return exec.CommandContext(ctx, "sh", "-c", script) }, 0)
 	})
+	// With MESHDOCTOR_BENCH_BASELINE=path/to/an/older/meshdoctor, that build checks the same node
+	// in the same run: what a change costs or saves, as a ratio the shared machine's noise spares.
+	if older := os.Getenv("MESHDOCTOR_BENCH_BASELINE"); older != "" {
+		var prev runCost
+		b.Run("meshdoctor-check-baseline-build", func(b *testing.B) {
+			prev = measure(b, func() *exec.Cmd {
+				return exec.CommandContext(ctx, older, "check", "-o", "json", "--containerd-address", n.Containerd.Address)
+			}, 1) // an older build may judge some pods otherwise: its exit status is not the point
+		})
+		if mine.runs > 0 && prev.runs > 0 {
+			fmt.Printf("whole node, %d pods: this build %.2f ms CPU/pod, %.0f ms wall | %s %.2f ms CPU/pod, %.0f ms wall | "+
+				"this/baseline build: CPU %.2fx, wall %.2fx\n", maxPods, mine.cpuMsPerPod(), mine.wallMs(), older,
+				prev.cpuMsPerPod(), prev.wallMs(), mine.cpuMsPerPod()/prev.cpuMsPerPod(), mine.wallMs()/prev.wallMs())
+		}
+	}
 	if mine.runs > 0 && base.runs > 0 {
 		fmt.Printf("whole node, %d pods: meshdoctor check %.0f ms wall, %.2f ms CPU/pod | baseline nsenter+iptables-save loop "+
 			"%.0f ms wall, %.2f ms CPU/pod | meshdoctor/baseline: wall %.2fx, CPU %.2fx\n",
