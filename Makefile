@@ -4,8 +4,8 @@
 #   make demo       a throwaway node: healthy and broken pod netns written by Istio's own tool, checked
 #   make test       unit tests and the privileged tests on the real test bed (needs root; installs
 #                   what it needs with test/setup.sh)
-#   make bench      benchmarks, each beside its baseline in the same run (the agent's footprint
-#                   beside an older build with MESHDOCTOR_BENCH_BASELINE=path/to/meshdoctor;
+#   make bench      benchmarks, each beside its baseline in the same run (the agent's footprint and the
+#                   whole-node check beside an older build with MESHDOCTOR_BENCH_BASELINE=path/to/meshdoctor;
 #                   MESHDOCTOR_BENCH_WINDOW=2m shortens its 10-minute window)
 #   make lint       gofmt, go vet, staticcheck
 #   make fuzz       run every fuzz target for FUZZTIME (default 30s)
