@@ -54,7 +54,7 @@ func (Reader) ReadRules(ctx context.Context, netnsPath string) (rules.Snapshot, 
 		if snap.Routing, err = markRoutes(h); err != nil {
 			return fmt.Errorf("reading policy routing in %s: %w", netnsPath, err)
 		}
-		snap.Listeners, err = listenersHere(netnsPath)
+		snap.Listeners, err = listenersHere(ctx, netnsPath)
 		return err
 	})
 	return snap, err

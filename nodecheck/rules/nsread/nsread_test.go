@@ -203,7 +203,7 @@ func BenchmarkListeners(b *testing.B) {
 		start = cpuTime()
 		b.ResetTimer()
 		for b.Loop() {
-			ls, err := listenersHere(n.Path())
+			ls, err := listenersHere(context.Background(), n.Path())
 			if err != nil {
 				return err
 			}
