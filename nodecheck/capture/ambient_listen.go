@@ -56,9 +56,13 @@ func redirectsTo(sets []*rules.RuleSet, port int) bool {
 }
 
 // ambientListeners checks that ztunnel listens in the pod behind the rules: a socket of the
-// protocol bound to the port, on any address of either family (ztunnel binds the wildcard
-// address, dual-stack). Only meaningful once the rules verify; when they do not, the rule
-// findings already say why traffic is lost.
+// protocol bound to the port, on any address of either family. Which address ztunnel binds
+// (wildcard or loopback, one family or both) is ztunnel's choice and varies with its settings;
+// the port is what the rules name, so the port is what is judged. Only meaningful once the
+// rules verify; when they do not, the rule findings already say why traffic is lost.
+//
+// Sidecar pods get no such check yet: there a missing listener on 15001/15006 is judged only
+// together with the proxy's readiness (ProxyNotReady already covers a proxy not yet up).
 func ambientListeners(cfg intent.AmbientConfig, snap rules.Snapshot) (nodecheck.Finding, bool) {
 	found, missing := []string{}, []string(nil)
 	for _, want := range ztunnelSockets(cfg, snap.Sets) {
