@@ -45,6 +45,7 @@ const (
 	CaptureIntentDrift         Code = "CaptureIntentDrift"
 	InitArgsUnknownFlag        Code = "InitArgsUnknownFlag"
 	NetnsNotPods               Code = "NetnsNotPods"
+	CaptureTargetNotListening  Code = "CaptureTargetNotListening"
 )
 
 // AllCodes lists every code, in the contract's order, so reporters can initialise their series.
@@ -55,6 +56,7 @@ func AllCodes() []Code {
 		IstioCNIIncomplete, IstioCNINodeNotReady, IstioCNIErrors, NsenterErrors,
 		IstiodAPIServerUnreachable, ProxyNotReady, AppStartedBeforeProxy,
 		ProxyUIDMismatch, CaptureIntentDrift, InitArgsUnknownFlag, NetnsNotPods,
+		CaptureTargetNotListening,
 	}
 }
 
@@ -73,6 +75,10 @@ type Finding struct {
 // ComponentIstioCNI is the istio-cni plugin and node agent: they write the capture rules of pods in
 // CNI mode (istio-validation instead of istio-init) and of ambient pods.
 const ComponentIstioCNI = "istio-cni"
+
+// ComponentZtunnel is ambient mode's node proxy: it listens inside every enrolled pod's network
+// namespace, behind the rules istio-cni wrote there.
+const ComponentZtunnel = "ztunnel"
 
 // Target is what a check looks at: one pod sandbox on the node, or a bare network namespace given
 // with --netns. Discovery fills what it knows; checks must cope with empty fields.

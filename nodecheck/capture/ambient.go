@@ -95,7 +95,8 @@ func buildAmbient(cfg intent.AmbientConfig, family rules.Family, enabled bool, c
 	return e
 }
 
-// checkAmbient verifies an ambient pod's in-pod rules and the policy routing they rely on.
+// checkAmbient verifies an ambient pod's in-pod rules, the policy routing they rely on, and
+// ztunnel's sockets behind them.
 func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent.Config) (nodecheck.Result, error) {
 	acfg, err := intent.AmbientFromAnnotations(t.Annotations)
 	if err != nil {
@@ -145,6 +146,13 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent
 	// istio-cni writes an ambient pod's rules, whatever went wrong with them.
 	for i := range res.Findings {
 		res.Findings[i].Component = nodecheck.ComponentIstioCNI
+	}
+	// Rules that verify still need ztunnel behind them; rules that do not already explain
+	// the lost traffic.
+	if !hasSeverity(res.Findings, nodecheck.SeverityError) {
+		if f, ok := ambientListeners(acfg, snap); ok {
+			res.Findings = append(res.Findings, f)
+		}
 	}
 	return res, nil
 }

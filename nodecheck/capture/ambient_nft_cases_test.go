@@ -29,8 +29,12 @@ type ambientNftCase struct {
 	args        []string // ambient-inpod flags besides --native-nftables; nil: the writer never ran
 	annotations map[string]string
 	breakIt     []string // a command run in the namespace after the writer (nft or ip)
-	codes       []nodecheck.Code
-	contains    string
+	// Once the writer ran, a stand-in ztunnel listens in the pod, less the sockets in
+	// ztunnelWithout, unless noZtunnel (ztunnel lost the pod).
+	noZtunnel      bool
+	ztunnelWithout []string
+	codes          []nodecheck.Code
+	contains       string
 }
 
 func ambientEnrolled(extra map[string]string) map[string]string {
@@ -41,8 +45,8 @@ func ambientEnrolled(extra map[string]string) map[string]string {
 	return out
 }
 
-// ambientNftCases: healthy pods in each configuration, IPv4-only and dual-stack, and the ways a
-// node damages them. The same table drives the privileged test, which writes and reads real
+// ambientNftCases: healthy pods in each configuration, IPv4-only and dual-stack, the ways a
+// node damages them, and ztunnel losing the pod while its rules stay. The same table drives the privileged test, which writes and reads real
 // rules, and the golden test, which replays what the privileged test stored.
 func ambientNftCases() []ambientNftCase {
 	v4 := []testbed.Option{testbed.IPv4Only()}
@@ -51,8 +55,8 @@ func ambientNftCases() []ambientNftCase {
 		{name: "healthy-dual-stack", args: []string{}, annotations: ambientEnrolled(nil)},
 		{name: "healthy-ipv4-only", opts: v4, args: []string{"--ipv6=false"}, annotations: ambientEnrolled(nil)},
 		{name: "healthy-ipv4-only-pod-ipv6-writer", opts: v4, args: []string{}, annotations: ambientEnrolled(nil)},
-		{name: "healthy-dns-off-globally", args: []string{"--dns=false"}, annotations: ambientEnrolled(nil)},
-		{name: "healthy-dns-off-for-the-pod", args: []string{"--dns=false"},
+		{name: "healthy-dns-off-globally", args: []string{"--dns=false"}, annotations: ambientEnrolled(nil), ztunnelWithout: dnsSockets},
+		{name: "healthy-dns-off-for-the-pod", args: []string{"--dns=false"}, ztunnelWithout: dnsSockets,
 			annotations: ambientEnrolled(map[string]string{istiopod.AnnotationAmbientDNSCapture: "false"})},
 		{name: "healthy-ingress", args: []string{"--ingress"},
 			annotations: ambientEnrolled(map[string]string{istiopod.AnnotationAmbientBypassInbound: "true"})},
@@ -75,6 +79,11 @@ func ambientNftCases() []ambientNftCase {
 			codes:   incomplete, contains: "fwmark 0x111/0xfff"},
 		{name: "written-for-ingress-pod-not-in-it", args: []string{"--ingress"}, annotations: ambientEnrolled(nil),
 			codes: incomplete, contains: "nat/ISTIO_PREROUTING"},
+		{name: "ghost-enrollment", args: []string{}, annotations: ambientEnrolled(nil), noZtunnel: true,
+			codes: []nodecheck.Code{nodecheck.CaptureTargetNotListening}, contains: "ghost enrollment"},
+		{name: "dns-listener-gone-ipv4-only", opts: v4, args: []string{"--ipv6=false"}, ztunnelWithout: dnsSockets,
+			annotations: ambientEnrolled(map[string]string{istiopod.AnnotationAmbientDNSCapture: "true"}),
+			codes:       []nodecheck.Code{nodecheck.CaptureTargetNotListening}, contains: "tcp/15053, udp/15053"},
 		{name: "never-written", annotations: ambientEnrolled(nil),
 			codes: []nodecheck.Code{nodecheck.RedirectRulesMissing}, contains: "istio-cni node agent"},
 	}
@@ -84,10 +93,11 @@ func ambientNftCases() []ambientNftCase {
 // replays exactly: each rule set in iptables-save syntax (rules.RuleSet.Save, which
 // rules.ParseSave reads back to the same rules) with where each table was read.
 type storedSnapshot struct {
-	Writer  string        `json:"writer"`
-	Addrs   []netip.Addr  `json:"addrs"`
-	Routing []storedRoute `json:"routing"`
-	Sets    []storedSet   `json:"sets"`
+	Writer    string           `json:"writer"`
+	Addrs     []netip.Addr     `json:"addrs"`
+	Routing   []storedRoute    `json:"routing"`
+	Listeners []rules.Listener `json:"listeners"`
+	Sets      []storedSet      `json:"sets"`
 }
 
 type storedRoute struct {
@@ -105,7 +115,7 @@ type storedSet struct {
 }
 
 func storeSnapshot(snap rules.Snapshot, writer string) (storedSnapshot, error) {
-	out := storedSnapshot{Writer: writer, Addrs: snap.Addrs}
+	out := storedSnapshot{Writer: writer, Addrs: snap.Addrs, Listeners: snap.Listeners}
 	for _, r := range snap.Routing {
 		out.Routing = append(out.Routing, storedRoute{Family: r.Family, MarkRoute: r})
 	}
@@ -130,7 +140,7 @@ func storeSnapshot(snap rules.Snapshot, writer string) (storedSnapshot, error) {
 }
 
 func (s storedSnapshot) snapshot() (rules.Snapshot, error) {
-	snap := rules.Snapshot{Addrs: s.Addrs}
+	snap := rules.Snapshot{Addrs: s.Addrs, Listeners: s.Listeners}
 	for _, r := range s.Routing {
 		mr := r.MarkRoute
 		mr.Family = r.Family

@@ -2,6 +2,7 @@ package capture_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,23 +37,43 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 		args        []string // nil: the writer never ran
 		annotations map[string]string
 		breakIt     func(ctx context.Context, n *testbed.Netns) error
-		codes       []nodecheck.Code
-		contains    string
+		// Once the writer ran, a stand-in ztunnel listens in the pod, less the sockets in
+		// ztunnelWithout, unless noZtunnel (ztunnel lost the pod).
+		noZtunnel      bool
+		ztunnelWithout []string
+		codes          []nodecheck.Code
+		contains       string
+		missing        []string // CaptureTargetNotListening's evidence
 	}{
 		{name: "default dual-stack", args: []string{}, annotations: enrolled},
 		{name: "ipv4-only pod, ipv6 rules written anyway", opts: []testbed.Option{testbed.IPv4Only()}, args: []string{}, annotations: enrolled},
-		{name: "dns capture off globally, pod silent", args: []string{"--dns=false"}, annotations: enrolled},
-		{name: "dns capture off for the pod", args: []string{"--dns=false"},
+		{name: "dns capture off globally, pod silent", args: []string{"--dns=false"}, annotations: enrolled, ztunnelWithout: dnsSockets},
+		{name: "dns capture off for the pod", args: []string{"--dns=false"}, ztunnelWithout: dnsSockets,
 			annotations: with(map[string]string{istiopod.AnnotationAmbientDNSCapture: "false"})},
 		{name: "ingress mode", args: []string{"--ingress"},
 			annotations: with(map[string]string{istiopod.AnnotationAmbientBypassInbound: "true"})},
+		{name: "ingress mode, ztunnel without inbound sockets", args: []string{"--ingress"},
+			ztunnelWithout: []string{"tcp/15006", "tcp/15008"},
+			annotations:    with(map[string]string{istiopod.AnnotationAmbientBypassInbound: "true"})},
+		{name: "rules verify, ztunnel lost the pod", args: []string{}, annotations: enrolled, noZtunnel: true,
+			codes: []nodecheck.Code{nodecheck.CaptureTargetNotListening}, contains: "ghost enrollment",
+			missing: testbed.ZtunnelSockets},
+		{name: "dns capture on for the pod, nothing on 15053", args: []string{}, ztunnelWithout: dnsSockets,
+			annotations: with(map[string]string{istiopod.AnnotationAmbientDNSCapture: "true"}),
+			codes:       []nodecheck.Code{nodecheck.CaptureTargetNotListening}, contains: "tcp/15053, udp/15053",
+			missing: dnsSockets},
+		{name: "pod silent on dns, dns rules written, nothing on 15053", args: []string{}, annotations: enrolled,
+			ztunnelWithout: []string{"udp/15053"},
+			codes:          []nodecheck.Code{nodecheck.CaptureTargetNotListening}, contains: "nothing listens on udp/15053 "},
+		{name: "inbound plaintext listener gone", args: []string{}, annotations: enrolled, ztunnelWithout: []string{"tcp/15006"},
+			codes: []nodecheck.Code{nodecheck.CaptureTargetNotListening}, contains: "nothing listens on tcp/15006 "},
 		{name: "virtual interfaces", args: []string{"--virtual-interfaces=eth0peer"},
 			annotations: with(map[string]string{istiopod.AnnotationRerouteInterfaces: "eth0peer"})},
 		{name: "never written", annotations: enrolled,
 			codes: []nodecheck.Code{nodecheck.RedirectRulesMissing}, contains: "istio-cni node agent"},
 		{name: "label enrolment, never written", annotations: nil,
 			codes: []nodecheck.Code{nodecheck.RedirectRulesMissing}},
-		{name: "outbound chain flushed", args: []string{}, annotations: enrolled,
+		{name: "outbound chain flushed, ztunnel gone too", args: []string{}, annotations: enrolled, noZtunnel: true,
 			breakIt: func(ctx context.Context, n *testbed.Netns) error {
 				return n.FlushChain(ctx, testbed.Nft, testbed.IPv4, "nat", "ISTIO_OUTPUT")
 			},
@@ -82,6 +103,9 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			if c.args != nil && !c.noZtunnel {
+				testbed.ZtunnelStandIn(t, n.Path(), c.ztunnelWithout...)
+			}
 			target := nodecheck.Target{Netns: n.Path(), Annotations: c.annotations}
 			if c.annotations == nil {
 				target.Labels = map[string]string{istiopod.LabelDataplaneMode: "ambient"}
@@ -109,8 +133,11 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 			for _, f := range res.Findings {
 				got = append(got, f.Code)
 				text.WriteString(f.Message + " " + f.Remedy + "\n")
-				if f.Component != nodecheck.ComponentIstioCNI {
-					t.Errorf("finding %s does not point at istio-cni", f.Code)
+				checkAmbientComponent(t, f)
+				if f.Code == nodecheck.CaptureTargetNotListening && c.missing != nil {
+					if got := f.Evidence["missing"].([]string); !slices.Equal(got, c.missing) {
+						t.Errorf("missing %v, want %v", got, c.missing)
+					}
 				}
 			}
 			if !equalCodes(got, c.codes) {
@@ -123,6 +150,21 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 				t.Errorf("backend %s, want nft", res.Capture.Backend)
 			}
 		})
+	}
+}
+
+// dnsSockets are ztunnel's DNS sockets, absent where DNS is not captured.
+var dnsSockets = []string{"tcp/15053", "udp/15053"}
+
+// checkAmbientComponent: istio-cni wrote the rules, ztunnel holds the sockets behind them.
+func checkAmbientComponent(t *testing.T, f nodecheck.Finding) {
+	t.Helper()
+	want := nodecheck.ComponentIstioCNI
+	if f.Code == nodecheck.CaptureTargetNotListening {
+		want = nodecheck.ComponentZtunnel
+	}
+	if f.Component != want {
+		t.Errorf("finding %s points at %q, want %q", f.Code, f.Component, want)
 	}
 }
 

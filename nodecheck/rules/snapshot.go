@@ -15,6 +15,9 @@ type Snapshot struct {
 	// Routing holds the policy-routing rules that select packets by mark, with whether their
 	// table routes everything locally: what TPROXY capture needs besides its mangle rules.
 	Routing []MarkRoute
+	// Listeners are the namespace's listening TCP and bound UDP sockets, both families: what
+	// the rules' redirect targets need (ztunnel listens inside an ambient pod's namespace).
+	Listeners []Listener
 }
 
 // MarkRoute is one `ip rule fwmark MARK lookup TABLE` and what TABLE holds.
@@ -34,3 +37,20 @@ func (m MarkRoute) String() string {
 	}
 	return s
 }
+
+// Proto is a transport protocol a socket listens on.
+type Proto string
+
+const (
+	TCP Proto = "tcp"
+	UDP Proto = "udp"
+)
+
+// Listener is one socket of a namespace that can receive new traffic: a TCP socket in LISTEN, or
+// a bound, unconnected UDP socket.
+type Listener struct {
+	Proto Proto          `json:"proto"`
+	Addr  netip.AddrPort `json:"addr"`
+}
+
+func (l Listener) String() string { return string(l.Proto) + " " + l.Addr.String() }

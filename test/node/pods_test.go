@@ -14,8 +14,10 @@ import (
 // scenario is one pod of the test node and what meshdoctor must say of it.
 type scenario struct {
 	pod kubelet.Pod
-	// ambientArgs, when not nil, has Istio's ambient writer enrol the pod after it starts.
+	// ambientArgs, when not nil, has Istio's ambient writer enrol the pod after it starts, and
+	// a stand-in ztunnel listen in it unless ztunnelLost.
 	ambientArgs []string
+	ztunnelLost bool
 	verdict     nodecheck.Verdict
 	mode        string
 	codes       []nodecheck.Code
@@ -77,6 +79,14 @@ func scenarios() []scenario {
 			verdict:     nodecheck.VerdictOK, mode: "ambient",
 		},
 		{
+			// Enrolled, then ztunnel lost the pod: the rules stay, nothing listens behind them.
+			pod: kubelet.Pod{Namespace: "mesh", Name: "ambient-ghost", Labels: ambientLabels, Annotations: ambient,
+				Containers: []kubelet.Container{kubelet.App()}},
+			ambientArgs: []string{}, ztunnelLost: true,
+			verdict: nodecheck.VerdictBroken, mode: "ambient",
+			codes: []nodecheck.Code{nodecheck.CaptureTargetNotListening},
+		},
+		{
 			pod: kubelet.Pod{Namespace: "mesh", Name: "ambient-unenrolled", Labels: ambientLabels, Annotations: ambient,
 				Containers: []kubelet.Container{kubelet.App()}},
 			verdict: nodecheck.VerdictBroken, mode: "ambient",
@@ -116,6 +126,11 @@ func runScenarios(t testing.TB, ctx context.Context, n *kubelet.Node, scs []scen
 	for _, err := range errs {
 		if err != nil {
 			t.Fatal(err)
+		}
+	}
+	for _, s := range scs {
+		if s.ambientArgs != nil && !s.ztunnelLost {
+			testbed.ZtunnelStandIn(t, pods[s.pod.Namespace+"/"+s.pod.Name].Netns)
 		}
 	}
 	return pods

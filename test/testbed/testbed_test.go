@@ -280,6 +280,34 @@ func TestTraceSeesLegacyTableCreation(t *testing.T) {
 	}
 }
 
+// TestTraceSeesZtunnelStandIn proves the trace catches a socket left listening, and that the
+// stand-in binds ztunnel's in-pod sockets, less those left out, in single-stack namespaces too.
+func TestTraceSeesZtunnelStandIn(t *testing.T) {
+	t.Parallel()
+	for _, opts := range [][]testbed.Option{nil, {testbed.IPv4Only()}} {
+		ctx := testContext(t)
+		ns := testbed.NewNetns(t, opts...)
+		before, err := ns.Trace(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testbed.ZtunnelStandIn(t, ns.Path(), "tcp/15053", "udp/15053")
+		after, err := ns.Trace(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := before.Diff(after)
+		for _, port := range []string{":15001", ":15006", ":15008"} {
+			if !strings.Contains(d, port) {
+				t.Errorf("trace missed the listener on %s:\n%s", port, d)
+			}
+		}
+		if strings.Contains(d, ":15053") {
+			t.Errorf("the stand-in bound DNS though told not to:\n%s", d)
+		}
+	}
+}
+
 // BenchmarkSidecarNetns measures what most privileged tests pay: a namespace, Istio's default
 // sidecar rules, and the namespace's deletion.
 func BenchmarkSidecarNetns(b *testing.B) {

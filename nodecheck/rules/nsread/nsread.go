@@ -1,8 +1,9 @@
 // Package nsread reads everything the capture check needs from one network namespace.
 //
 // It reads every place Istio may have written rules: nftables over netlink (iptables-nft and
-// Istio's native tables), the legacy xtables tables that exist, and the interface addresses
-// Istio's writer decides IPv6 capture from. It never creates a table, never takes the xtables
+// Istio's native tables), the legacy xtables tables that exist, the interface addresses
+// Istio's writer decides IPv6 capture from, and, with sock_diag, the sockets listening behind
+// the rules' redirect ports. It never creates a table, never takes the xtables
 // lock, never runs a binary.
 package nsread
 
@@ -24,7 +25,8 @@ import (
 // Reader implements capture.RuleReader for the real kernel.
 type Reader struct{}
 
-// ReadRules reads the rule sets of every backend and family, and the addresses, of netnsPath.
+// ReadRules reads the rule sets of every backend and family, the addresses, the mark routing
+// and the listening sockets of netnsPath.
 func (Reader) ReadRules(ctx context.Context, netnsPath string) (rules.Snapshot, error) {
 	var snap rules.Snapshot
 	// One entry into the pod's namespace for everything: each read opens its socket on this
@@ -52,7 +54,8 @@ func (Reader) ReadRules(ctx context.Context, netnsPath string) (rules.Snapshot, 
 		if snap.Routing, err = markRoutes(h); err != nil {
 			return fmt.Errorf("reading policy routing in %s: %w", netnsPath, err)
 		}
-		return nil
+		snap.Listeners, err = listenersHere(ctx, netnsPath)
+		return err
 	})
 	return snap, err
 }

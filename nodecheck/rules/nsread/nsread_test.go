@@ -3,6 +3,7 @@ package nsread
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -171,4 +172,49 @@ func TestNodeBackend(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkReadRules is the whole read of one namespace (rules of every backend and family,
+// addresses, mark routing, listeners); BenchmarkListeners is the sock_diag listing alone, in the
+// same kind of namespace with ztunnel's in-pod listeners standing in: compare their cpu-ns/op.
+func BenchmarkReadRules(b *testing.B) {
+	n := benchNetns(b)
+	testbed.ZtunnelStandIn(b, n.Path())
+	ctx := context.Background()
+	b.ReportAllocs()
+	start := cpuTime()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := (Reader{}).ReadRules(ctx, n.Path()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+}
+
+func BenchmarkListeners(b *testing.B) {
+	n := benchNetns(b)
+	testbed.ZtunnelStandIn(b, n.Path())
+	b.ReportAllocs()
+	var start time.Duration
+	// The loop runs inside one entry into the namespace: the listing's own cost, as ReadRules
+	// pays it on the thread it already entered with.
+	err := innetns.Do(context.Background(), n.Path(), func() error {
+		start = cpuTime()
+		b.ResetTimer()
+		for b.Loop() {
+			ls, err := listenersHere(context.Background(), n.Path())
+			if err != nil {
+				return err
+			}
+			if len(ls) != 5 {
+				return fmt.Errorf("listeners %v, want ztunnel's 5", ls)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 }
