@@ -171,8 +171,14 @@ func checkCapture(t *testing.T, dir string, target nodecheck.Target, golden stri
 		t.Fatal(err)
 	}
 	got = append(got, '\n')
-	want := filepath.Join("testdata", golden)
-	if *update {
+	compareGolden(t, filepath.Join("testdata", golden), got, *update)
+}
+
+// compareGolden compares got with the expected result kept in the file want, or rewrites that
+// file when update is set (go test -update).
+func compareGolden(t *testing.T, want string, got []byte, update bool) {
+	t.Helper()
+	if update {
 		if err := os.WriteFile(want, got, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -183,7 +189,7 @@ func checkCapture(t *testing.T, dir string, target nodecheck.Target, golden stri
 		t.Fatalf("%v (go test -update writes it)", err)
 	}
 	if !bytes.Equal(got, exp) {
-		t.Errorf("findings differ from %s:\n--- got\n%s--- want\n%s", want, got, exp)
+		t.Errorf("result differs from %s:\n--- got\n%s--- want\n%s", want, got, exp)
 	}
 }
 

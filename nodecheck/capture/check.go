@@ -91,7 +91,7 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	// IPv6 chains are there: they were written on purpose, so what is missing of them is a partial
 	// IPv6 capture, not a set of unexpected rules.
 	sets := dropInetProjection(snap.Sets)
-	v6 := ExpectIPv6(cfg, snap.Addrs) || hasIstioChains(sets, rules.IPv6)
+	v6 := ExpectIPv6(cfg, snap.Addrs) || hasIstioRules(sets, rules.IPv6)
 	if v6 {
 		sets = snap.Sets
 	}
@@ -331,23 +331,6 @@ func markRoutesFound(snap rules.Snapshot) []string {
 		found = append(found, r.String())
 	}
 	return found
-}
-
-// hasIstioChains reports whether any rule set of the family holds one of Istio's chains.
-func hasIstioChains(sets []*rules.RuleSet, fam rules.Family) bool {
-	for _, s := range sets {
-		if s.Family != fam {
-			continue
-		}
-		for _, t := range s.Tables {
-			for _, c := range t.Chains {
-				if istioChain(c.Name) {
-					return true
-				}
-			}
-		}
-	}
-	return false
 }
 
 // dropInetProjection removes the IPv6 view of Istio's native `inet` tables when it holds nothing
