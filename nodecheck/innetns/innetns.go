@@ -45,20 +45,23 @@ func Do(ctx context.Context, path string, fn func() error) error {
 		// the original namespace is it unlocked and handed back to the scheduler; otherwise
 		// the goroutine exits still locked and Go terminates the thread.
 		runtime.LockOSThread()
+		// Every descriptor is closed before the result is sent: Do's caller sees none of ours.
 		orig, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
 			done <- fmt.Errorf("reading the agent's own network namespace: %w", err)
 			return
 		}
-		defer orig.Close()
 		if err := netns.Set(target); err != nil {
+			orig.Close()
 			runtime.UnlockOSThread()
 			done <- fmt.Errorf("entering network namespace %s: %w", path, err)
 			return
 		}
 		fnErr := fn()
-		if err := netns.Set(orig); err != nil {
+		err = netns.Set(orig)
+		orig.Close()
+		if err != nil {
 			done <- errors.Join(fnErr, fmt.Errorf("returning from network namespace %s (thread discarded): %w", path, err))
 			return
 		}
