@@ -208,6 +208,14 @@ func (n *Netns) setUpLinks(ctx context.Context) error {
 		[]string{"link", "set", "eth0", "up"},
 		[]string{"link", "set", "eth0peer", "up"},
 	)
+	// A default route, as every pod has (Calico's shape: a link-local gateway on eth0), so
+	// that traffic Istio does not redirect has somewhere to go, as it does in a pod.
+	if n.IPv4.IsValid() {
+		steps = append(steps, []string{"route", "add", "default", "via", "169.254.1.1", "dev", "eth0", "onlink"})
+	}
+	if n.IPv6.IsValid() {
+		steps = append(steps, []string{"-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"})
+	}
 	for _, s := range steps {
 		if err := n.ip(ctx, append([]string{"-n", n.Name}, s...)...); err != nil {
 			return err

@@ -24,6 +24,9 @@ type Trace struct {
 	NftSaveV4      string // iptables-nft-save
 	NftSaveV6      string // ip6tables-nft-save
 	Listeners      string // ss -Htuln: listening TCP and bound UDP sockets, both families
+	// Conntrack is /proc/net/nf_conntrack seen inside, each entry without its countdown: what a
+	// traffic probe leaves behind if it does not clean up.
+	Conntrack string
 }
 
 // absent stands for a /proc file that does not exist: the x_tables module is not loaded, which
@@ -65,6 +68,11 @@ func (n *Netns) Trace(ctx context.Context) (Trace, error) {
 		return Trace{}, fmt.Errorf("listing sockets in netns %s: %w", n.Name, err)
 	}
 	t.Listeners = string(out)
+	ct, err := n.procNetFile(ctx, "nf_conntrack")
+	if err != nil {
+		return Trace{}, err
+	}
+	t.Conntrack = conntrackTimeouts.ReplaceAllString(ct, "$1")
 	return t, nil
 }
 
@@ -99,6 +107,8 @@ func dropSaveTimestamps(save string) string {
 var (
 	saveCounters = regexp.MustCompile(`\[\d+:\d+\]`)
 	nftCounters  = regexp.MustCompile(`counter packets \d+ bytes \d+`)
+	// "ipv4 2 tcp 6 117 SYN_SENT src=...": the fifth field counts down.
+	conntrackTimeouts = regexp.MustCompile(`(?m)^(\S+ +\S+ +\S+ +\S+ +)\d+ +`)
 )
 
 func dropNftCounters(ruleset string) string { return nftCounters.ReplaceAllString(ruleset, "counter") }
@@ -118,6 +128,7 @@ func (t Trace) Diff(other Trace) string {
 		{"iptables-nft-save", t.NftSaveV4, other.NftSaveV4},
 		{"ip6tables-nft-save", t.NftSaveV6, other.NftSaveV6},
 		{"ss -Htuln", t.Listeners, other.Listeners},
+		{"/proc/net/nf_conntrack", t.Conntrack, other.Conntrack},
 	}
 	var b strings.Builder
 	for _, f := range fields {

@@ -1,0 +1,66 @@
+package testbed
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+	"testing"
+
+	"github.com/vishvananda/netns"
+)
+
+// CountingListener is a TCP listener inside a namespace that accepts and counts every
+// connection: a proxy's stand-in for proving that a probe completed no handshake.
+type CountingListener struct {
+	ln       net.Listener
+	accepted atomic.Int64
+}
+
+// Accepted is how many connections the listener has accepted so far.
+func (l *CountingListener) Accepted() int64 { return l.accepted.Load() }
+
+// ListenCounting listens on TCP port (both families, the wildcard address) inside the network
+// namespace at netnsPath until the test ends.
+func ListenCounting(tb testing.TB, netnsPath string, port int) *CountingListener {
+	tb.Helper()
+	type result struct {
+		ln  net.Listener
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// The thread is never handed back: the goroutine exits locked and Go ends the thread.
+		runtime.LockOSThread()
+		ns, err := netns.GetFromPath(netnsPath)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			done <- result{err: err}
+			return
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
+		done <- result{ln, err}
+	}()
+	r := <-done
+	if r.err != nil {
+		tb.Fatalf("listening on %d in %s: %v", port, filepath.Base(netnsPath), r.err)
+	}
+	l := &CountingListener{ln: r.ln}
+	go func() {
+		for {
+			c, err := r.ln.Accept()
+			if err != nil {
+				return
+			}
+			l.accepted.Add(1)
+			c.Close()
+		}
+	}()
+	tb.Cleanup(func() { r.ln.Close() })
+	return l
+}
