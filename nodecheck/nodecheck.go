@@ -242,9 +242,20 @@ type Capture struct {
 	// Intent says where the expected rules came from: init-args (istio-init's argv and env),
 	// annotations, or defaults.
 	Intent string `json:"intent,omitempty"`
-	// VerifiedBy says what proved the capture: rules (read and compared).
+	// VerifiedBy says what proved the capture: VerifiedByRules or VerifiedByTraffic; empty when
+	// nothing did.
 	VerifiedBy string `json:"verifiedBy,omitempty"`
 }
+
+// What proved a pod's capture (Capture.VerifiedBy). Only traffic is proof that packets meet the
+// rules: a rule elsewhere can defeat capture while every Istio rule reads right.
+const (
+	// VerifiedByRules: the rules were read and compared with what Istio's rule writer was told.
+	VerifiedByRules = "rules"
+	// VerifiedByTraffic: the rules compared, and a traffic canary saw the namespace send a new
+	// connection where capture should take it.
+	VerifiedByTraffic = "rules+traffic"
+)
 
 // CheckRun records how one check went on one target, for metrics and the debug endpoint.
 type CheckRun struct {

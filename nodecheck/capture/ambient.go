@@ -138,7 +138,7 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent
 	detail.Families = diffs
 	res.Detail = detail
 	res.Capture.Backend = backendName(diffs)
-	res.Capture.Intent, res.Capture.VerifiedBy = string(ambientSource(t)), "rules"
+	res.Capture.Intent, res.Capture.VerifiedBy = string(ambientSource(t)), nodecheck.VerifiedByRules
 	res.Findings = c.diagnose(cfg, diffs, snap, intent.SourceAnnotations)
 	if f, ok := ambientRouting(diffs, snap); ok {
 		res.Findings = append(res.Findings, f)

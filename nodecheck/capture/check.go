@@ -86,7 +86,7 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 		res.Findings = append(res.Findings, f)
 		return res, nil
 	}
-	res.Capture.VerifiedBy = "rules"
+	res.Capture.VerifiedBy = nodecheck.VerifiedByRules
 	// IPv6 capture is meant when the pod's addresses and the intent call for it, or when Istio's
 	// IPv6 chains are there: they were written on purpose, so what is missing of them is a partial
 	// IPv6 capture, not a set of unexpected rules.
