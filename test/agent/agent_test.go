@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -94,8 +95,8 @@ func (a *agentProc) stop(t *testing.T) {
 	t.Logf("agent stopped %s after SIGTERM", a.Stop(t).Round(time.Millisecond))
 }
 
-// metric returns the value of one series of the exposition, e.g. `meshdoctor_pods{verdict="broken"}`;
-// -1 when the agent does not expose it.
+// metric returns the value of a series of the exposition, e.g. `meshdoctor_pods{verdict="broken"}`,
+// summed over the labels it does not name (see seriesValue); -1 when the agent does not expose it.
 func metric(t *testing.T, base, series string) float64 {
 	t.Helper()
 	_, body, err := testbed.HTTPGet(base + "/metrics")
@@ -109,17 +110,47 @@ func metric(t *testing.T, base, series string) float64 {
 	return v
 }
 
-// seriesValue finds one series in an exposition; false when it is not there.
-func seriesValue(exposition, series string) (float64, bool) {
+// seriesValue is the sum of the series of an exposition that have the selector's name and carry
+// its labels, as PromQL's sum(name{l="v"}): a test names the labels it is about and keeps working
+// when a metric gains one (meshdoctor_pods gained capture and mode). False when none matches.
+func seriesValue(exposition, selector string) (float64, bool) {
+	name, want := splitSeries(selector)
+	var sum float64
+	found := false
 	sc := bufio.NewScanner(strings.NewReader(exposition))
 	for sc.Scan() {
-		name, val, ok := strings.Cut(sc.Text(), " ")
-		if ok && name == series {
-			v, err := strconv.ParseFloat(val, 64)
-			return v, err == nil
+		series, val, ok := strings.Cut(sc.Text(), " ")
+		if !ok || strings.HasPrefix(series, "#") {
+			continue
 		}
+		n, labels := splitSeries(series)
+		if n != name || slices.ContainsFunc(want, func(l string) bool { return !slices.Contains(labels, l) }) {
+			continue
+		}
+		v, err := strconv.ParseFloat(val, 64)
+		if err != nil {
+			return 0, false
+		}
+		sum, found = sum+v, true
 	}
-	return 0, false
+	return sum, found
+}
+
+// splitSeries splits `name{a="1",b="2"}` into its name and its labels (`a="1"`, `b="2"`).
+func splitSeries(s string) (string, []string) {
+	name, rest, ok := strings.Cut(s, "{")
+	if !ok {
+		return s, nil
+	}
+	rest = strings.TrimSuffix(rest, "}")
+	if rest == "" {
+		return name, nil
+	}
+	labels := strings.Split(rest, `",`)
+	for i := range labels[:len(labels)-1] {
+		labels[i] += `"`
+	}
+	return name, labels
 }
 
 func report(t *testing.T, base string) nodecheck.Report {
