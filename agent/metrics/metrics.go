@@ -1,12 +1,13 @@
 // Package metrics exposes the agent's state to Prometheus on a registry of its own: pods by
-// verdict and findings by code are computed from the agent's state at scrape time (nothing to
-// keep in step, nothing done between scrapes); check runs and log matches are counted as they
-// happen. Labels are bounded (verdict, code, severity, check, result, rule); per-pod series only
-// when asked for.
+// verdict and capture state, the node's capture coverage and findings by code are computed from
+// the agent's state at scrape time (nothing to keep in step, nothing done between scrapes); check
+// runs and log matches are counted as they happen. Labels are bounded (verdict, capture, mode,
+// code, severity, check, result, rule); per-pod series only when asked for.
 package metrics
 
 import (
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,6 +48,19 @@ type Metrics struct {
 }
 
 var verdicts = []nodecheck.Verdict{nodecheck.VerdictOK, nodecheck.VerdictBroken, nodecheck.VerdictUnknown, nodecheck.VerdictSkipped}
+
+// Capture states, the capture label of meshdoctor_pods: how far a pod's capture is proven. Rules
+// that read right are not proof (a rule elsewhere can defeat them); only traffic is.
+const (
+	captureVerified   = "verified"   // verdict ok, and a traffic canary proved the capture
+	captureBroken     = "broken"     // verdict broken
+	captureUnverified = "unverified" // meant to be captured, not proven: ok by rules only, or unknown
+	captureNone       = "none"       // not meant to be captured (verdict skipped)
+)
+
+// modes are the values of the mode label (the report's capture.mode); any other is counted as none,
+// so that the label stays bounded whatever a check writes there.
+var modes = []string{"sidecar-redirect", "sidecar-tproxy", "ambient", "none"}
 var severities = []nodecheck.Severity{nodecheck.SeverityError, nodecheck.SeverityWarning, nodecheck.SeverityInfo}
 
 // New builds the registry and the instruments the agent feeds as it runs; Watch adds the gauges
@@ -124,7 +138,13 @@ func (m *Metrics) LogMatch(rule string) {
 
 var (
 	podsDesc = prometheus.NewDesc("meshdoctor_pods",
-		"Pods on the node by verdict of their last check.", []string{"verdict"}, nil)
+		"Pods on the node by verdict of their last check, capture state (verified: ok and proven "+
+			"by traffic; broken; unverified: meant to be captured but not proven by traffic; none: "+
+			"not meant to be captured) and capture mode.",
+		[]string{"verdict", "capture", "mode"}, nil)
+	coverageDesc = prometheus.NewDesc("meshdoctor_capture_verified_ratio",
+		"Fraction of the node's pods meant to be captured (verdict not skipped) whose capture is "+
+			"verified by traffic; 1 when the node has no such pod (nothing uncovered).", nil, nil)
 	findingsDesc = prometheus.NewDesc("meshdoctor_findings",
 		"Pods, or node conditions, currently showing each finding code, by code and severity.",
 		[]string{"code", "severity"}, nil)
@@ -142,6 +162,7 @@ type stateCollector struct {
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- podsDesc
+	ch <- coverageDesc
 	ch <- findingsDesc
 	ch <- sweepDesc
 	if c.perPod {
@@ -154,9 +175,56 @@ type codeSev struct {
 	sev  nodecheck.Severity
 }
 
+// podClass is one series of meshdoctor_pods.
+type podClass struct {
+	verdict nodecheck.Verdict
+	capture string
+	mode    string
+}
+
+// classify puts a pod in its series; false for a verdict outside the report's four, which no
+// series counts.
+func classify(p nodecheck.PodReport) (podClass, bool) {
+	if !slices.Contains(verdicts, p.Verdict) {
+		return podClass{}, false
+	}
+	c := podClass{verdict: p.Verdict, capture: captureUnverified, mode: "none"}
+	if slices.Contains(modes, p.Capture.Mode) {
+		c.mode = p.Capture.Mode
+	}
+	switch {
+	case p.Verdict == nodecheck.VerdictSkipped:
+		c.capture = captureNone
+	case p.Verdict == nodecheck.VerdictBroken:
+		c.capture = captureBroken
+	case p.Verdict == nodecheck.VerdictOK && p.Capture.VerifiedBy == nodecheck.VerifiedByTraffic:
+		c.capture = captureVerified
+	}
+	return c, true
+}
+
+// zeroPodClasses are the series of meshdoctor_pods that exist at zero, so that a dashboard sees no
+// gap whichever label it sums by: each verdict with its natural capture states, in every mode;
+// skipped pods, never captured, in mode none only. 17 series, whatever the node runs.
+func zeroPodClasses() map[podClass]int {
+	out := map[podClass]int{{nodecheck.VerdictSkipped, captureNone, "none"}: 0}
+	for _, m := range modes {
+		for _, c := range []podClass{
+			{nodecheck.VerdictOK, captureVerified, m},
+			{nodecheck.VerdictOK, captureUnverified, m},
+			{nodecheck.VerdictBroken, captureBroken, m},
+			{nodecheck.VerdictUnknown, captureUnverified, m},
+		} {
+			out[c] = 0
+		}
+	}
+	return out
+}
+
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	pods := c.src.Pods()
-	byVerdict := map[nodecheck.Verdict]int{}
+	byClass := zeroPodClasses()
+	var meant, verified int
 	findings := map[codeSev]int{}
 	for _, code := range nodecheck.AllCodes() {
 		for _, s := range severities {
@@ -174,7 +242,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for _, p := range pods {
-		byVerdict[p.Outcome.Pod.Verdict]++
+		if k, ok := classify(p.Outcome.Pod); ok {
+			byClass[k]++
+			if k.verdict != nodecheck.VerdictSkipped {
+				meant++
+			}
+			if k.capture == captureVerified {
+				verified++
+			}
+		}
 		count(p.Outcome.Pod.Findings)
 		if c.perPod && p.Target.Name != "" {
 			ch <- prometheus.MustNewConstMetric(podVerdictDesc, prometheus.GaugeValue, 1,
@@ -184,9 +260,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, f := range c.src.Node().Findings {
 		findings[codeSev{string(f.Code), f.Severity}]++
 	}
-	for _, v := range verdicts {
-		ch <- prometheus.MustNewConstMetric(podsDesc, prometheus.GaugeValue, float64(byVerdict[v]), string(v))
+	for k, n := range byClass {
+		ch <- prometheus.MustNewConstMetric(podsDesc, prometheus.GaugeValue, float64(n), string(k.verdict), k.capture, k.mode)
 	}
+	// 1, not 0/0 (NaN), on a node without a pod to capture: nothing there is uncovered.
+	ratio := 1.0
+	if meant > 0 {
+		ratio = float64(verified) / float64(meant)
+	}
+	ch <- prometheus.MustNewConstMetric(coverageDesc, prometheus.GaugeValue, ratio)
 	for k, n := range findings {
 		ch <- prometheus.MustNewConstMetric(findingsDesc, prometheus.GaugeValue, float64(n), k.code, string(k.sev))
 	}
