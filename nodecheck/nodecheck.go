@@ -46,6 +46,8 @@ const (
 	InitArgsUnknownFlag        Code = "InitArgsUnknownFlag"
 	NetnsNotPods               Code = "NetnsNotPods"
 	CaptureTargetNotListening  Code = "CaptureTargetNotListening"
+	CaptureBypassed            Code = "CaptureBypassed"
+	CaptureExclusionIgnored    Code = "CaptureExclusionIgnored"
 )
 
 // AllCodes lists every code, in the contract's order, so reporters can initialise their series.
@@ -56,7 +58,7 @@ func AllCodes() []Code {
 		IstioCNIIncomplete, IstioCNINodeNotReady, IstioCNIErrors, NsenterErrors,
 		IstiodAPIServerUnreachable, ProxyNotReady, AppStartedBeforeProxy,
 		ProxyUIDMismatch, CaptureIntentDrift, InitArgsUnknownFlag, NetnsNotPods,
-		CaptureTargetNotListening,
+		CaptureTargetNotListening, CaptureBypassed, CaptureExclusionIgnored,
 	}
 }
 

@@ -28,6 +28,8 @@ type checkOptions struct {
 	discovery    discoveryOptions
 	node         nodeOptions       // --node-only, --since, --log-rules, CNI and log paths (nodeflags.go)
 	proxyReady   proxyReadyOptions // --proxy-*, --app-log-window, --hold-application-until-proxy-starts (proxyready.go)
+	// trafficCanary: prove rules that verify with a canary SYN per family (--traffic-canary).
+	trafficCanary bool
 }
 
 func newCheckCommand() *cobra.Command {

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/canary"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istioinit"
 	"github.com/meshdoctor/meshdoctor/nodecheck/proxyready"
@@ -28,6 +29,10 @@ func (o *checkOptions) registerNodeFlags(f *pflag.FlagSet) {
 	addDiscoveryFlags(f, &o.discovery)
 	o.node.register(f)
 	o.proxyReady.register(f)
+	f.BoolVar(&o.trafficCanary, "traffic-canary", true,
+		"prove the capture by traffic where the rules verify: one TCP SYN per family from a raw socket inside the pod's "+
+			"netns (TTL 1, never a handshake), judged by the conntrack entry it makes, which is then deleted; "+
+			"needs CAP_NET_RAW, CAP_NET_ADMIN, CAP_SETUID and CAP_SETGID")
 }
 
 // podChecks builds every pod check, the one place `check` and `agent` get them from. conditions
@@ -42,5 +47,9 @@ func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.Node
 	if err != nil {
 		return nil, err
 	}
-	return []nodecheck.Check{&capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}, istioinit.Check{}, proxyReady}, nil
+	capt := &capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}
+	if o.trafficCanary {
+		capt.Traffic = canary.Prober{}
+	}
+	return []nodecheck.Check{capt, istioinit.Check{}, proxyReady}, nil
 }

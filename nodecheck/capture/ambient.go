@@ -154,6 +154,10 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent
 			res.Findings = append(res.Findings, f)
 		}
 	}
+	if c.Traffic != nil && !hasSeverity(res.Findings, nodecheck.SeverityError) {
+		c.addTrafficProof(ctx, t, &res, &detail, ambientCanaries(canaryFamilies(snap.Addrs, ipv6)), "", snap)
+		res.Detail = detail
+	}
 	return res, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/canary"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
@@ -54,7 +55,7 @@ func TestAmbientNftablesFromIstiosWriter(t *testing.T) {
 				t.Fatal(err)
 			}
 			reader := &recordingReader{}
-			res, err := (&capture.Check{Reader: reader}).Check(ctx, nodecheck.Target{Netns: n.Path(), Annotations: c.annotations})
+			res, err := (&capture.Check{Reader: reader, Traffic: canary.Prober{}}).Check(ctx, nodecheck.Target{Netns: n.Path(), Annotations: c.annotations})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -69,6 +70,7 @@ func TestAmbientNftablesFromIstiosWriter(t *testing.T) {
 				t.Errorf("a legacy table exists in a namespace only nftables wrote to:\n%s%s", before.IPTablesNames, before.IP6TablesNames)
 			}
 			checkAmbientNftResult(t, c, res)
+			checkVerifiedByTraffic(t, res)
 			if *captureAmbientNft {
 				writerArgs := ""
 				if c.args != nil {

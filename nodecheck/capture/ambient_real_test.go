@@ -2,12 +2,15 @@ package capture_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/canary"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
@@ -84,6 +87,9 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 				return err
 			},
 			codes: []nodecheck.Code{nodecheck.RedirectRulesIncomplete}, contains: "fwmark 0x111/0xfff"},
+		{name: "rules verify, ztunnel listens, another owner's nft table untracks TCP", args: []string{}, annotations: enrolled,
+			breakIt: nftScript("table inet other {\n chain out {\n  type filter hook output priority raw\n  meta l4proto tcp notrack\n }\n}"),
+			codes:   []nodecheck.Code{nodecheck.CaptureBypassed, nodecheck.CaptureBypassed}, contains: "not tracked by conntrack"},
 		{name: "written for ingress mode, pod not in it", args: []string{"--ingress"}, annotations: enrolled,
 			codes: []nodecheck.Code{nodecheck.RedirectRulesIncomplete}, contains: "ISTIO_PRERT"},
 	}
@@ -114,7 +120,7 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			res, err := (&capture.Check{Reader: nsread.Reader{}}).Check(ctx, target)
+			res, err := (&capture.Check{Reader: nsread.Reader{}, Traffic: canary.Prober{}}).Check(ctx, target)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -149,6 +155,7 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 			if len(c.codes) == 0 && res.Capture.Backend != "nft" {
 				t.Errorf("backend %s, want nft", res.Capture.Backend)
 			}
+			checkVerifiedByTraffic(t, res)
 		})
 	}
 }
@@ -160,8 +167,11 @@ var dnsSockets = []string{"tcp/15053", "udp/15053"}
 func checkAmbientComponent(t *testing.T, f nodecheck.Finding) {
 	t.Helper()
 	want := nodecheck.ComponentIstioCNI
-	if f.Code == nodecheck.CaptureTargetNotListening {
+	switch f.Code {
+	case nodecheck.CaptureTargetNotListening:
 		want = nodecheck.ComponentZtunnel
+	case nodecheck.CaptureBypassed, nodecheck.CaptureExclusionIgnored:
+		want = "" // something that is not Istio's acts first
 	}
 	if f.Component != want {
 		t.Errorf("finding %s points at %q, want %q", f.Code, f.Component, want)
@@ -178,4 +188,34 @@ func equalCodes(a, b []nodecheck.Code) bool {
 		}
 	}
 	return true
+}
+
+// checkVerifiedByTraffic: a real pod whose rules verify, with its proxy (or ztunnel's stand-in)
+// listening, is proven by the traffic canary too; one with an error is not.
+func checkVerifiedByTraffic(t *testing.T, res nodecheck.Result) {
+	t.Helper()
+	broken := slices.ContainsFunc(res.Findings, func(f nodecheck.Finding) bool { return f.Severity == nodecheck.SeverityError })
+	if byTraffic := res.Capture.VerifiedBy == nodecheck.VerifiedByTraffic; byTraffic == broken {
+		t.Errorf("verified by %q with errors %v; traffic: %+v", res.Capture.VerifiedBy, broken, trafficOf(res))
+	}
+}
+
+func trafficOf(res nodecheck.Result) any {
+	if d, ok := res.Detail.(capture.Detail); ok && d.Traffic != nil {
+		return *d.Traffic
+	}
+	return nil
+}
+
+// nftScript loads an nftables script into the namespace: another owner's table.
+func nftScript(script string) func(ctx context.Context, n *testbed.Netns) error {
+	return func(ctx context.Context, n *testbed.Netns) error {
+		f := filepath.Join(os.TempDir(), n.Name+".nft")
+		if err := os.WriteFile(f, []byte(script+"\n"), 0o600); err != nil {
+			return err
+		}
+		defer os.Remove(f)
+		_, err := n.Nft(ctx, "-f", f)
+		return err
+	}
 }

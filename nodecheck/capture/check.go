@@ -38,6 +38,9 @@ type RuleReader interface {
 type Check struct {
 	Reader      RuleReader
 	NodeBackend rules.Backend
+	// Traffic, when set, proves rules that verify by sending canaries (nodecheck/canary): the
+	// capture is then verified by rules and traffic, or CaptureBypassed.
+	Traffic TrafficProber
 
 	expected expectedCache
 }
@@ -52,6 +55,8 @@ type Detail struct {
 	// the pod's annotations disagree with it.
 	Intent   *intent.Intent `json:"intent,omitempty"`
 	Families []FamilyDiff   `json:"families"`
+	// Traffic is what the canaries showed, when they ran.
+	Traffic *TrafficProof `json:"traffic,omitempty"`
 	// Raw is each rule set read, in iptables-save syntax, keyed "backend/family".
 	Raw map[string]string `json:"raw"`
 }
@@ -108,7 +113,30 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 			res.Findings = append(res.Findings, f)
 		}
 	}
+	if c.Traffic != nil && !hasSeverity(res.Findings, nodecheck.SeverityError) {
+		plan, notPlanned := sidecarCanaries(cfg, canaryFamilies(snap.Addrs, v6))
+		c.addTrafficProof(ctx, t, &res, &detail, plan, notPlanned, snap)
+		res.Detail = detail
+	}
 	return res, nil
+}
+
+// addTrafficProof runs the planned canaries and records what they proved in res and detail.
+func (c *Check) addTrafficProof(ctx context.Context, t nodecheck.Target, res *nodecheck.Result, detail *Detail, plan []plannedProbe, notPlanned string, snap rules.Snapshot) {
+	proof := TrafficProof{NotProven: notPlanned}
+	if len(plan) > 0 {
+		var verified bool
+		var findings []nodecheck.Finding
+		proof, findings, verified = c.proveByTraffic(ctx, t.Netns, plan, snap)
+		if proof.NotProven == "" {
+			proof.NotProven = notPlanned
+		}
+		res.Findings = append(res.Findings, findings...)
+		if verified {
+			res.Capture.VerifiedBy = nodecheck.VerifiedByTraffic
+		}
+	}
+	detail.Traffic = &proof
 }
 
 func modeName(cfg intent.Config) string {

@@ -127,11 +127,15 @@ func TestDaemonSetRunsWithItsOwnPrivileges(t *testing.T) {
 		drop string
 		// what must show without it: in a pod's reason, or in the agent's log
 		inCart, inLog string
+		// cartByRules: cart stays ok, its capture verified by rules only (the canary cannot run)
+		cartByRules bool
 	}{
 		{drop: "SYS_ADMIN", inCart: "entering network namespace"},
 		{drop: "NET_ADMIN", inCart: "operation not permitted"},
 		{drop: "NET_RAW", inCart: "raw ipv4 socket"},
 		{drop: "DAC_READ_SEARCH", inLog: "cannot read node logs"},
+		{drop: "SETUID", cartByRules: true},
+		{drop: "SETGID", cartByRules: true},
 	} {
 		t.Run("without "+tc.drop, func(t *testing.T) {
 			p := podFromDaemonSet(t, ds, "test-node", nodeIP)
@@ -142,6 +146,9 @@ func TestDaemonSetRunsWithItsOwnPrivileges(t *testing.T) {
 			cart := podSummary(rep)["shop/cart"]
 			if tc.inCart != "" && (cart.Verdict != nodecheck.VerdictUnknown || !strings.Contains(cart.Reason, tc.inCart)) {
 				t.Errorf("cart: %+v, want unknown with %q in the reason", cart, tc.inCart)
+			}
+			if tc.cartByRules && (cart.Verdict != nodecheck.VerdictOK || cart.Capture.VerifiedBy != nodecheck.VerifiedByRules) {
+				t.Errorf("cart: %+v, want ok and verified by rules only", cart)
 			}
 			if tc.inLog != "" && !strings.Contains(logs, tc.inLog) {
 				t.Errorf("the agent's log lacks %q:\n%s", tc.inLog, logs)
