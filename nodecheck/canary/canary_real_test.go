@@ -29,7 +29,6 @@ func TestProbesOnIstiosRules(t *testing.T) {
 	tproxy := []string{"-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"}
 	type want struct {
 		app, proxy string // "redirected", "not redirected", "untracked"
-		appTo      netip.AddrPort
 	}
 	captured := want{app: "redirected", proxy: "not redirected"}
 	cases := []struct {

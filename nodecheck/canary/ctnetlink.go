@@ -185,14 +185,14 @@ func (c *conntrack) get(t tuple) (entry, bool, error) {
 	if err != nil {
 		return entry{}, false, fmt.Errorf("reading the conntrack entry of %s -> %s: %w", t.src, t.dst, err)
 	}
-	for _, m := range msgs {
-		e, err := parseEntry(m)
-		if err != nil {
-			return entry{}, false, fmt.Errorf("reading the conntrack entry of %s -> %s: %w", t.src, t.dst, err)
-		}
-		return e, true, nil
+	if len(msgs) == 0 {
+		return entry{}, false, nil
 	}
-	return entry{}, false, nil
+	e, err := parseEntry(msgs[0])
+	if err != nil {
+		return entry{}, false, fmt.Errorf("reading the conntrack entry of %s -> %s: %w", t.src, t.dst, err)
+	}
+	return e, true, nil
 }
 
 // delete deletes the entry whose original tuple is t, and only if its id is still id.

@@ -92,14 +92,14 @@ func sidecarCanaries(cfg intent.Config, families []rules.Family) ([]plannedProbe
 			plan = append(plan, plannedProbe{
 				probe:  canary.Probe{Dst: dst, UID: uint32(uid), GID: canaryGID},
 				expect: expectBypass, proxyPorts: []uint16{cfg.ProxyPort, cfg.InboundCapturePort},
-				why:    fmt.Sprintf("the proxy's own connection (uid %d) must not come back to it", uid),
+				why: fmt.Sprintf("the proxy's own connection (uid %d) must not come back to it", uid),
 			})
 		}
 		if port, ok := firstNumeric(cfg.ExcludeOutboundPorts); ok && len(cfg.IncludeOutboundPorts) == 0 {
 			plan = append(plan, plannedProbe{
 				probe:  canary.Probe{Dst: netip.AddrPortFrom(dst.Addr(), uint16(port)), UID: canaryUID, GID: canaryGID},
 				expect: expectBypass, proxyPorts: []uint16{cfg.ProxyPort, cfg.InboundCapturePort},
-				why:    fmt.Sprintf("outbound port %d is excluded from capture", port),
+				why: fmt.Sprintf("outbound port %d is excluded from capture", port),
 			})
 		}
 	}
