@@ -3,8 +3,6 @@ package canary_test
 import (
 	"context"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -150,15 +148,7 @@ func kind(o canary.Outcome) string {
 }
 
 func nftScript(script string) func(ctx context.Context, n *testbed.Netns) error {
-	return func(ctx context.Context, n *testbed.Netns) error {
-		f := filepath.Join(os.TempDir(), n.Name+".nft")
-		if err := os.WriteFile(f, []byte(script+"\n"), 0o600); err != nil {
-			return err
-		}
-		defer os.Remove(f)
-		_, err := n.Nft(ctx, "-f", f)
-		return err
-	}
+	return func(ctx context.Context, n *testbed.Netns) error { return n.NftScript(ctx, script) }
 }
 
 // A thousand rounds of probes against a proxy's stand-in listening where Istio's rules

@@ -2,8 +2,6 @@ package capture_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -207,15 +205,6 @@ func trafficOf(res nodecheck.Result) any {
 	return nil
 }
 
-// nftScript loads an nftables script into the namespace: another owner's table.
 func nftScript(script string) func(ctx context.Context, n *testbed.Netns) error {
-	return func(ctx context.Context, n *testbed.Netns) error {
-		f := filepath.Join(os.TempDir(), n.Name+".nft")
-		if err := os.WriteFile(f, []byte(script+"\n"), 0o600); err != nil {
-			return err
-		}
-		defer os.Remove(f)
-		_, err := n.Nft(ctx, "-f", f)
-		return err
-	}
+	return func(ctx context.Context, n *testbed.Netns) error { return n.NftScript(ctx, script) }
 }

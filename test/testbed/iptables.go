@@ -3,6 +3,7 @@ package testbed
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 )
 
@@ -111,4 +112,22 @@ func (n *Netns) NftRuleset(ctx context.Context, json bool) (string, error) {
 		return n.Nft(ctx, "-j", "list", "ruleset")
 	}
 	return n.Nft(ctx, "list", "ruleset")
+}
+
+// NftScript loads an nftables script (`nft -f`) into the namespace: another owner's table.
+func (n *Netns) NftScript(ctx context.Context, script string) error {
+	f, err := os.CreateTemp("", n.Name+"-*.nft")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.WriteString(script + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	_, err = n.Nft(ctx, "-f", f.Name())
+	return err
 }
