@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshdoctor/meshdoctor/nodecheck/ctnetlink"
 	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
 )
 
@@ -91,11 +92,11 @@ func (p Prober) Run(ctx context.Context, netnsPath string, probes []Probe) ([]Ou
 	}
 	out := make([]Outcome, len(probes))
 	err := innetns.Do(ctx, netnsPath, func() error {
-		ct, err := openConntrack(ctx)
+		ct, err := ctnetlink.OpenWatching(ctx)
 		if err != nil {
 			return fmt.Errorf("in %s: %w", netnsPath, err)
 		}
-		defer ct.close()
+		defer ct.Close()
 		for i, pr := range probes {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -114,7 +115,7 @@ func (p Prober) Run(ctx context.Context, netnsPath string, probes []Probe) ([]Ou
 const firstEphemeral, lastEphemeral = 32768, 60999
 
 // probeHere sends one probe from the calling thread's namespace and cleans up after it.
-func probeHere(ct *conntrack, pr Probe, settle time.Duration) Outcome {
+func probeHere(ct *ctnetlink.Conn, pr Probe, settle time.Duration) Outcome {
 	o := Outcome{Probe: pr}
 	src, err := sourceFor(pr.Dst)
 	if err != nil {
@@ -122,11 +123,11 @@ func probeHere(ct *conntrack, pr Probe, settle time.Duration) Outcome {
 		return o
 	}
 	// A port whose tuple conntrack already holds would be someone's connection: take another.
-	var t tuple
+	var t ctnetlink.Tuple
 	for attempt := 0; ; attempt++ {
 		port := uint16(firstEphemeral + rand.IntN(lastEphemeral-firstEphemeral+1))
-		t = tuple{src: netip.AddrPortFrom(src, port), dst: pr.Dst}
-		_, found, err := ct.get(t)
+		t = ctnetlink.Tuple{Src: netip.AddrPortFrom(src, port), Dst: pr.Dst}
+		_, found, err := ct.Get(t)
 		if err != nil {
 			o.Err = err
 			return o
@@ -139,45 +140,45 @@ func probeHere(ct *conntrack, pr Probe, settle time.Duration) Outcome {
 			return o
 		}
 	}
-	o.Src = t.src
-	ct.drainEvents()
+	o.Src = t.Src
+	ct.DrainEvents()
 	if err := sendSYN(t, pr.UID, pr.GID); err != nil {
 		o.Err = err
 		return o
 	}
-	e, found, err := ct.get(t)
+	e, found, err := ct.Get(t)
 	if err != nil {
 		o.Err = err
 		return o
 	}
 	if !found {
 		// Gone already, or never made: the announcement of its creation tells which.
-		e, made, err := ct.created(t)
+		e, made, err := ct.Created(t)
 		switch {
 		case err != nil:
 			o.Err = err
 		case made:
-			o.Tracked, o.Gone, o.ReplySrc, o.State, o.Mark = true, true, e.replySrc, tcpStateName(e.state), e.mark
-		case ct.eventsOff || ct.lost:
+			o.Tracked, o.Gone, o.ReplySrc, o.State, o.Mark = true, true, e.ReplySrc, e.State.String(), e.Mark
+		case ct.EventsUnreliable():
 			o.Err = errors.New("the probe's conntrack entry could not be read, and conntrack events are off or were lost: cannot tell whether it was tracked")
 		}
 		return o
 	}
-	if e.replySrc != pr.Dst {
+	if e.ReplySrc != pr.Dst {
 		// Redirected: the local target's answer (a reset, or a SYN-ACK our kernel resets) runs
 		// through the same entry; let it end so that no packet of it outlives the entry.
 		deadline := time.Now().Add(settle)
-		for (e.state == tcpSynSent || e.state == tcpSynRecv) && time.Now().Before(deadline) {
+		for (e.State == ctnetlink.TCPSynSent || e.State == ctnetlink.TCPSynRecv) && time.Now().Before(deadline) {
 			time.Sleep(200 * time.Microsecond)
-			next, ok, err := ct.get(t)
+			next, ok, err := ct.Get(t)
 			if err != nil || !ok {
 				break
 			}
 			e = next
 		}
 	}
-	o.Tracked, o.ReplySrc, o.State, o.Mark = true, e.replySrc, tcpStateName(e.state), e.mark
-	if err := ct.delete(t, e.id); err != nil && !errors.Is(err, unix.ENOENT) {
+	o.Tracked, o.ReplySrc, o.State, o.Mark = true, e.ReplySrc, e.State.String(), e.Mark
+	if err := ct.Delete(t, e.ID); err != nil && !errors.Is(err, unix.ENOENT) {
 		o.Err = fmt.Errorf("deleting the probe's conntrack entry: %w", err)
 	}
 	return o

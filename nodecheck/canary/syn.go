@@ -7,17 +7,14 @@ import (
 	"net/netip"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck/ctnetlink"
 )
 
-// tuple is a probe's original direction.
-type tuple struct {
-	src, dst netip.AddrPort
-}
-
 // sendSYN sends one TCP SYN for t from a raw socket made as uid and gid, on the calling thread.
-func sendSYN(t tuple, uid, gid uint32) error {
+func sendSYN(t ctnetlink.Tuple, uid, gid uint32) error {
 	af := unix.AF_INET
-	if t.dst.Addr().Is6() {
+	if t.Dst.Addr().Is6() {
 		af = unix.AF_INET6
 	}
 	fd, err := rawSocketAs(af, uid, gid)
@@ -40,12 +37,12 @@ func sendSYN(t tuple, uid, gid uint32) error {
 	if err != nil {
 		return fmt.Errorf("setting the canary's TTL to 1: %w", err)
 	}
-	if err := unix.Bind(fd, sockaddr(t.src.Addr(), 0)); err != nil {
-		return fmt.Errorf("binding the canary to %s: %w", t.src.Addr(), err)
+	if err := unix.Bind(fd, sockaddr(t.Src.Addr(), 0)); err != nil {
+		return fmt.Errorf("binding the canary to %s: %w", t.Src.Addr(), err)
 	}
 	seg := synSegment(t, rand.Uint32())
-	if err := unix.Sendto(fd, seg, 0, sockaddr(t.dst.Addr(), 0)); err != nil {
-		return fmt.Errorf("sending SYN %s -> %s: %w", t.src, t.dst, err)
+	if err := unix.Sendto(fd, seg, 0, sockaddr(t.Dst.Addr(), 0)); err != nil {
+		return fmt.Errorf("sending SYN %s -> %s: %w", t.Src, t.Dst, err)
 	}
 	return nil
 }
@@ -74,16 +71,16 @@ func rawSocketAs(af int, uid, gid uint32) (int, error) {
 
 // synSegment is a 20-byte TCP header with only SYN set, its checksum over the pseudo-header of
 // t's family (RFC 9293, RFC 8200 section 8.1).
-func synSegment(t tuple, seq uint32) []byte {
+func synSegment(t ctnetlink.Tuple, seq uint32) []byte {
 	b := make([]byte, 20)
 	be := binary.BigEndian
-	be.PutUint16(b[0:], t.src.Port())
-	be.PutUint16(b[2:], t.dst.Port())
+	be.PutUint16(b[0:], t.Src.Port())
+	be.PutUint16(b[2:], t.Dst.Port())
 	be.PutUint32(b[4:], seq)
 	b[12] = 5 << 4 // data offset: 5 words, no options
 	b[13] = 0x02   // SYN
 	be.PutUint16(b[14:], 64240)
-	be.PutUint16(b[16:], tcpChecksum(t.src.Addr(), t.dst.Addr(), b))
+	be.PutUint16(b[16:], tcpChecksum(t.Src.Addr(), t.Dst.Addr(), b))
 	return b
 }
 

@@ -220,3 +220,85 @@ func TestProbeErrors(t *testing.T) {
 		t.Errorf("check of a vanished namespace: want ErrNetnsGone, got %v", err)
 	}
 }
+
+// TestProbeLeavesNoTrace: whatever the outcome (pilot-agent ready or not, nothing listening, the
+// SYN dropped), the probe leaves the namespace's conntrack table and sockets as they were: its
+// entry is deleted and its connection is closed without a TIME_WAIT on either end.
+func TestProbeLeavesNoTrace(t *testing.T) {
+	testbed.RequirePrivileged(t)
+	cases := []struct {
+		name    string
+		setUp   func(t *testing.T, ns *testbed.Netns)
+		outcome Outcome
+	}{
+		{"ready", func(t *testing.T, ns *testbed.Netns) {
+			startEnvoyAdminStandIn(t, ns.Path(), adminLive)
+			startPilotAgent(t, ns)
+		}, OutcomeReady},
+		{"not ready", func(t *testing.T, ns *testbed.Netns) {
+			startEnvoyAdminStandIn(t, ns.Path(), adminNoXDS)
+			startPilotAgent(t, ns)
+		}, OutcomeNotReady},
+		{"nothing listens", func(t *testing.T, ns *testbed.Netns) {}, OutcomeRefused},
+		{"SYN dropped", func(t *testing.T, ns *testbed.Netns) {
+			if err := ns.NftScript(t.Context(), "table inet md_test_drop {\n chain input { type filter hook input priority 0; tcp dport 15020 drop; }\n}\n"); err != nil {
+				t.Fatal(err)
+			}
+		}, OutcomeTimeout},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testbed.NewNetns(t, testbed.IPv4Only())
+			// Istio's rules make the namespace track connections: without a rule that needs
+			// conntrack, the kernel does not track a namespace's traffic at all.
+			if err := ns.IstioIptables(t.Context(), testbed.DefaultSidecarArgs()...); err != nil {
+				t.Fatal(err)
+			}
+			tc.setUp(t, ns)
+			prober := NetnsProber{Timeout: 500 * time.Millisecond}
+			// pilot-agent turns ready once it has read Envoy's stats: wait for the outcome
+			// wanted, then take the trace and probe again.
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				p, err := prober.Probe(t.Context(), ns.Path(), DefaultStatusPort)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p.Outcome == tc.outcome {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("outcome %s, want %s (%+v)", p.Outcome, tc.outcome, p)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			before, err := ns.Trace(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 5 {
+				p, err := prober.Probe(t.Context(), ns.Path(), DefaultStatusPort)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p.Outcome != tc.outcome || p.TraceLeft != "" {
+					t.Errorf("outcome %s, want %s; trace left: %q", p.Outcome, tc.outcome, p.TraceLeft)
+				}
+			}
+			after, err := ns.Trace(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := before.Diff(after); d != "" {
+				t.Errorf("the probes changed the pod's namespace:\n%s", d)
+			}
+			out, err := ns.Exec(t.Context(), "ss", "-Htan", "state", "time-wait")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(strings.TrimSpace(string(out))) > 0 {
+				t.Errorf("sockets left in TIME_WAIT:\n%s", out)
+			}
+		})
+	}
+}

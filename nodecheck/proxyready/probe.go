@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck/ctnetlink"
 	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
 )
 
@@ -66,9 +69,11 @@ type Probe struct {
 	// Body is the start of the answer's body, when it had one (pilot-agent's own has none).
 	Body string `json:"body,omitempty"`
 	// Error is the network or protocol error behind refused, timeout and failed.
-	Error    string        `json:"error,omitempty"`
-	At       time.Time     `json:"at"`
-	Duration time.Duration `json:"durationNs"`
+	Error string `json:"error,omitempty"`
+	// TraceLeft says why the probe's conntrack entry could not be deleted afterwards.
+	TraceLeft string        `json:"traceLeft,omitempty"`
+	At        time.Time     `json:"at"`
+	Duration  time.Duration `json:"durationNs"`
 }
 
 // Prober asks a pod's proxy whether it is ready. The error is for a probe that could not be made
@@ -84,38 +89,60 @@ type Prober interface {
 // resolving "localhost" (no resolver is consulted, in the pod or on the node), sends one HTTP/1.1
 // request without keep-alive or proxy, and reads a bounded answer.
 //
-// The probe is exactly what kubelet and `pilot-agent wait` do to the same endpoint: pilot-agent
-// logs the result when it is a failure, nothing else changes in the pod.
+// The probe is what kubelet and `pilot-agent wait` do to the same endpoint, and then leaves
+// nothing behind: the connection is closed by a reset (no TIME_WAIT socket on either side) and
+// its conntrack entry, made by the SYN and found by its source port, is deleted. pilot-agent logs
+// the result when it is a failure; nothing else changes in the pod.
 type NetnsProber struct {
 	// Timeout bounds the whole exchange (DefaultProbeTimeout when zero).
 	Timeout time.Duration
 }
 
 // Probe GETs http://localhost:PORT/healthz/ready inside the namespace at netnsPath.
-func (p NetnsProber) Probe(ctx context.Context, netnsPath string, port uint16) (Probe, error) {
+func (p NetnsProber) Probe(ctx context.Context, netnsPath string, port uint16) (res Probe, err error) {
 	timeout := p.Timeout
 	if timeout <= 0 {
 		timeout = DefaultProbeTimeout
 	}
 	start := time.Now()
-	res := Probe{URL: "http://localhost:" + strconv.Itoa(int(port)) + ReadyPath, At: start.UTC()}
+	res = Probe{URL: "http://localhost:" + strconv.Itoa(int(port)) + ReadyPath, At: start.UTC()}
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)
 	var conn net.Conn
 	var dialErr error
-	err := innetns.Do(ctx, netnsPath, func() error {
+	var ct *ctnetlink.Conn
+	var ctErr error
+	var local netip.AddrPort
+	err = innetns.Do(ctx, netnsPath, func() error {
+		// Both sockets belong to the pod's namespace for life, wherever they are used next.
+		ct, ctErr = ctnetlink.Open(ctx)
 		// The connect completes on this locked thread too: on loopback it is immediate.
-		d := net.Dialer{Timeout: min(timeout, maxConnect)}
+		d := net.Dialer{Timeout: min(timeout, maxConnect), Control: bindLoopback(&local)}
 		conn, dialErr = d.DialContext(ctx, "tcp4", addr.String())
 		return nil
 	})
 	if err != nil {
 		return Probe{}, fmt.Errorf("probing %s in %s: %w", res.URL, netnsPath, err)
 	}
+	defer func() {
+		// Runs after the deferred close of conn: the reset is sent, no packet of the
+		// connection follows, and its entry can go.
+		switch {
+		case ctErr != nil:
+			res.TraceLeft = ctErr.Error()
+		case local.IsValid():
+			if err := ct.Forget(ctnetlink.Tuple{Src: local, Dst: addr}); err != nil {
+				res.TraceLeft = err.Error()
+			}
+		}
+		if ct != nil {
+			ct.Close()
+		}
+	}()
 	if dialErr == nil {
-		defer conn.Close()
+		defer closeByReset(conn)
 	}
 	var status int
 	var body string
@@ -137,6 +164,42 @@ func (p NetnsProber) Probe(ctx context.Context, netnsPath string, port uint16) (
 		res.Outcome = OutcomeReady
 	}
 	return res, nil
+}
+
+// bindLoopback binds the socket to 127.0.0.1 and an ephemeral port before it connects, and
+// stores that port in local: the connection's conntrack tuple is known even when the connect
+// fails or times out, and leaves a SYN_SENT entry.
+func bindLoopback(local *netip.AddrPort) func(string, string, syscall.RawConn) error {
+	return func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		cerr := rc.Control(func(fd uintptr) {
+			if err = unix.Bind(int(fd), &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+				err = fmt.Errorf("binding the probe's socket: %w", err)
+				return
+			}
+			sa, gerr := unix.Getsockname(int(fd))
+			if gerr != nil {
+				err = fmt.Errorf("reading the probe's source port: %w", gerr)
+				return
+			}
+			if in4, ok := sa.(*unix.SockaddrInet4); ok {
+				*local = netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port))
+			}
+		})
+		if cerr != nil {
+			return cerr
+		}
+		return err
+	}
+}
+
+// closeByReset closes conn with a reset rather than a FIN: neither end is left in TIME_WAIT and no
+// late ACK can make a new conntrack entry after the probe's own is deleted.
+func closeByReset(conn net.Conn) {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
 }
 
 // get sends the request on conn and reads the status and the start of the body.

@@ -1,4 +1,11 @@
-package canary
+// Package ctnetlink reads and deletes the TCP entries of a network namespace's conntrack table
+// over netlink (NETLINK_NETFILTER), and watches their creation. It is what lets meshdoctor's
+// own connections in a pod's namespace (the traffic canary's SYNs, the readiness probe) leave the
+// table as they found it, and read where conntrack sent a packet.
+//
+// A Conn belongs to the namespace of the thread that opened it, for its whole life; its calls
+// are plain blocking system calls bounded by the deadline given to Open.
+package ctnetlink
 
 import (
 	"context"
@@ -50,42 +57,53 @@ const (
 	replyBufSize = 8 << 10
 )
 
-// TCP conntrack states (enum tcp_conntrack).
+// TCPState is conntrack's state of a TCP entry (enum tcp_conntrack).
+type TCPState uint8
+
+// The states a probe waits on.
 const (
-	tcpSynSent = 1
-	tcpSynRecv = 2
+	TCPSynSent TCPState = 1
+	TCPSynRecv TCPState = 2
 )
 
 var tcpStates = []string{"NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
 	"LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"}
 
-func tcpStateName(s uint8) string {
+func (s TCPState) String() string {
 	if int(s) < len(tcpStates) {
 		return tcpStates[s]
 	}
 	return fmt.Sprintf("state %d", s)
 }
 
-// entry is what a probe needs of a conntrack entry.
-type entry struct {
-	orig     tuple
-	replySrc netip.AddrPort
-	state    uint8
-	mark     uint32
-	id       uint32
+// Tuple is a TCP connection's original direction.
+type Tuple struct {
+	Src, Dst netip.AddrPort
 }
 
-// conntrack is a ctnetlink socket of the calling thread's namespace, used with plain blocking
-// system calls (as nsread's sock_diag socket is, for the same reason), and a second one
-// subscribed to the creation of entries.
+// Entry is what meshdoctor reads of a conntrack entry.
+type Entry struct {
+	Orig Tuple
+	// ReplySrc is the source of the reply tuple: where the packet really went (a redirect
+	// shows as a local address and port).
+	ReplySrc netip.AddrPort
+	State    TCPState
+	Mark     uint32
+	// ID is the entry's id, so that a deletion takes this entry and no later one of the tuple.
+	ID uint32
+}
+
+// Conn is a ctnetlink socket of the calling thread's namespace, used with plain blocking
+// system calls (as nsread's sock_diag socket is, for the same reason), and, when opened by
+// OpenWatching, a second one subscribed to the creation of entries.
 //
 // The events are needed because conntrack deletes at once an entry whose only answer was a reset
 // (nf_conntrack_proto_tcp.c): a SYN redirected to a port where nothing listens leaves no entry
 // to read, but its creation, with the redirected reply tuple, was announced. The announcement is
 // queued on the socket while the SYN is still being sent (at confirmation, in POSTROUTING), so
 // it is read without waiting.
-type conntrack struct {
-	fd, events int
+type Conn struct {
+	fd, events int // events is -1 when not watching
 	seq        uint32
 	buf        []byte
 	// eventsOff: the namespace's nf_conntrack_events is 0, so no creation is announced.
@@ -94,7 +112,9 @@ type conntrack struct {
 	lost bool
 }
 
-func openConntrack(ctx context.Context) (*conntrack, error) {
+// Open opens a ctnetlink socket in the calling thread's network namespace. Its requests wait at
+// most until ctx's deadline (5s without one).
+func Open(ctx context.Context) (*Conn, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("opening a ctnetlink socket: %w", err)
@@ -108,17 +128,25 @@ func openConntrack(ctx context.Context) (*conntrack, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("ctnetlink socket: %w", err)
 	}
+	return &Conn{fd: fd, events: -1, buf: make([]byte, replyBufSize)}, nil
+}
+
+// OpenWatching is Open plus a subscription to the creation of entries, read by Created.
+func OpenWatching(ctx context.Context) (*Conn, error) {
+	c, err := Open(ctx)
+	if err != nil {
+		return nil, err
+	}
 	ev, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 	if err != nil {
-		unix.Close(fd)
+		c.Close()
 		return nil, fmt.Errorf("opening a ctnetlink event socket: %w", err)
 	}
+	c.events = ev
 	if err := unix.Bind(ev, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (nfnlgrpConntrackNew - 1)}); err != nil {
-		unix.Close(fd)
-		unix.Close(ev)
+		c.Close()
 		return nil, fmt.Errorf("subscribing to conntrack events (needs CAP_NET_ADMIN): %w", err)
 	}
-	c := &conntrack{fd: fd, events: ev, buf: make([]byte, replyBufSize)}
 	// The thread is in the namespace, so /proc/sys/net shows the namespace's own settings.
 	if v, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_events"); err == nil && strings.TrimSpace(string(v)) == "0" {
 		c.eventsOff = true
@@ -126,14 +154,24 @@ func openConntrack(ctx context.Context) (*conntrack, error) {
 	return c, nil
 }
 
-func (c *conntrack) close() {
+// EventsUnreliable says that a creation may have gone unannounced since the last DrainEvents:
+// the namespace's nf_conntrack_events is 0, or the event socket overflowed.
+func (c *Conn) EventsUnreliable() bool { return c.eventsOff || c.lost }
+
+// Close closes the sockets.
+func (c *Conn) Close() {
 	unix.Close(c.fd)
-	unix.Close(c.events)
+	if c.events >= 0 {
+		unix.Close(c.events)
+	}
 }
 
-// drainEvents forgets the events queued so far: they are other connections'.
-func (c *conntrack) drainEvents() {
+// DrainEvents forgets the events queued so far: they are other connections'.
+func (c *Conn) DrainEvents() {
 	c.lost = false
+	if c.events < 0 {
+		return
+	}
 	for {
 		_, _, _, _, err := unix.Recvmsg(c.events, c.buf, nil, unix.MSG_DONTWAIT)
 		if err != nil && !errors.Is(err, unix.ENOBUFS) {
@@ -142,24 +180,27 @@ func (c *conntrack) drainEvents() {
 	}
 }
 
-// created looks among the events queued since the last drain for the creation of the entry
+// Created looks among the events queued since the last drain for the creation of the entry
 // whose original tuple is t.
-func (c *conntrack) created(t tuple) (entry, bool, error) {
+func (c *Conn) Created(t Tuple) (Entry, bool, error) {
+	if c.events < 0 {
+		return Entry{}, false, errors.New("conntrack creations are not watched on this socket (opened by Open, not OpenWatching)")
+	}
 	for {
 		n, _, _, _, err := unix.Recvmsg(c.events, c.buf, nil, unix.MSG_DONTWAIT)
 		if errors.Is(err, unix.EAGAIN) {
-			return entry{}, false, nil
+			return Entry{}, false, nil
 		}
 		if errors.Is(err, unix.ENOBUFS) {
 			c.lost = true
 			continue
 		}
 		if err != nil {
-			return entry{}, false, fmt.Errorf("reading conntrack events: %w", err)
+			return Entry{}, false, fmt.Errorf("reading conntrack events: %w", err)
 		}
 		msgs, err := syscall.ParseNetlinkMessage(c.buf[:n])
 		if err != nil {
-			return entry{}, false, fmt.Errorf("parsing conntrack events: %w", err)
+			return Entry{}, false, fmt.Errorf("parsing conntrack events: %w", err)
 		}
 		for _, m := range msgs {
 			if m.Header.Type != nfnlSubsysCtnetlink<<8|ipctnlMsgCtNew {
@@ -167,47 +208,60 @@ func (c *conntrack) created(t tuple) (entry, bool, error) {
 			}
 			e, err := parseEntry(m.Data)
 			if err != nil {
-				return entry{}, false, fmt.Errorf("conntrack event: %w", err)
+				return Entry{}, false, fmt.Errorf("conntrack event: %w", err)
 			}
-			if e.orig == t {
+			if e.Orig == t {
 				return e, true, nil
 			}
 		}
 	}
 }
 
-// get returns the entry whose original tuple is t; found is false when there is none.
-func (c *conntrack) get(t tuple) (entry, bool, error) {
+// Get returns the entry whose original tuple is t; found is false when there is none.
+func (c *Conn) Get(t Tuple) (Entry, bool, error) {
 	msgs, err := c.roundTrip(ipctnlMsgCtGet, 0, t, nil)
 	if errors.Is(err, unix.ENOENT) {
-		return entry{}, false, nil
+		return Entry{}, false, nil
 	}
 	if err != nil {
-		return entry{}, false, fmt.Errorf("reading the conntrack entry of %s -> %s: %w", t.src, t.dst, err)
+		return Entry{}, false, fmt.Errorf("reading the conntrack Entry of %s -> %s: %w", t.Src, t.Dst, err)
 	}
 	if len(msgs) == 0 {
-		return entry{}, false, nil
+		return Entry{}, false, nil
 	}
 	e, err := parseEntry(msgs[0])
 	if err != nil {
-		return entry{}, false, fmt.Errorf("reading the conntrack entry of %s -> %s: %w", t.src, t.dst, err)
+		return Entry{}, false, fmt.Errorf("reading the conntrack Entry of %s -> %s: %w", t.Src, t.Dst, err)
 	}
 	return e, true, nil
 }
 
-// delete deletes the entry whose original tuple is t, and only if its id is still id.
-func (c *conntrack) delete(t tuple, id uint32) error {
+// Delete deletes the entry whose original tuple is t, and only if its id is still id. It
+// wraps unix.ENOENT when there is no such entry.
+func (c *Conn) Delete(t Tuple, id uint32) error {
 	idAttr := binary.BigEndian.AppendUint32(nil, id)
-	_, err := c.roundTrip(ipctnlMsgCtDelete, unix.NLM_F_ACK, t, attr(nil, ctaID, idAttr))
-	return err
+	if _, err := c.roundTrip(ipctnlMsgCtDelete, unix.NLM_F_ACK, t, attr(nil, ctaID, idAttr)); err != nil {
+		return fmt.Errorf("deleting the conntrack entry of %s -> %s: %w", t.Src, t.Dst, err)
+	}
+	return nil
+}
+
+// Forget deletes the entry whose original tuple is t, if there is one: for a connection of
+// meshdoctor's own, whose source port no one else holds.
+func (c *Conn) Forget(t Tuple) error {
+	_, err := c.roundTrip(ipctnlMsgCtDelete, unix.NLM_F_ACK, t, nil)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("deleting the conntrack entry of %s -> %s: %w", t.Src, t.Dst, err)
+	}
+	return nil
 }
 
 // roundTrip sends one request about tuple t (plus extra attributes) and returns the payloads of
 // the conntrack messages answered, or the kernel's error.
-func (c *conntrack) roundTrip(msgType uint16, flags uint16, t tuple, extra []byte) ([][]byte, error) {
+func (c *Conn) roundTrip(msgType uint16, flags uint16, t Tuple, extra []byte) ([][]byte, error) {
 	c.seq++
 	family := uint8(unix.AF_INET)
-	if t.src.Addr().Is6() {
+	if t.Src.Addr().Is6() {
 		family = unix.AF_INET6
 	}
 	body := []byte{family, 0, 0, 0} // struct nfgenmsg: family, version 0, res_id 0
@@ -272,19 +326,19 @@ func attr(b []byte, typ uint16, payload []byte) []byte {
 	return b
 }
 
-func tupleAttr(b []byte, typ uint16, t tuple) []byte {
+func tupleAttr(b []byte, typ uint16, t Tuple) []byte {
 	var ip []byte
-	if t.src.Addr().Is4() {
-		ip = attr(ip, ctaIPv4Src, t.src.Addr().AsSlice())
-		ip = attr(ip, ctaIPv4Dst, t.dst.Addr().AsSlice())
+	if t.Src.Addr().Is4() {
+		ip = attr(ip, ctaIPv4Src, t.Src.Addr().AsSlice())
+		ip = attr(ip, ctaIPv4Dst, t.Dst.Addr().AsSlice())
 	} else {
-		ip = attr(ip, ctaIPv6Src, t.src.Addr().AsSlice())
-		ip = attr(ip, ctaIPv6Dst, t.dst.Addr().AsSlice())
+		ip = attr(ip, ctaIPv6Src, t.Src.Addr().AsSlice())
+		ip = attr(ip, ctaIPv6Dst, t.Dst.Addr().AsSlice())
 	}
 	var proto []byte
 	proto = attr(proto, ctaProtoNum, []byte{unix.IPPROTO_TCP})
-	proto = attr(proto, ctaProtoSrcPort, binary.BigEndian.AppendUint16(nil, t.src.Port()))
-	proto = attr(proto, ctaProtoDstPort, binary.BigEndian.AppendUint16(nil, t.dst.Port()))
+	proto = attr(proto, ctaProtoSrcPort, binary.BigEndian.AppendUint16(nil, t.Src.Port()))
+	proto = attr(proto, ctaProtoDstPort, binary.BigEndian.AppendUint16(nil, t.Dst.Port()))
 	var nested []byte
 	nested = attr(nested, ctaTupleIP|nlaFNested, ip)
 	nested = attr(nested, ctaTupleProto|nlaFNested, proto)
@@ -311,41 +365,41 @@ func attrs(b []byte) (map[uint16][]byte, error) {
 }
 
 // parseEntry reads a conntrack message's tuples, TCP state, mark and id.
-func parseEntry(m []byte) (entry, error) {
+func parseEntry(m []byte) (Entry, error) {
 	if len(m) < sizeofNfgen {
-		return entry{}, fmt.Errorf("conntrack message of %d bytes", len(m))
+		return Entry{}, fmt.Errorf("conntrack message of %d bytes", len(m))
 	}
 	top, err := attrs(m[sizeofNfgen:])
 	if err != nil {
-		return entry{}, err
+		return Entry{}, err
 	}
-	var e entry
-	if e.orig, err = parseTuple(top[ctaTupleOrig]); err != nil {
-		return entry{}, fmt.Errorf("original tuple: %w", err)
+	var e Entry
+	if e.Orig, err = parseTuple(top[ctaTupleOrig]); err != nil {
+		return Entry{}, fmt.Errorf("original Tuple: %w", err)
 	}
 	reply, err := parseTuple(top[ctaTupleReply])
 	if err != nil {
-		return entry{}, fmt.Errorf("reply tuple: %w", err)
+		return Entry{}, fmt.Errorf("reply Tuple: %w", err)
 	}
-	e.replySrc = reply.src
+	e.ReplySrc = reply.Src
 	if v := top[ctaMark]; len(v) == 4 {
-		e.mark = binary.BigEndian.Uint32(v)
+		e.Mark = binary.BigEndian.Uint32(v)
 	}
 	if v := top[ctaID]; len(v) == 4 {
-		e.id = binary.BigEndian.Uint32(v)
+		e.ID = binary.BigEndian.Uint32(v)
 	}
 	if pi, ok := top[ctaProtoinfo]; ok {
 		info, err := attrs(pi)
 		if err != nil {
-			return entry{}, fmt.Errorf("protoinfo: %w", err)
+			return Entry{}, fmt.Errorf("protoinfo: %w", err)
 		}
 		if tcp, ok := info[ctaProtoinfoTCP]; ok {
 			ta, err := attrs(tcp)
 			if err != nil {
-				return entry{}, fmt.Errorf("TCP protoinfo: %w", err)
+				return Entry{}, fmt.Errorf("TCP protoinfo: %w", err)
 			}
 			if s := ta[ctaProtoinfoTCPState]; len(s) == 1 {
-				e.state = s[0]
+				e.State = TCPState(s[0])
 			}
 		}
 	}
@@ -353,18 +407,18 @@ func parseEntry(m []byte) (entry, error) {
 }
 
 // parseTuple reads a nested CTA_TUPLE_* attribute.
-func parseTuple(b []byte) (tuple, error) {
+func parseTuple(b []byte) (Tuple, error) {
 	t, err := attrs(b)
 	if err != nil {
-		return tuple{}, err
+		return Tuple{}, err
 	}
 	ip, err := attrs(t[ctaTupleIP])
 	if err != nil {
-		return tuple{}, err
+		return Tuple{}, err
 	}
 	proto, err := attrs(t[ctaTupleProto])
 	if err != nil {
-		return tuple{}, err
+		return Tuple{}, err
 	}
 	var src, dst netip.Addr
 	if s, d := ip[ctaIPv4Src], ip[ctaIPv4Dst]; len(s) == 4 && len(d) == 4 {
@@ -372,14 +426,14 @@ func parseTuple(b []byte) (tuple, error) {
 	} else if s, d := ip[ctaIPv6Src], ip[ctaIPv6Dst]; len(s) == 16 && len(d) == 16 {
 		src, dst = netip.AddrFrom16([16]byte(s)), netip.AddrFrom16([16]byte(d))
 	} else {
-		return tuple{}, errors.New("tuple without its addresses")
+		return Tuple{}, errors.New("tuple without its addresses")
 	}
 	sport, dport := proto[ctaProtoSrcPort], proto[ctaProtoDstPort]
 	if len(sport) != 2 || len(dport) != 2 {
-		return tuple{}, errors.New("tuple without its ports")
+		return Tuple{}, errors.New("tuple without its ports")
 	}
-	return tuple{
-		src: netip.AddrPortFrom(src, binary.BigEndian.Uint16(sport)),
-		dst: netip.AddrPortFrom(dst, binary.BigEndian.Uint16(dport)),
+	return Tuple{
+		Src: netip.AddrPortFrom(src, binary.BigEndian.Uint16(sport)),
+		Dst: netip.AddrPortFrom(dst, binary.BigEndian.Uint16(dport)),
 	}, nil
 }
