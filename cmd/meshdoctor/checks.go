@@ -29,7 +29,7 @@ func (o *checkOptions) registerNodeFlags(f *pflag.FlagSet) {
 	addDiscoveryFlags(f, &o.discovery)
 	o.node.register(f)
 	o.proxyReady.register(f)
-	f.BoolVar(&o.trafficCanary, "traffic-canary", false,
+	f.BoolVar(&o.trafficCanary, "traffic-canary", true,
 		"prove the capture by traffic where the rules verify: one TCP SYN per family from a raw socket inside the pod's "+
 			"netns (TTL 1, never a handshake), judged by the conntrack entry it makes, which is then deleted; "+
 			"needs CAP_NET_RAW, CAP_NET_ADMIN, CAP_SETUID and CAP_SETGID")
