@@ -47,7 +47,8 @@ func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.Node
 	if err != nil {
 		return nil, err
 	}
-	capt := &capture.Check{Reader: nsread.Reader{}, NodeBackend: backend}
+	capt := &capture.Check{Reader: nsread.Reader{}, NodeBackend: backend,
+		Readiness: proxyready.Readiness{Prober: proxyready.NetnsProber{Timeout: o.proxyReady.probeTimeout}}}
 	if o.trafficCanary {
 		capt.Traffic = canary.Prober{}
 	}

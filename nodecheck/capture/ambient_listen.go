@@ -10,27 +10,50 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
-// ztunnelSocket is one socket ztunnel must hold in an enrolled pod's namespace for the pod's
-// in-pod rules to lead somewhere.
-type ztunnelSocket struct {
+// targetSocket is one socket the capture rules send traffic to, which someone (ztunnel in an
+// enrolled pod, Envoy in a sidecar pod) must hold in the pod's namespace for the rules to lead
+// somewhere.
+type targetSocket struct {
 	proto rules.Proto
 	port  uint16
 }
 
-func (s ztunnelSocket) String() string { return fmt.Sprintf("%s/%d", s.proto, s.port) }
+func (s targetSocket) String() string { return fmt.Sprintf("%s/%d", s.proto, s.port) }
+
+// listening splits want into the sockets found among the namespace's listeners (as the
+// listeners found) and the ones missing: a socket of the protocol bound to the port, on any
+// address of either family. Which address the owner binds (wildcard or loopback, one family or
+// both) is its choice and varies with its settings; the port is what the rules name, so the port
+// is what is judged.
+func listening(want []targetSocket, listeners []rules.Listener) (found, missing []string) {
+	found = []string{}
+	for _, w := range want {
+		n := len(found)
+		for _, l := range listeners {
+			if l.Proto == w.proto && l.Addr.Port() == w.port {
+				found = append(found, l.String())
+			}
+		}
+		if len(found) == n {
+			missing = append(missing, w.String())
+		}
+	}
+	slices.Sort(found)
+	return found, missing
+}
 
 // ztunnelSockets lists the sockets the pod's ambient capture sends traffic to: outbound always
 // (the virtual interfaces' inbound too); inbound plaintext and HBONE while inbound is captured
 // (the inbound redirect spares HBONE's port, to which mesh peers connect directly); DNS over UDP
 // and TCP while DNS is captured. When the pod does not say whether DNS is captured, the DNS
 // redirect being among the rules says it is.
-func ztunnelSockets(cfg intent.AmbientConfig, sets []*rules.RuleSet) []ztunnelSocket {
-	out := []ztunnelSocket{{rules.TCP, ztunnelOutboundPort}}
+func ztunnelSockets(cfg intent.AmbientConfig, sets []*rules.RuleSet) []targetSocket {
+	out := []targetSocket{{rules.TCP, ztunnelOutboundPort}}
 	if !cfg.BypassInbound {
-		out = append(out, ztunnelSocket{rules.TCP, ztunnelInboundPlaintext}, ztunnelSocket{rules.TCP, ztunnelInboundPort})
+		out = append(out, targetSocket{rules.TCP, ztunnelInboundPlaintext}, targetSocket{rules.TCP, ztunnelInboundPort})
 	}
 	if (cfg.DNS != nil && *cfg.DNS) || (cfg.DNS == nil && redirectsTo(sets, ztunnelDNSPort)) {
-		out = append(out, ztunnelSocket{rules.TCP, ztunnelDNSPort}, ztunnelSocket{rules.UDP, ztunnelDNSPort})
+		out = append(out, targetSocket{rules.TCP, ztunnelDNSPort}, targetSocket{rules.UDP, ztunnelDNSPort})
 	}
 	return out
 }
@@ -55,31 +78,13 @@ func redirectsTo(sets []*rules.RuleSet, port int) bool {
 	return false
 }
 
-// ambientListeners checks that ztunnel listens in the pod behind the rules: a socket of the
-// protocol bound to the port, on any address of either family. Which address ztunnel binds
-// (wildcard or loopback, one family or both) is ztunnel's choice and varies with its settings;
-// the port is what the rules name, so the port is what is judged. Only meaningful once the
-// rules verify; when they do not, the rule findings already say why traffic is lost.
-//
-// Sidecar pods get no such check yet: there a missing listener on 15001/15006 is judged only
-// together with the proxy's readiness (ProxyNotReady already covers a proxy not yet up).
+// ambientListeners checks that ztunnel listens in the pod behind the rules. Only meaningful once
+// the rules verify; when they do not, the rule findings already say why traffic is lost.
 func ambientListeners(cfg intent.AmbientConfig, snap rules.Snapshot) (nodecheck.Finding, bool) {
-	found, missing := []string{}, []string(nil)
-	for _, want := range ztunnelSockets(cfg, snap.Sets) {
-		n := len(found)
-		for _, l := range snap.Listeners {
-			if l.Proto == want.proto && l.Addr.Port() == want.port {
-				found = append(found, l.String())
-			}
-		}
-		if len(found) == n {
-			missing = append(missing, want.String())
-		}
-	}
+	found, missing := listening(ztunnelSockets(cfg, snap.Sets), snap.Listeners)
 	if len(missing) == 0 {
 		return nodecheck.Finding{}, false
 	}
-	slices.Sort(found)
 	return nodecheck.Finding{
 		Code:     nodecheck.CaptureTargetNotListening,
 		Severity: nodecheck.SeverityError,

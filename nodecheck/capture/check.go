@@ -41,6 +41,9 @@ type Check struct {
 	// Traffic, when set, proves rules that verify by sending canaries (nodecheck/canary): the
 	// capture is then verified by rules and traffic, or CaptureBypassed.
 	Traffic TrafficProber
+	// Readiness, when set, is asked whether a sidecar pod's proxy is ready when nothing listens
+	// behind its verified rules: a ready proxy without its listeners is CaptureTargetNotListening.
+	Readiness ProxyReadiness
 
 	expected expectedCache
 }
@@ -55,6 +58,8 @@ type Detail struct {
 	// the pod's annotations disagree with it.
 	Intent   *intent.Intent `json:"intent,omitempty"`
 	Families []FamilyDiff   `json:"families"`
+	// Listeners is what was found of the sockets behind a sidecar pod's verified rules.
+	Listeners *ListenerProof `json:"listeners,omitempty"`
 	// Traffic is what the canaries showed, when they ran.
 	Traffic *TrafficProof `json:"traffic,omitempty"`
 	// Raw is each rule set read, in iptables-save syntax, keyed "backend/family".
@@ -110,6 +115,17 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	res.Findings = append(res.Findings, c.diagnose(cfg, diffs, snap, in.Source)...)
 	if cfg.Mode == istiopod.ModeTProxy {
 		if f, ok := tproxyRouting(cfg, diffs, snap); ok {
+			res.Findings = append(res.Findings, f)
+		}
+	}
+	if !hasSeverity(res.Findings, nodecheck.SeverityError) {
+		proof, f, bad, err := sidecarListeners(ctx, c.Readiness, t, cfg, snap)
+		if err != nil {
+			return nodecheck.Result{}, fmt.Errorf("checking the listeners behind the capture of %s: %w", t.ID(), err)
+		}
+		detail.Listeners = proof
+		res.Detail = detail
+		if bad {
 			res.Findings = append(res.Findings, f)
 		}
 	}

@@ -205,8 +205,14 @@ func TestInjectedPods(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Istio validation: %v\n%s", err, out)
 			}
+			if !valid && strings.Count(out, "bind: address already in use") == 2 {
+				// Istio's validation runs before the proxy; run beside it, it can share the
+				// proxy's ports only when both run as one user, and a TPROXY proxy runs as root.
+				t.Logf("Istio's validation cannot run beside this pod's proxy (its ports are taken): no verdict to compare")
+				valid = true
+			}
 			if !valid && pod.Verdict != nodecheck.VerdictBroken {
-				t.Errorf("Istio's validation fails but meshdoctor says %s", pod.Verdict)
+				t.Errorf("Istio's validation fails but meshdoctor says %s:\n%s", pod.Verdict, out)
 			}
 			goldenRep := podGolden(rep.Node, pod)
 			golden(t, filepath.Join("pods", sc.name), goldenRep)

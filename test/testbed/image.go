@@ -321,12 +321,26 @@ func BuildPauseImage(ctx context.Context, dir string) (string, error) {
 // busyboxApplets are the commands the test bed's containers run besides pilot-agent.
 var busyboxApplets = []string{"sh", "sleep", "cat", "true", "false", "echo", "ls", "id", "env", "mkdir", "httpd"}
 
+// ProxyStandIn is where IstioImage carries the test bed's stand-in for a running istio-proxy
+// (test/cmd/proxy-standin).
+const ProxyStandIn = "/usr/local/bin/proxy-standin"
+
 // BuildIstioImage writes IstioImage as an archive under dir: Istio's pilot-agent at
 // /usr/local/bin, Debian's iptables (nft and legacy, both families, with their extension modules
-// and libraries) under the names pilot-agent looks for, Debian's nft, and busybox.
+// and libraries) under the names pilot-agent looks for, Debian's nft, busybox, and the proxy's
+// stand-in (ProxyStandIn), built with the Go toolchain.
 func BuildIstioImage(ctx context.Context, dir, pilotAgent string) (string, error) {
 	im := NewImage(IstioImage, "/usr/local/bin/pilot-agent")
 	if err := im.AddFile(pilotAgent, "/usr/local/bin/pilot-agent"); err != nil {
+		return "", err
+	}
+	standIn := filepath.Join(dir, "proxy-standin")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", standIn, "github.com/meshdoctor/meshdoctor/test/cmd/proxy-standin")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building the proxy's stand-in: %w\n%s", err, out)
+	}
+	if err := im.AddFile(standIn, ProxyStandIn); err != nil {
 		return "", err
 	}
 	for _, multi := range []string{"xtables-nft-multi", "xtables-legacy-multi"} {

@@ -44,12 +44,11 @@ func IstioValidation() Container {
 	}
 }
 
-// IstioProxy stands in for Istio's proxy: as the proxy's user, busybox's httpd answers 200 on
-// pilot-agent's readiness URL (localhost:15020/healthz/ready), so the pod's proxy is ready.
+// IstioProxy stands in for Istio's proxy, as the proxy's user: test/cmd/proxy-standin answers 200
+// on pilot-agent's readiness URL (localhost:15020/healthz/ready), so the pod's proxy is ready,
+// and listens where a ready Envoy has its virtual outbound and inbound listeners (15001, 15006).
 func IstioProxy() Container {
-	return Container{Name: istiopod.ContainerIstioProxy,
-		Command: []string{"sh", "-c", "mkdir -p /tmp/www/healthz && echo ok > /tmp/www/healthz/ready && " +
-			"exec httpd -f -p 127.0.0.1:15020 -h /tmp/www"},
+	return Container{Name: istiopod.ContainerIstioProxy, Command: []string{testbed.ProxyStandIn},
 		RunAsUser: Int64(1337), RunAsGroup: Int64(1337), CapDrop: []string{"ALL"}}
 }
 
