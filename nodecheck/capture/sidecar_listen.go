@@ -76,9 +76,9 @@ func sidecarListeners(ctx context.Context, ready ProxyReadiness, t nodecheck.Tar
 			"the connections Istio's rules redirect there are refused", seen, strings.Join(missing, ", ")),
 		Remedy: "Envoy has no listener where istio-init (or istio-cni) sends the pod's traffic. List its listeners " +
 			"(istioctl proxy-config listener <pod> -n <namespace>; virtualOutbound is on the -p port, virtualInbound on " +
-			"-z). If they are missing, the proxy's configuration does not intercept (interceptionMode NONE in " +
-			"proxy.istio.io/config, or a Sidecar resource with captureMode NONE) while the rules do: make them agree, " +
-			"then restart the pod.",
+			"-z). If those two are absent, the proxy was configured not to intercept (its interceptionMode is NONE) " +
+			"while the rules redirect: make them agree, then restart the pod. If istiod sent it no listener at all, " +
+			"look for istiod's push errors for this proxy (istioctl proxy-status).",
 		Evidence: map[string]any{"missing": missing, "found": found, "readiness": seen},
 	}, true, nil
 }

@@ -80,6 +80,14 @@ func podScenarios() []podScenario {
 				return n.DeleteRule(ctx, testbed.Nft, testbed.IPv6, "nat", "OUTPUT", "-j", "ISTIO_OUTPUT")
 			},
 			verdict: nodecheck.VerdictBroken, codes: []nodecheck.Code{nodecheck.RedirectRulesIncomplete}},
+		// The proxy reports ready but Envoy has no listener behind the rules (a proxy configured
+		// not to intercept while istio-init wrote the redirects): every rule reads right and
+		// every redirected connection is refused.
+		{name: "proxy-ready-without-listeners", values: kubelet.DefaultMeshValues(), intent: initArgs,
+			edit: func(p *kubelet.Pod) {
+				p.Containers[0].Env = map[string]string{"PROXY_STANDIN_LISTENERS": ""}
+			},
+			verdict: nodecheck.VerdictBroken, codes: []nodecheck.Code{nodecheck.CaptureTargetNotListening}},
 		// An annotation added after injection: istio-init never saw it, the rules follow the
 		// args, and the pod is healthy but told about it.
 		{name: "annotation-edited-after-injection", values: kubelet.DefaultMeshValues(), intent: initArgs,

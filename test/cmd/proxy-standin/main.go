@@ -5,7 +5,8 @@
 // are wildcard, both families, with SO_REUSEPORT, so that Istio's own validation (which binds
 // 127.0.0.1 on the same ports as the same user) can still run beside it; SO_REUSEPORT shares a
 // port only between sockets of one owner, so in TPROXY mode, where istio-proxy runs as root, it
-// cannot. Connections to them are accepted and closed.
+// cannot. Connections to them are accepted and closed. $PROXY_STANDIN_LISTENERS, when set, lists
+// the ports to listen on instead of 15001,15006 (empty: none, a ready proxy without listeners).
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,7 +33,11 @@ func main() {
 }
 
 func run(ctx context.Context) error {
-	for _, port := range []string{"15001", "15006"} {
+	ports := []string{"15001", "15006"}
+	if v, ok := os.LookupEnv("PROXY_STANDIN_LISTENERS"); ok {
+		ports = strings.FieldsFunc(v, func(r rune) bool { return r == ',' })
+	}
+	for _, port := range ports {
 		ln, err := (&net.ListenConfig{Control: reusePort}).Listen(ctx, "tcp", ":"+port)
 		if err != nil {
 			return fmt.Errorf("listening on %s: %w", port, err)
