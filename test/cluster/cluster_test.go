@@ -285,10 +285,8 @@ func runtimePod(ns, name, uid string, caps bool) kubelet.Pod {
 		Annotations:    map[string]string{"sidecar.istio.io/status": sidecarStatus},
 		InitContainers: []kubelet.Container{init},
 		Containers: []kubelet.Container{
-			{Name: "istio-proxy", Command: []string{"sh", "-c", "mkdir -p /tmp/www/healthz && echo ok > /tmp/www/healthz/ready && " +
-				"exec httpd -f -p 127.0.0.1:15020 -h /tmp/www"},
-				RunAsUser: kubelet.Int64(1337), RunAsGroup: kubelet.Int64(1337), CapDrop: []string{"ALL"}},
-			{Name: "app", Command: []string{"sleep", "3600"}},
+			kubelet.IstioProxy(),
+			kubelet.App(),
 		},
 	}
 }
