@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
-	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 )
 
@@ -18,14 +16,7 @@ import (
 // /healthz/ready as pilot-agent does while Envoy has no configuration, 503 with an empty body.
 // (nodecheck/proxyready's tests run Istio's own pilot-agent; here only the wiring is at stake.)
 func notReadyStandIn(t *testing.T, netnsPath string) {
-	var ln net.Listener
-	if err := innetns.Do(t.Context(), netnsPath, func() error {
-		var err error
-		ln, err = net.Listen("tcp4", "127.0.0.1:15020")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	ln := testbed.ListenIn(t, netnsPath, "tcp4", "127.0.0.1:15020")
 	srv := &http.Server{ReadHeaderTimeout: time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz/ready" {
 			w.WriteHeader(http.StatusServiceUnavailable)

@@ -114,21 +114,14 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 			if c.annotations == nil {
 				target.Labels = map[string]string{istiopod.LabelDataplaneMode: "ambient"}
 			}
-			before, err := n.Trace(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res, err := (&capture.Check{Reader: nsread.Reader{}, Traffic: canary.Prober{}}).Check(ctx, target)
-			if err != nil {
-				t.Fatal(err)
-			}
-			after, err := n.Trace(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := before.Diff(after); d != "" {
-				t.Errorf("the check changed the namespace:\n%s", d)
-			}
+			var res nodecheck.Result
+			n.Unchanged(ctx, t, "the check", func() {
+				var err error
+				res, err = (&capture.Check{Reader: nsread.Reader{}, Traffic: canary.Prober{}}).Check(ctx, target)
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
 			if res.Capture == nil || res.Capture.Mode != "ambient" {
 				t.Fatalf("capture %+v, want mode ambient", res.Capture)
 			}

@@ -2,7 +2,6 @@ package capture_test
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/canary"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
-	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/proxyready"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
@@ -24,14 +22,7 @@ import (
 // the real pilot-agent; here only its answer matters.)
 func statusStandIn(t *testing.T, netnsPath string, status int) {
 	t.Helper()
-	var ln net.Listener
-	if err := innetns.Do(t.Context(), netnsPath, func() error {
-		var err error
-		ln, err = net.Listen("tcp4", "127.0.0.1:15020")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	ln := testbed.ListenIn(t, netnsPath, "tcp4", "127.0.0.1:15020")
 	srv := &http.Server{ReadHeaderTimeout: time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(status)
 	})}
@@ -85,23 +76,16 @@ func TestSidecarListenersBehindTheRules(t *testing.T) {
 				Annotations: map[string]string{istiopod.AnnotationSidecarStatus: "{}"},
 				Containers: []nodecheck.Container{{Name: "istio-init", Role: nodecheck.RoleInit, State: nodecheck.ContainerExited,
 					Args: append([]string{"istio-iptables"}, c.args...), UID: 0, GID: 0}}}
-			before, err := n.Trace(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			chk := &capture.Check{Reader: nsread.Reader{}, Traffic: canary.Prober{},
-				Readiness: proxyready.Readiness{Prober: proxyready.NetnsProber{Timeout: time.Second}}}
-			res, err := chk.Check(ctx, target)
-			if err != nil {
-				t.Fatal(err)
-			}
-			after, err := n.Trace(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := before.Diff(after); d != "" {
-				t.Errorf("the check changed the namespace:\n%s", d)
-			}
+			var res nodecheck.Result
+			n.Unchanged(ctx, t, "the check", func() {
+				var err error
+				chk := &capture.Check{Reader: nsread.Reader{}, Traffic: canary.Prober{},
+					Readiness: proxyready.Readiness{Prober: proxyready.NetnsProber{Timeout: time.Second}}}
+				res, err = chk.Check(ctx, target)
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
 			var errs []nodecheck.Finding
 			for _, f := range res.Findings {
 				if f.Severity == nodecheck.SeverityError {

@@ -84,21 +84,14 @@ func TestSidecarCaptureProvenByTraffic(t *testing.T) {
 				Annotations: map[string]string{istiopod.AnnotationSidecarStatus: "{}"},
 				Containers: []nodecheck.Container{{Name: "istio-init", Role: nodecheck.RoleInit, State: nodecheck.ContainerExited,
 					Args: append([]string{"istio-iptables"}, c.args...), UID: 0, GID: 0}}}
-			before, err := n.Trace(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res, err := (&capture.Check{Reader: nsread.Reader{}, Traffic: canary.Prober{}}).Check(ctx, target)
-			if err != nil {
-				t.Fatal(err)
-			}
-			after, err := n.Trace(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := before.Diff(after); d != "" {
-				t.Errorf("the check changed the namespace:\n%s", d)
-			}
+			var res nodecheck.Result
+			n.Unchanged(ctx, t, "the check", func() {
+				var err error
+				res, err = (&capture.Check{Reader: nsread.Reader{}, Traffic: canary.Prober{}}).Check(ctx, target)
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
 			if proxy.Accepted() != 0 {
 				t.Errorf("the proxy's stand-in accepted %d connections", proxy.Accepted())
 			}

@@ -338,15 +338,7 @@ func istiodDownScanner(t *testing.T, podLogDir string, now time.Time) NodeCondit
 // startHangingStandIn is a stand-in status server that accepts connections on 15020 in the pod
 // and never answers: a proxy too busy to answer its probe.
 func startHangingStandIn(t *testing.T, netnsPath string) {
-	var ln net.Listener
-	if err := innetns.Do(t.Context(), netnsPath, func() error {
-		var err error
-		ln, err = net.Listen("tcp4", "127.0.0.1:15020")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := testbed.ListenIn(t, netnsPath, "tcp4", "127.0.0.1:15020")
 	go func() {
 		for {
 			c, err := ln.Accept()

@@ -21,9 +21,10 @@ type CountingListener struct {
 // Accepted is how many connections the listener has accepted so far.
 func (l *CountingListener) Accepted() int64 { return l.accepted.Load() }
 
-// ListenCounting listens on TCP port (both families, the wildcard address) inside the network
-// namespace at netnsPath until the test ends.
-func ListenCounting(tb testing.TB, netnsPath string, port int) *CountingListener {
+// ListenIn listens on network and addr (as net.Listen takes them) inside the network namespace
+// at netnsPath, until the test ends. The socket is made on a thread that entered the namespace
+// and is never handed back, so the socket is the namespace's for its whole life.
+func ListenIn(tb testing.TB, netnsPath, network, addr string) net.Listener {
 	tb.Helper()
 	type result struct {
 		ln  net.Listener
@@ -31,7 +32,7 @@ func ListenCounting(tb testing.TB, netnsPath string, port int) *CountingListener
 	}
 	done := make(chan result, 1)
 	go func() {
-		// The thread is never handed back: the goroutine exits locked and Go ends the thread.
+		// The goroutine exits locked and Go ends the thread.
 		runtime.LockOSThread()
 		ns, err := netns.GetFromPath(netnsPath)
 		if err != nil {
@@ -43,17 +44,26 @@ func ListenCounting(tb testing.TB, netnsPath string, port int) *CountingListener
 			done <- result{err: err}
 			return
 		}
-		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
+		ln, err := net.Listen(network, addr)
 		done <- result{ln, err}
 	}()
 	r := <-done
 	if r.err != nil {
-		tb.Fatalf("listening on %d in %s: %v", port, filepath.Base(netnsPath), r.err)
+		tb.Fatalf("listening on %s %s in %s: %v", network, addr, filepath.Base(netnsPath), r.err)
 	}
-	l := &CountingListener{ln: r.ln}
+	tb.Cleanup(func() { r.ln.Close() })
+	return r.ln
+}
+
+// ListenCounting listens on TCP port (both families, the wildcard address) inside the network
+// namespace at netnsPath until the test ends.
+func ListenCounting(tb testing.TB, netnsPath string, port int) *CountingListener {
+	tb.Helper()
+	ln := ListenIn(tb, netnsPath, "tcp", fmt.Sprintf(":%d", port))
+	l := &CountingListener{ln: ln}
 	go func() {
 		for {
-			c, err := r.ln.Accept()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
@@ -61,6 +71,5 @@ func ListenCounting(tb testing.TB, netnsPath string, port int) *CountingListener
 			c.Close()
 		}
 	}()
-	tb.Cleanup(func() { r.ln.Close() })
 	return l
 }

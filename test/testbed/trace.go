@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"testing"
 )
 
 // Trace is everything in a namespace that a reader could change by looking: the legacy tables
@@ -112,6 +113,24 @@ var (
 )
 
 func dropNftCounters(ruleset string) string { return nftCounters.ReplaceAllString(ruleset, "counter") }
+
+// Unchanged runs fn and fails tb when the namespace's trace after it differs from before it:
+// what fn did (named by what) left something in the namespace.
+func (n *Netns) Unchanged(ctx context.Context, tb testing.TB, what string, fn func()) {
+	tb.Helper()
+	before, err := n.Trace(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	fn()
+	after, err := n.Trace(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if d := before.Diff(after); d != "" {
+		tb.Errorf("%s changed the namespace:\n%s", what, d)
+	}
+}
 
 // Diff describes how other differs from t, field by field, as line diffs ("-" only in t, "+"
 // only in other). It is empty when the traces are equal.

@@ -40,21 +40,14 @@ func TestReadRulesLeavesNoTrace(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			before, err := n.Trace(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			snap, err := Reader{}.ReadRules(ctx, n.Path())
-			if err != nil {
-				t.Fatal(err)
-			}
-			after, err := n.Trace(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := before.Diff(after); d != "" {
-				t.Errorf("reading left a trace:\n%s", d)
-			}
+			var snap rules.Snapshot
+			n.Unchanged(ctx, t, "reading", func() {
+				var err error
+				snap, err = Reader{}.ReadRules(ctx, n.Path())
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
 			if c.args != nil && len(snap.Sets) == 0 {
 				t.Errorf("read no rule set from a namespace with Istio rules")
 			}
