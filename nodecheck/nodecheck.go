@@ -48,6 +48,7 @@ const (
 	CaptureTargetNotListening  Code = "CaptureTargetNotListening"
 	CaptureBypassed            Code = "CaptureBypassed"
 	CaptureExclusionIgnored    Code = "CaptureExclusionIgnored"
+	SocketLBBeforeCapture      Code = "SocketLBBeforeCapture"
 )
 
 // AllCodes lists every code, in the contract's order, so reporters can initialise their series.
@@ -59,6 +60,7 @@ func AllCodes() []Code {
 		IstiodAPIServerUnreachable, ProxyNotReady, AppStartedBeforeProxy,
 		ProxyUIDMismatch, CaptureIntentDrift, InitArgsUnknownFlag, NetnsNotPods,
 		CaptureTargetNotListening, CaptureBypassed, CaptureExclusionIgnored,
+		SocketLBBeforeCapture,
 	}
 }
 
@@ -114,6 +116,12 @@ type Target struct {
 	CNIMode bool
 	// ProxyUser is the user and group istio-proxy runs as, from its OCI spec; nil when unknown.
 	ProxyUser *User
+	// Cgroup is the pod's cgroup v2 directory as this process can open it (the sandbox process's
+	// cgroup, or the pod-level cgroup above it when kubelet's naming shows one); empty when
+	// unknown (a cgroup v1-only node, no cgroup2 mount, no sandbox process).
+	Cgroup string
+	// CgroupError, when Cgroup is empty, says why discovery could not find it.
+	CgroupError string
 
 	// DiscoveryError, when set, is what discovery could not learn about the pod (its sandbox was
 	// removed while being read, the runtime failed to answer). Checks still run on what is known;

@@ -108,13 +108,18 @@ func Effective(ctx context.Context, dir string, types []AttachType) ([]Program, 
 	if err := requireCgroup2(dir); err != nil {
 		return nil, err
 	}
+	fd, err := openDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
 	attachedAt := map[progAt]string{}
 	var out []Program
 	for _, at := range types {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		ids, err := queryDir(dir, at, unix.BPF_F_QUERY_EFFECTIVE)
+		ids, err := queryFD(fd, dir, at, unix.BPF_F_QUERY_EFFECTIVE)
 		if errors.Is(err, unix.EINVAL) {
 			continue
 		}
@@ -193,11 +198,23 @@ func requireCgroup2(dir string) error {
 
 // queryDir runs BPF_PROG_QUERY on the cgroup directory.
 func queryDir(dir string, at AttachType, flags uint32) ([]uint32, error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := openDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("reading cgroup: %w", &os.PathError{Op: "open", Path: dir, Err: err})
+		return nil, err
 	}
 	defer unix.Close(fd)
+	return queryFD(fd, dir, at, flags)
+}
+
+func openDir(dir string) (int, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("reading cgroup: %w", &os.PathError{Op: "open", Path: dir, Err: err})
+	}
+	return fd, nil
+}
+
+func queryFD(fd int, dir string, at AttachType, flags uint32) ([]uint32, error) {
 	ids, err := query(fd, at, flags)
 	if errors.Is(err, unix.EPERM) {
 		return nil, fmt.Errorf("querying BPF programs at %s of cgroup %s (needs CAP_SYS_ADMIN): %w", at, dir, err)

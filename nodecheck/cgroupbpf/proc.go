@@ -21,6 +21,29 @@ var ErrNoCgroup2 = errors.New("no cgroup v2 hierarchy")
 // files show cgroup paths relative to this process's cgroup namespace, so a mount whose root is
 // an ancestor of the path shows the cgroup whatever namespace the agent runs in.
 func ProcessCgroup(hostRoot string, pid uint32) (string, error) {
+	mounts, err := SelfMounts()
+	if err != nil {
+		return "", err
+	}
+	path, err := ProcessPath(hostRoot, pid)
+	if err != nil {
+		return "", err
+	}
+	return Resolve(mounts, path)
+}
+
+// SelfMounts lists the cgroup2 mounts of this process's mount namespace.
+func SelfMounts() ([]Mount, error) {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("reading this process's mounts: %w", err)
+	}
+	return Cgroup2Mounts(mi), nil
+}
+
+// ProcessPath returns the cgroup v2 path of process pid (its /proc/PID/cgroup "0::" line, read
+// under hostRoot), relative to this process's cgroup namespace.
+func ProcessPath(hostRoot string, pid uint32) (string, error) {
 	if hostRoot == "" {
 		hostRoot = "/"
 	}
@@ -33,11 +56,7 @@ func ProcessCgroup(hostRoot string, pid uint32) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", procFile, err)
 	}
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("reading this process's mounts: %w", err)
-	}
-	return Resolve(Cgroup2Mounts(mi), path)
+	return path, nil
 }
 
 // UnifiedPath returns the cgroup v2 path of a /proc/PID/cgroup file: its "0::PATH" line.
