@@ -23,6 +23,7 @@ import (
 	"strings"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/cgroupbpf"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 )
 
@@ -188,4 +189,59 @@ func AssignRoles(containers []nodecheck.Container, annotations map[string]string
 			c.Role = nodecheck.RoleApp
 		}
 	}
+}
+
+// Cgroups finds pods' cgroup v2 directories for one discovery: it reads this process's cgroup2
+// mounts once, then each sandbox process's /proc/PID/cgroup under hostRoot. Not safe for
+// concurrent use.
+type Cgroups struct {
+	hostRoot string
+	read     bool
+	mounts   []cgroupbpf.Mount
+	err      error
+}
+
+// NewCgroups returns a finder for one discovery.
+func NewCgroups(hostRoot string) *Cgroups { return &Cgroups{hostRoot: hostRoot} }
+
+// Assign sets the target's Cgroup from its sandbox process, or CgroupError with why it cannot.
+// The pod's cgroup is the sandbox process's parent when kubelet's naming says so (a directory
+// named after the pod's UID, cgroupfs "pod<uid>" or systemd "…-pod<uid_with_underscores>.slice"),
+// else the sandbox process's own: programs effective there are the pod's and its ancestors'.
+func (c *Cgroups) Assign(t *nodecheck.Target, pid uint32) {
+	if pid == 0 {
+		t.CgroupError = "the runtime reports no sandbox process"
+		return
+	}
+	if !c.read {
+		c.read = true
+		c.mounts, c.err = cgroupbpf.SelfMounts()
+	}
+	if c.err != nil {
+		t.CgroupError = c.err.Error()
+		return
+	}
+	path, err := cgroupbpf.ProcessPath(c.hostRoot, pid)
+	if err == nil {
+		var dir string
+		if dir, err = cgroupbpf.Resolve(c.mounts, path); err == nil {
+			t.Cgroup = PodCgroup(dir, t.UID)
+			return
+		}
+	}
+	t.CgroupError = err.Error()
+}
+
+// PodCgroup returns the parent of the sandbox process's cgroup dir when that parent is named
+// after the pod's UID (kubelet's pod-level cgroup), else dir itself.
+func PodCgroup(dir, uid string) string {
+	if uid == "" {
+		return dir
+	}
+	parent := filepath.Dir(dir)
+	base := filepath.Base(parent)
+	if strings.Contains(base, "pod"+uid) || strings.Contains(base, "pod"+strings.ReplaceAll(uid, "-", "_")) {
+		return parent
+	}
+	return dir
 }

@@ -192,3 +192,29 @@ func TestSpec(t *testing.T) {
 		t.Errorf("no capabilities in the spec must read as none, not unknown: %#v", c.Capabilities)
 	}
 }
+
+// The pod's cgroup is the sandbox's parent when kubelet named it after the pod (cgroupfs and
+// systemd drivers), else the sandbox process's own.
+func TestPodCgroup(t *testing.T) {
+	const uid = "5f1b0f41-33ba-3c4c-b1e7-41965563f85d"
+	for _, tc := range []struct{ dir, uid, want string }{
+		{"/sys/fs/cgroup/kubepods/burstable/pod" + uid + "/abc", uid, "/sys/fs/cgroup/kubepods/burstable/pod" + uid},
+		{"/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod5f1b0f41_33ba_3c4c_b1e7_41965563f85d.slice/cri-containerd-abc.scope", uid,
+			"/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod5f1b0f41_33ba_3c4c_b1e7_41965563f85d.slice"},
+		{"/sys/fs/cgroup/system.slice/containerd.service", uid, "/sys/fs/cgroup/system.slice/containerd.service"},
+		{"/sys/fs/cgroup/kubepods/pod" + uid + "/abc", "", "/sys/fs/cgroup/kubepods/pod" + uid + "/abc"},
+	} {
+		if got := PodCgroup(tc.dir, tc.uid); got != tc.want {
+			t.Errorf("PodCgroup(%s, %q) = %s, want %s", tc.dir, tc.uid, got, tc.want)
+		}
+	}
+}
+
+// A sandbox without a process has no cgroup, and says so.
+func TestCgroupsNoProcess(t *testing.T) {
+	var tg nodecheck.Target
+	NewCgroups("/").Assign(&tg, 0)
+	if tg.Cgroup != "" || tg.CgroupError == "" {
+		t.Errorf("Cgroup %q, CgroupError %q", tg.Cgroup, tg.CgroupError)
+	}
+}

@@ -164,7 +164,13 @@ func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 			mine = append(mine, i)
 		}
 	}
+	pidsDone := make(chan struct{})
+	go func() {
+		defer close(pidsDone)
+		r.fillSandboxPids(ctx, sandboxes)
+	}()
 	problems := r.fillStates(ctx, recs, mine, procs, readyErr == nil)
+	<-pidsDone
 	for _, i := range mine {
 		s := bySandbox[recs[i].sandboxID]
 		switch p := problems[i]; p {
@@ -177,8 +183,11 @@ func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 		s.Containers = append(s.Containers, recs[i].c)
 	}
 	out := make([]nodecheck.Target, 0, len(sandboxes))
+	cgroups := discover.NewCgroups(r.hostRoot)
 	for _, s := range sandboxes {
-		out = append(out, discover.Target(*s, r.hostRoot))
+		t := discover.Target(*s, r.hostRoot)
+		cgroups.Assign(&t, s.Pid)
+		out = append(out, t)
 	}
 	discover.SortTargets(out)
 	return out, nil
@@ -366,6 +375,27 @@ func (r *Runtime) fillStates(ctx context.Context, recs []record, which []int, pr
 	}
 	_ = g.Wait()
 	return problems
+}
+
+// fillSandboxPids asks containerd for the process of each sandbox whose pid the task list did
+// not give (CRI said which are ready): the pod's cgroup is found from it. One Get per sandbox,
+// in parallel; a sandbox whose task cannot be read keeps pid 0 and its cgroup is unknown, which
+// is no problem of the pod's.
+func (r *Runtime) fillSandboxPids(ctx context.Context, sandboxes []*discover.Sandbox) {
+	var g errgroup.Group
+	g.SetLimit(discover.Parallel)
+	for _, s := range sandboxes {
+		if s.Pid != 0 {
+			continue
+		}
+		g.Go(func() error {
+			if resp, err := r.tasks.Get(ctx, &tasksapi.GetRequest{ContainerID: s.ID}); err == nil && resp.Process != nil {
+				s.Pid = resp.Process.Pid
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
 }
 
 // taskState is the state containerd's task list gives: enough for running containers.

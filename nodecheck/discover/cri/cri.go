@@ -132,8 +132,11 @@ func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 		}
 	}
 	out := make([]nodecheck.Target, 0, len(sandboxes))
+	cgroups := discover.NewCgroups(r.hostRoot)
 	for _, s := range sandboxes {
-		out = append(out, discover.Target(s, r.hostRoot))
+		t := discover.Target(s, r.hostRoot)
+		cgroups.Assign(&t, s.Pid)
+		out = append(out, t)
 	}
 	discover.SortTargets(out)
 	return out, nil
