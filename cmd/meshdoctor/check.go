@@ -30,6 +30,8 @@ type checkOptions struct {
 	proxyReady   proxyReadyOptions // --proxy-*, --app-log-window, --hold-application-until-proxy-starts (proxyready.go)
 	// trafficCanary: prove rules that verify with a canary SYN per family (--traffic-canary).
 	trafficCanary bool
+	// socketLB: read the BPF programs effective on each pod's cgroup (--socket-lb).
+	socketLB bool
 }
 
 func newCheckCommand() *cobra.Command {

@@ -13,6 +13,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/istioinit"
 	"github.com/meshdoctor/meshdoctor/nodecheck/proxyready"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
+	"github.com/meshdoctor/meshdoctor/nodecheck/socketlb"
 )
 
 // registerNodeFlags registers the flags `check` and `agent` share: which node, where its files
@@ -33,6 +34,10 @@ func (o *checkOptions) registerNodeFlags(f *pflag.FlagSet) {
 		"prove the capture by traffic where the rules verify: one TCP SYN per family from a raw socket inside the pod's "+
 			"netns (TTL 1, never a handshake), judged by the conntrack entry it makes, which is then deleted; "+
 			"needs CAP_NET_RAW, CAP_NET_ADMIN, CAP_SETUID and CAP_SETGID")
+	f.BoolVar(&o.socketLB, "socket-lb", true,
+		"warn when BPF programs at connect/sendmsg (Cilium socket LB, Calico connect-time load balancing) are effective on a pod's "+
+			"cgroup: they rewrite ClusterIPs before Istio's rules see them; read-only (BPF_PROG_QUERY), needs CAP_SYS_ADMIN and the "+
+			"node's cgroup2 hierarchy")
 }
 
 // podChecks builds every pod check, the one place `check` and `agent` get them from. conditions
@@ -52,5 +57,9 @@ func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.Node
 	if o.trafficCanary {
 		capt.Traffic = canary.Prober{}
 	}
-	return []nodecheck.Check{capt, istioinit.Check{}, proxyReady}, nil
+	checks := []nodecheck.Check{capt, istioinit.Check{}, proxyReady}
+	if o.socketLB {
+		checks = append(checks, socketlb.Check{})
+	}
+	return checks, nil
 }

@@ -8,7 +8,9 @@
 // passthrough traffic to an unknown address, without the Service's routing, retries or
 // policies (istio/istio#27619). Both vendors document a setting that keeps their programs out of
 // pod namespaces; the programs stay attached either way (they skip pod namespaces at run time),
-// so finding them is a warning to check that setting, never proof of a broken capture.
+// so finding them is a note to check that setting (SeverityInfo), never proof of a broken
+// capture: a correctly configured Cilium node has the same programs attached, and a warning on
+// every pod of such a node would be a false alarm.
 //
 // Its reader of the node is nodecheck/cgroupbpf: the programs effective on the pod's cgroup,
 // read with BPF_PROG_QUERY; nothing is loaded or attached.
@@ -112,10 +114,11 @@ func finding(cgroup string, progs []cgroupbpf.Program) (nodecheck.Finding, bool)
 	}
 	return nodecheck.Finding{
 		Code:     nodecheck.SocketLBBeforeCapture,
-		Severity: nodecheck.SeverityWarning,
+		Severity: nodecheck.SeverityInfo,
 		Message: fmt.Sprintf("BPF programs at connect/sendmsg are effective on the pod's cgroup: %s. A socket load balancer "+
 			"rewrites a Service's ClusterIP to a backend address inside connect(), before Istio's rules see the connection, "+
-			"so the proxy gets it as passthrough traffic to a pod IP, unless it is configured to skip pod namespaces",
+			"so the proxy gets it as passthrough traffic to a pod IP, unless the load balancer is configured to skip pod namespaces "+
+			"(which its programs decide at run time: their being attached does not say which)",
 			strings.Join(names, ", ")),
 		Remedy:   strings.Join(remedy, "; "),
 		Evidence: map[string]any{"cgroup": cgroup, "programs": rewriting},

@@ -18,7 +18,7 @@ func onlyTest(progs []cgroupbpf.Program, ids ...uint32) []cgroupbpf.Program {
 }
 
 // Real programs on a parent cgroup: a connect program (Cilium's name, Calico's, an unknown one)
-// makes one SocketLBBeforeCapture warning on the child with the program in evidence and the
+// makes one SocketLBBeforeCapture note (info) on the child with the program in evidence and the
 // vendor's remedy; a recvmsg program alone rewrites nothing; no program, no finding; an unknown
 // cgroup, a skipped pod and a cgroup gone are no finding with the reason in the Detail.
 func TestCheckRealPrograms(t *testing.T) {
@@ -93,8 +93,8 @@ func TestCheckRealPrograms(t *testing.T) {
 					t.Fatalf("findings %+v, want one SocketLBBeforeCapture", res.Findings)
 				}
 				f := mine[0]
-				if f.Code != nodecheck.SocketLBBeforeCapture || f.Severity != nodecheck.SeverityWarning {
-					t.Errorf("finding %s %s, want SocketLBBeforeCapture warning", f.Code, f.Severity)
+				if f.Code != nodecheck.SocketLBBeforeCapture || f.Severity != nodecheck.SeverityInfo {
+					t.Errorf("finding %s %s, want SocketLBBeforeCapture info", f.Code, f.Severity)
 				}
 				var names []string
 				for _, p := range onlyTest(f.Evidence["programs"].([]cgroupbpf.Program), ids...) {
