@@ -85,7 +85,14 @@ type podWant struct {
 	findings             []nodecheck.Finding
 	announced            map[string]bool
 	announcedSet         bool // announced was initialised from the pod's annotations
+	// written is the verdict and codes this reporter last wrote to the pod (wantKey), empty
+	// before its first write: while the informer's cache has not yet shown that write, the
+	// cache cannot say whether the pod carries what is wanted now.
+	written string
 }
+
+// wantKey is what a patch writes, for comparing with what was written.
+func (w *podWant) wantKey() string { return string(w.verdict) + "|" + strings.Join(w.codes, ",") }
 
 const nodeItem = "\x00node"
 
@@ -261,7 +268,11 @@ func (r *Reporter) syncPod(ctx context.Context, key string) error {
 		}
 		w.announcedSet = true
 	}
-	if apiPod == nil || !carries(apiPod, &w) {
+	// The cache is trusted to say the pod already carries the wanted values only when this
+	// reporter's last write was those values too: after a write of other values, a cache that
+	// lags (its watch re-established after the API server was away) still shows older ones.
+	trusted := w.written == "" || w.written == w.wantKey()
+	if apiPod == nil || !trusted || !carries(apiPod, &w) {
 		if err := r.patch(ctx, w); err != nil {
 			if apierrors.IsNotFound(err) || apierrors.IsConflict(err) || otherPod(err) {
 				r.log.Info("pod not in the API as discovered; not annotated", "pod", key, "err", err)
@@ -269,6 +280,12 @@ func (r *Reporter) syncPod(ctx context.Context, key string) error {
 			}
 			return err
 		}
+		w.written = w.wantKey()
+		r.mu.Lock()
+		if cur := r.pods[key]; cur != nil && cur.uid == w.uid {
+			cur.written = w.written
+		}
+		r.mu.Unlock()
 	}
 	if err := r.events(ctx, &w); err != nil {
 		return err
