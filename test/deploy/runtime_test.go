@@ -93,7 +93,12 @@ func TestDaemonSetRunsWithItsOwnPrivileges(t *testing.T) {
 
 	nodeIP := node.Containerd.Netns.IPv4.Addr().String()
 	shipped := podFromDaemonSet(t, ds, "test-node", nodeIP)
-	fromContainer, logs := runAgentPod(t, node, shipped, nodeIP, len(pods)+1)
+	fromContainer, logs, cartDetails := runAgentPod(t, node, shipped, nodeIP, len(pods)+1)
+	// The socket-lb check found the pod's cgroup through the chart's /proc and /sys/fs/cgroup
+	// mounts, and read it (no program is attached on the test bed, so no finding).
+	if lb, _ := cartDetails["socket-lb"].(map[string]any); lb == nil || lb["cgroup"] == nil || lb["notRead"] != nil {
+		t.Errorf("the socket-lb check did not read shop/cart's cgroup in the DaemonSet: %v", cartDetails["socket-lb"])
+	}
 	got, want := podSummary(fromContainer), podSummary(fromRoot)
 	if self := got["meshdoctor/"+shipped.Name]; self.Verdict != nodecheck.VerdictSkipped {
 		t.Errorf("the agent's own pod: %+v, want skipped (host network)", self)
@@ -142,7 +147,7 @@ func TestDaemonSetRunsWithItsOwnPrivileges(t *testing.T) {
 			p.Name += "-" + strings.ToLower(strings.ReplaceAll(tc.drop, "_", ""))
 			c := &p.Containers[0]
 			c.CapAdd = slices.DeleteFunc(slices.Clone(c.CapAdd), func(c string) bool { return c == tc.drop })
-			rep, logs := runAgentPod(t, node, p, nodeIP, len(pods)+1)
+			rep, logs, _ := runAgentPod(t, node, p, nodeIP, len(pods)+1)
 			cart := podSummary(rep)["shop/cart"]
 			if tc.inCart != "" && (cart.Verdict != nodecheck.VerdictUnknown || !strings.Contains(cart.Reason, tc.inCart)) {
 				t.Errorf("cart: %+v, want unknown with %q in the reason", cart, tc.inCart)
@@ -188,7 +193,7 @@ func nodeCodes(r nodecheck.Report) map[nodecheck.Code]bool {
 // runAgentPod runs the agent's pod on the node until its report, read where `meshdoctor cluster`
 // reads it (the report port on the node's address), lists the node's pods; then removes it (it
 // holds the node's ports), and returns the report and the agent's log.
-func runAgentPod(t *testing.T, node *kubelet.Node, p kubelet.Pod, nodeIP string, pods int) (nodecheck.Report, string) {
+func runAgentPod(t *testing.T, node *kubelet.Node, p kubelet.Pod, nodeIP string, pods int) (nodecheck.Report, string, map[string]any) {
 	t.Helper()
 	running, err := node.RunPod(t.Context(), p)
 	if err != nil {
@@ -225,7 +230,19 @@ func runAgentPod(t *testing.T, node *kubelet.Node, p kubelet.Pod, nodeIP string,
 	if err := fetchReport(client, "http://127.0.0.1:9810", &debug); err != nil || len(debug.Pods) != pods {
 		t.Errorf("the debug endpoint's report: %v (%d pods)", err, len(debug.Pods))
 	}
-	return rep, logs
+	// And each pod's checks in detail: shop/cart's, for what the checks read.
+	var cart struct {
+		Details map[string]any `json:"details"`
+	}
+	resp, err := client.Get("http://127.0.0.1:9810/debug/pods/shop/cart")
+	if err != nil {
+		t.Fatalf("shop/cart's debug page: %v", err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&cart); err != nil {
+		t.Fatalf("shop/cart's debug page: %v", err)
+	}
+	return rep, logs, cart.Details
 }
 
 func fetchReport(client *http.Client, base string, rep *nodecheck.Report) error {
