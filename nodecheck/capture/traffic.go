@@ -157,22 +157,14 @@ func capturedDestination(cfg intent.Config, fam rules.Family) (netip.AddrPort, b
 	default:
 		for _, p := range cfg.IncludeOutboundCIDRs {
 			if p.Addr().Is6() == (fam == rules.IPv6) && !p.Addr().Is4In6() {
-				addr = p.Masked().Addr()
-				if p.Bits() < p.Addr().BitLen() {
-					addr = addr.Next()
-				}
+				addr = firstHostNotExcluded(p, excluded)
 				break
 			}
 		}
 	}
 	var port uint16
 	if addr.IsValid() && !excluded(addr) {
-		for _, p := range []uint16{80, 8080, 443, 9} {
-			if !slices.Contains(cfg.ExcludeOutboundPorts, strconv.Itoa(int(p))) {
-				port = p
-				break
-			}
-		}
+		port = firstPortNotExcluded(cfg.ExcludeOutboundPorts)
 	} else if p, ok := firstNumeric(cfg.IncludeOutboundPorts); ok {
 		// Only some ports are captured, to every destination.
 		addr, port = doc, uint16(p)
@@ -181,6 +173,39 @@ func capturedDestination(cfg intent.Config, fam rules.Family) (netip.AddrPort, b
 		return netip.AddrPort{}, false
 	}
 	return netip.AddrPortFrom(addr, port), true
+}
+
+// firstHostNotExcluded is the first of a range's first hosts (its network address skipped, unless
+// the range is one address) that no excluded range holds; the range's first host when all are.
+func firstHostNotExcluded(p netip.Prefix, excluded func(netip.Addr) bool) netip.Addr {
+	a := p.Masked().Addr()
+	if p.Bits() == a.BitLen() {
+		return a
+	}
+	first := a.Next()
+	for h, i := first, 0; i < 16 && p.Contains(h); h, i = h.Next(), i+1 {
+		if !excluded(h) {
+			return h
+		}
+	}
+	return first
+}
+
+// firstPortNotExcluded is a common service port (80, 8080, 443), or else the first from 81 up,
+// that the intent does not exclude; 0 when none is left.
+func firstPortNotExcluded(excludedPorts []string) uint16 {
+	free := func(p int) bool { return !slices.Contains(excludedPorts, strconv.Itoa(p)) }
+	for _, p := range []int{80, 8080, 443} {
+		if free(p) {
+			return uint16(p)
+		}
+	}
+	for p := 81; p < 1<<16; p++ {
+		if free(p) {
+			return uint16(p)
+		}
+	}
+	return 0
 }
 
 func firstNumeric(list []string) (int, bool) {
