@@ -15,16 +15,8 @@ import (
 // otherPod tells the real API server's refusal of a patch naming a recreated pod's predecessor
 // from other invalid patches, which must still be retried and reported.
 func TestOtherPodOnARealAPIServer(t *testing.T) {
-	api := testbed.StartAPIServer(t)
-	cfg, err := clientcmd.BuildConfigFromFlags("", api.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc := kubernetes.NewForConfigOrDie(cfg)
+	kc := startAPI(t)
 	ctx := t.Context()
-	if _, err := kc.CoreV1().ServiceAccounts("default").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	pod, err := kc.CoreV1().Pods("default").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "cart"},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "meshdoctor.test/app:1"}}}}, metav1.CreateOptions{})
 	if err != nil {
@@ -49,4 +41,20 @@ func TestOtherPodOnARealAPIServer(t *testing.T) {
 			t.Errorf("%s: otherPod(%v) = %v, want %v", c.name, err, got, c.want)
 		}
 	}
+}
+
+// startAPI starts a real kube-apiserver for the test and returns a client of it, with the default
+// namespace's service account that pods need to be created.
+func startAPI(t *testing.T) kubernetes.Interface {
+	t.Helper()
+	api := testbed.StartAPIServer(t)
+	cfg, err := clientcmd.BuildConfigFromFlags("", api.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc := kubernetes.NewForConfigOrDie(cfg)
+	if _, err := kc.CoreV1().ServiceAccounts("default").Create(t.Context(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return kc
 }

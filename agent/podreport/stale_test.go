@@ -9,7 +9,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshdoctor/meshdoctor/agent"
 	"github.com/meshdoctor/meshdoctor/nodecheck"
@@ -34,16 +33,8 @@ func (c clientsetAPI) CreateEvent(ctx context.Context, ev *corev1.Event) (*corev
 // "ok" says nothing once the reporter itself has written "broken" since. Caught on the test bed
 // by TestAgentReportsToAPIServer, where the annotation stayed broken.
 func TestWritesThroughALaggingCache(t *testing.T) {
-	api := testbed.StartAPIServer(t)
-	cfg, err := clientcmd.BuildConfigFromFlags("", api.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc := kubernetes.NewForConfigOrDie(cfg)
+	kc := startAPI(t)
 	ctx := t.Context()
-	if _, err := kc.CoreV1().ServiceAccounts("default").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	pod, err := kc.CoreV1().Pods("default").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "cart",
 		Annotations: map[string]string{AnnotationVerdict: "ok", AnnotationFindings: ""}},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "meshdoctor.test/app:1"}}}}, metav1.CreateOptions{})

@@ -106,7 +106,3 @@ func TestSidecarCanaries(t *testing.T) {
 		})
 	}
 }
-
-func itoa(v uint32) string {
-	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(v)).String()[len("0.0.0.0:"):]
-}

@@ -79,31 +79,13 @@ func TestEffectiveIsReadOnly(t *testing.T) {
 	parent := cgroupbpftest.NewCgroup(t, "")
 	child := cgroupbpftest.NewCgroup(t, parent)
 	cgroupbpftest.AttachSockAddr(t, parent, cgroupbpf.Inet6Connect, "md_test_lb6")
-	snapshot := func() map[string][]uint32 {
-		out := map[string][]uint32{}
-		for _, dir := range []string{child, parent, cgroupbpftest.Mount(t)} {
-			for _, at := range cgroupbpf.SocketLBAttachTypes() {
-				ids, err := cgroupbpf.Attached(dir, at)
-				if err != nil {
-					t.Fatal(err)
-				}
-				out[dir+" "+at.String()] = ids
+	cgroupbpftest.Unchanged(t, []string{child, parent}, func() {
+		for range 3 {
+			if _, err := cgroupbpf.Effective(t.Context(), child, cgroupbpf.SocketLBAttachTypes()); err != nil {
+				t.Fatal(err)
 			}
 		}
-		return out
-	}
-	before := snapshot()
-	for range 3 {
-		if _, err := cgroupbpf.Effective(t.Context(), child, cgroupbpf.SocketLBAttachTypes()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	after := snapshot()
-	for k, ids := range before {
-		if !slices.Equal(ids, after[k]) {
-			t.Errorf("%s: attached %v before, %v after", k, ids, after[k])
-		}
-	}
+	})
 }
 
 // This test process's own cgroup resolves to an existing cgroup2 directory listing its pid.

@@ -154,31 +154,10 @@ func TestCheckIsReadOnly(t *testing.T) {
 	child := cgroupbpftest.NewCgroup(t, parent)
 	cgroupbpftest.AttachSockAddr(t, parent, cgroupbpf.Inet4Connect, "md_test_lb")
 	cgroupbpftest.AttachSockAddr(t, child, cgroupbpf.UDP4Sendmsg, "md_test_send")
-	snapshot := func() map[string][]uint32 {
-		out := map[string][]uint32{}
-		for _, dir := range []string{child, parent, cgroupbpftest.Mount(t)} {
-			for _, at := range cgroupbpf.SocketLBAttachTypes() {
-				ids, err := cgroupbpf.Attached(dir, at)
-				if err != nil {
-					t.Fatal(err)
-				}
-				out[dir+" "+at.String()] = ids
-			}
+	cgroupbpftest.Unchanged(t, []string{child, parent}, func() {
+		res, err := socketlb.Check{}.Check(t.Context(), nodecheck.Target{Name: "cart", SandboxID: "abc", Cgroup: child})
+		if err != nil || len(res.Findings) != 1 {
+			t.Fatalf("check: %+v, %v; want one finding", res, err)
 		}
-		return out
-	}
-	before := snapshot()
-	res, err := socketlb.Check{}.Check(t.Context(), nodecheck.Target{Name: "cart", SandboxID: "abc", Cgroup: child})
-	if err != nil || len(res.Findings) != 1 {
-		t.Fatalf("check: %+v, %v; want one finding", res, err)
-	}
-	after := snapshot()
-	if len(before) != len(after) {
-		t.Fatalf("attach points before %d, after %d", len(before), len(after))
-	}
-	for k, ids := range before {
-		if !slices.Equal(ids, after[k]) {
-			t.Errorf("%s: attached %v before, %v after", k, ids, after[k])
-		}
-	}
+	})
 }

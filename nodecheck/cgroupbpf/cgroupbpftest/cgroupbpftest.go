@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -179,6 +180,34 @@ func bpf(cmd int, attr unsafe.Pointer, size uintptr) error {
 		return errno
 	}
 	return nil
+}
+
+// Unchanged runs fn and fails tb when the programs attached at the socket LB attach points of the
+// cgroups dirs (and the mount's root) differ after it from before: what fn did attached or
+// detached something.
+func Unchanged(tb testing.TB, dirs []string, fn func()) {
+	tb.Helper()
+	snapshot := func() map[string][]uint32 {
+		out := map[string][]uint32{}
+		for _, dir := range append(slices.Clone(dirs), Mount(tb)) {
+			for _, at := range cgroupbpf.SocketLBAttachTypes() {
+				ids, err := cgroupbpf.Attached(dir, at)
+				if err != nil {
+					tb.Fatal(err)
+				}
+				out[dir+" "+at.String()] = ids
+			}
+		}
+		return out
+	}
+	before := snapshot()
+	fn()
+	after := snapshot()
+	for k, ids := range before {
+		if !slices.Equal(ids, after[k]) {
+			tb.Errorf("%s: attached %v before, %v after", k, ids, after[k])
+		}
+	}
 }
 
 func skipOrFatal(tb testing.TB, format string, args ...any) {
