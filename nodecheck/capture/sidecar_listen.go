@@ -27,10 +27,11 @@ type ListenerProof struct {
 	NotJudged string `json:"notJudged,omitempty"`
 }
 
-// envoySockets lists the sockets a sidecar pod's rules redirect to: Envoy's virtual outbound
+// sidecarSockets lists the sockets a sidecar pod's rules redirect to: Envoy's virtual outbound
 // listener while any outbound traffic is captured, its virtual inbound listener while any inbound
-// port is. (DNS capture's 15053 belongs to pilot-agent and is not judged here.)
-func envoySockets(cfg intent.Config) []targetSocket {
+// port is, and pilot-agent's DNS proxy (TCP and UDP) while DNS is captured. pilot-agent opens its
+// DNS proxy before it starts Envoy, so a ready proxy has all of them.
+func sidecarSockets(cfg intent.Config) []targetSocket {
 	var out []targetSocket
 	if cfg.IncludeOutboundAll || len(cfg.IncludeOutboundCIDRs) > 0 || len(cfg.IncludeOutboundPorts) > 0 {
 		out = append(out, targetSocket{rules.TCP, cfg.ProxyPort})
@@ -38,8 +39,14 @@ func envoySockets(cfg intent.Config) []targetSocket {
 	if cfg.IncludeInboundPorts != "" {
 		out = append(out, targetSocket{rules.TCP, cfg.InboundCapturePort})
 	}
+	if cfg.RedirectDNS {
+		out = append(out, targetSocket{rules.TCP, sidecarDNSPort}, targetSocket{rules.UDP, sidecarDNSPort})
+	}
 	return out
 }
+
+// sidecarDNSPort is where istio-init's DNS capture sends the app's DNS: pilot-agent's DNS proxy.
+const sidecarDNSPort = 15053
 
 // sidecarListeners checks that Envoy listens behind the rules, once they verify. Envoy opens
 // those listeners when istiod's configuration arrives, which is also when pilot-agent starts to
@@ -47,7 +54,7 @@ func envoySockets(cfg intent.Config) []targetSocket {
 // (the proxy-ready check), not a capture fault. So readiness is asked only when a socket is
 // missing, and the finding is raised only for a ready proxy.
 func sidecarListeners(ctx context.Context, ready ProxyReadiness, t nodecheck.Target, cfg intent.Config, snap rules.Snapshot) (*ListenerProof, nodecheck.Finding, bool, error) {
-	want := envoySockets(cfg)
+	want := sidecarSockets(cfg)
 	if len(want) == 0 {
 		return nil, nodecheck.Finding{}, false, nil
 	}
@@ -78,7 +85,9 @@ func sidecarListeners(ctx context.Context, ready ProxyReadiness, t nodecheck.Tar
 			"(istioctl proxy-config listener <pod> -n <namespace>; virtualOutbound is on the -p port, virtualInbound on " +
 			"-z). If those two are absent, the proxy was configured not to intercept (its interceptionMode is NONE) " +
 			"while the rules redirect: make them agree, then restart the pod. If istiod sent it no listener at all, " +
-			"look for istiod's push errors for this proxy (istioctl proxy-status).",
+			"look for istiod's push errors for this proxy (istioctl proxy-status). If 15053 is missing, istio-init " +
+			"captures DNS but pilot-agent runs no DNS proxy: ISTIO_META_DNS_CAPTURE differs between the two " +
+			"(proxy.istio.io/config proxyMetadata, or the mesh's defaultConfig): make them agree and restart the pod.",
 		Evidence: map[string]any{"missing": missing, "found": found, "readiness": seen},
 	}, true, nil
 }

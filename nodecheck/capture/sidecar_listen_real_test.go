@@ -43,7 +43,8 @@ func TestSidecarListenersBehindTheRules(t *testing.T) {
 		name    string
 		args    []string
 		listen  []int
-		status  int // 0: nothing on 15020
+		dns     bool // pilot-agent's DNS proxy: tcp and udp 127.0.0.1:15053
+		status  int  // 0: nothing on 15020
 		missing []string
 		judged  bool // whether missing listeners were judged
 		// rulesOnly: nothing outbound is captured, so no canary can prove it.
@@ -54,6 +55,9 @@ func TestSidecarListenersBehindTheRules(t *testing.T) {
 		{name: "no inbound listener, proxy ready", args: sidecar, listen: []int{15001}, status: 200, missing: []string{"tcp/15006"}, judged: true},
 		{name: "nothing listens, proxy not ready", args: sidecar, status: 503, missing: []string{"tcp/15001", "tcp/15006"}},
 		{name: "nothing listens, no status server", args: sidecar, missing: []string{"tcp/15001", "tcp/15006"}},
+		{name: "DNS captured, DNS proxy listens", args: append(slices.Clone(sidecar), "--redirect-dns"), listen: []int{15001, 15006}, dns: true, status: 200},
+		{name: "DNS captured, no DNS proxy, proxy ready", args: append(slices.Clone(sidecar), "--redirect-dns"), listen: []int{15001, 15006}, status: 200,
+			missing: []string{"tcp/15053", "udp/15053"}, judged: true},
 		{name: "inbound not captured", args: noInbound, listen: []int{15001}, status: 200},
 		{name: "outbound not captured", args: noOutbound, listen: []int{15006}, status: 200, rulesOnly: true},
 	}
@@ -68,6 +72,10 @@ func TestSidecarListenersBehindTheRules(t *testing.T) {
 			}
 			for _, p := range c.listen {
 				testbed.ListenCounting(t, n.Path(), p)
+			}
+			if c.dns {
+				testbed.ListenIn(t, n.Path(), "tcp4", "127.0.0.1:15053")
+				testbed.ListenPacketIn(t, n.Path(), "udp4", "127.0.0.1:15053")
 			}
 			if c.status != 0 {
 				statusStandIn(t, n.Path(), c.status)

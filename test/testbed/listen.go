@@ -55,6 +55,39 @@ func ListenIn(tb testing.TB, netnsPath, network, addr string) net.Listener {
 	return r.ln
 }
 
+// ListenPacketIn binds a UDP socket (network "udp", "udp4" or "udp6") on addr inside the network
+// namespace at netnsPath, until the test ends.
+func ListenPacketIn(tb testing.TB, netnsPath, network, addr string) net.PacketConn {
+	tb.Helper()
+	type result struct {
+		pc  net.PacketConn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// The goroutine exits locked and Go ends the thread.
+		runtime.LockOSThread()
+		ns, err := netns.GetFromPath(netnsPath)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			done <- result{err: err}
+			return
+		}
+		pc, err := net.ListenPacket(network, addr)
+		done <- result{pc, err}
+	}()
+	r := <-done
+	if r.err != nil {
+		tb.Fatalf("binding %s %s in %s: %v", network, addr, filepath.Base(netnsPath), r.err)
+	}
+	tb.Cleanup(func() { r.pc.Close() })
+	return r.pc
+}
+
 // ListenCounting listens on TCP port (both families, the wildcard address) inside the network
 // namespace at netnsPath until the test ends.
 func ListenCounting(tb testing.TB, netnsPath string, port int) *CountingListener {
