@@ -21,71 +21,58 @@ type CountingListener struct {
 // Accepted is how many connections the listener has accepted so far.
 func (l *CountingListener) Accepted() int64 { return l.accepted.Load() }
 
-// ListenIn listens on network and addr (as net.Listen takes them) inside the network namespace
-// at netnsPath, until the test ends. The socket is made on a thread that entered the namespace
-// and is never handed back, so the socket is the namespace's for its whole life.
-func ListenIn(tb testing.TB, netnsPath, network, addr string) net.Listener {
-	tb.Helper()
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	done := make(chan result, 1)
+// onNetnsThread runs fn on a new OS thread that has entered the network namespace at netnsPath;
+// the thread is never handed back (the goroutine exits locked and Go ends the thread), so a socket
+// fn makes is the namespace's for its whole life.
+func onNetnsThread(netnsPath string, fn func() error) error {
+	done := make(chan error, 1)
 	go func() {
-		// The goroutine exits locked and Go ends the thread.
 		runtime.LockOSThread()
 		ns, err := netns.GetFromPath(netnsPath)
 		if err != nil {
-			done <- result{err: err}
+			done <- err
 			return
 		}
 		defer ns.Close()
 		if err := netns.Set(ns); err != nil {
-			done <- result{err: err}
+			done <- err
 			return
 		}
-		ln, err := net.Listen(network, addr)
-		done <- result{ln, err}
+		done <- fn()
 	}()
-	r := <-done
-	if r.err != nil {
-		tb.Fatalf("listening on %s %s in %s: %v", network, addr, filepath.Base(netnsPath), r.err)
+	return <-done
+}
+
+// ListenIn listens on network and addr (as net.Listen takes them) inside the network namespace
+// at netnsPath, until the test ends.
+func ListenIn(tb testing.TB, netnsPath, network, addr string) net.Listener {
+	tb.Helper()
+	var ln net.Listener
+	err := onNetnsThread(netnsPath, func() (err error) {
+		ln, err = net.Listen(network, addr)
+		return err
+	})
+	if err != nil {
+		tb.Fatalf("listening on %s %s in %s: %v", network, addr, filepath.Base(netnsPath), err)
 	}
-	tb.Cleanup(func() { r.ln.Close() })
-	return r.ln
+	tb.Cleanup(func() { ln.Close() })
+	return ln
 }
 
 // ListenPacketIn binds a UDP socket (network "udp", "udp4" or "udp6") on addr inside the network
 // namespace at netnsPath, until the test ends.
 func ListenPacketIn(tb testing.TB, netnsPath, network, addr string) net.PacketConn {
 	tb.Helper()
-	type result struct {
-		pc  net.PacketConn
-		err error
+	var pc net.PacketConn
+	err := onNetnsThread(netnsPath, func() (err error) {
+		pc, err = net.ListenPacket(network, addr)
+		return err
+	})
+	if err != nil {
+		tb.Fatalf("binding %s %s in %s: %v", network, addr, filepath.Base(netnsPath), err)
 	}
-	done := make(chan result, 1)
-	go func() {
-		// The goroutine exits locked and Go ends the thread.
-		runtime.LockOSThread()
-		ns, err := netns.GetFromPath(netnsPath)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			done <- result{err: err}
-			return
-		}
-		pc, err := net.ListenPacket(network, addr)
-		done <- result{pc, err}
-	}()
-	r := <-done
-	if r.err != nil {
-		tb.Fatalf("binding %s %s in %s: %v", network, addr, filepath.Base(netnsPath), r.err)
-	}
-	tb.Cleanup(func() { r.pc.Close() })
-	return r.pc
+	tb.Cleanup(func() { pc.Close() })
+	return pc
 }
 
 // ListenCounting listens on TCP port (both families, the wildcard address) inside the network

@@ -18,6 +18,13 @@ const (
 // inCI reports whether we run in CI, where a skipped privileged test would hide a regression.
 func inCI() bool { return os.Getenv("CI") == "true" }
 
+// SkipOrFatal skips the test locally and fails it in CI, for a test that needs something of the
+// machine (a privilege, cgroup v2) that CI has.
+func SkipOrFatal(tb testing.TB, format string, args ...any) {
+	tb.Helper()
+	skipOrFatal(tb, format, args...)
+}
+
 // skipOrFatal skips the test locally and fails it in CI.
 func skipOrFatal(tb testing.TB, format string, args ...any) {
 	tb.Helper()

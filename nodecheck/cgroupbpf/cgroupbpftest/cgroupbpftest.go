@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck/cgroupbpf"
+	"github.com/meshdoctor/meshdoctor/test/testbed"
 )
 
 // Mount returns the cgroup2 mount point of this process's mount namespace whose root is the
@@ -37,7 +38,7 @@ func Mount(tb testing.TB) string {
 			return m.Point
 		}
 	}
-	skipOrFatal(tb, "no cgroup2 mount in /proc/self/mountinfo")
+	testbed.SkipOrFatal(tb, "no cgroup2 mount in /proc/self/mountinfo")
 	return ""
 }
 
@@ -50,7 +51,7 @@ func NewCgroup(tb testing.TB, parent string) string {
 	}
 	dir, err := os.MkdirTemp(parent, "meshdoctor-test-")
 	if err != nil {
-		skipOrFatal(tb, "making a test cgroup: %v", err)
+		testbed.SkipOrFatal(tb, "making a test cgroup: %v", err)
 	}
 	tb.Cleanup(func() {
 		// A cgroup directory is removed with rmdir, empty of processes and child cgroups.
@@ -78,7 +79,7 @@ func AttachSockAddr(tb testing.TB, dir string, at cgroupbpf.AttachType, name str
 	}
 	prog, err := load(at, name)
 	if err != nil {
-		skipOrFatal(tb, "loading a cgroup sock_addr program: %v", err)
+		testbed.SkipOrFatal(tb, "loading a cgroup sock_addr program: %v", err)
 	}
 	cg, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -89,7 +90,7 @@ func AttachSockAddr(tb testing.TB, dir string, at cgroupbpf.AttachType, name str
 	if err := bpf(unix.BPF_PROG_ATTACH, unsafe.Pointer(&attach), unsafe.Sizeof(attach)); err != nil {
 		unix.Close(cg)
 		unix.Close(prog)
-		skipOrFatal(tb, "attaching a cgroup sock_addr program to %s: %v", dir, err)
+		testbed.SkipOrFatal(tb, "attaching a cgroup sock_addr program to %s: %v", dir, err)
 	}
 	tb.Cleanup(func() {
 		detach := attachAttr{targetFD: uint32(cg), bpfFD: uint32(prog), attachType: uint32(at)}
@@ -208,13 +209,4 @@ func Unchanged(tb testing.TB, dirs []string, fn func()) {
 			tb.Errorf("%s: attached %v before, %v after", k, ids, after[k])
 		}
 	}
-}
-
-func skipOrFatal(tb testing.TB, format string, args ...any) {
-	tb.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") == "true" {
-		tb.Fatalf("%s (CI=true: privileged tests must run in CI)", msg)
-	}
-	tb.Skip(msg)
 }

@@ -132,6 +132,7 @@ func TestDiscoverRealSandboxes(t *testing.T) {
 			if h := byName["hostnet"]; !h.HostNetwork || h.SkipReason == "" || h.Netns != "" {
 				t.Errorf("hostnet: %+v", h)
 			}
+			t.Run("cgroup", func(t *testing.T) { checkPodCgroup(t, ctx, ok, got) })
 		})
 	}
 }
@@ -203,101 +204,76 @@ func TestSocketDown(t *testing.T) {
 	}
 }
 
-// Discovery finds each pod's cgroup v2 directory from its sandbox process: the pod-level cgroup
-// kubelet names after the pod's UID, a real cgroup2 directory holding the pod's processes (one of
-// them in the pod's network namespace). On a node without cgroup v2 the field stays empty and
-// CgroupError says why.
-func TestDiscoverPodCgroup(t *testing.T) {
-	for _, d := range testbed.ContainerdFlavors("containerd-1.6-debian", "containerd-2") {
-		t.Run(d.Name, func(t *testing.T) {
-			t.Parallel()
-			n := kubelet.Start(t, d.Options(t)...)
-			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-			defer cancel()
-			pod, err := n.RunPod(ctx, injected("cg", "NET_ADMIN", "NET_RAW"))
-			if err != nil {
-				t.Fatal(err)
+// checkPodCgroup: discovery found the pod's cgroup v2 directory from its sandbox process: the
+// pod-level cgroup kubelet names after the pod's UID, a real cgroup2 directory holding the pod's
+// processes (one of them in the pod's network namespace). On a node without cgroup v2 the field
+// stays empty and CgroupError says why.
+func checkPodCgroup(t *testing.T, ctx context.Context, pod *kubelet.RunningPod, tg nodecheck.Target) {
+	mounts, err := cgroupbpf.SelfMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mounts) == 0 {
+		if tg.Cgroup != "" || tg.CgroupError == "" {
+			t.Errorf("no cgroup2 mount: Cgroup %q, CgroupError %q", tg.Cgroup, tg.CgroupError)
+		}
+		testbed.SkipOrFatal(t, "no cgroup v2 hierarchy on this machine: %s", tg.CgroupError)
+	}
+	if tg.Cgroup == "" {
+		t.Fatalf("no cgroup: %s", tg.CgroupError)
+	}
+	t.Logf("pod cgroup %s", tg.Cgroup)
+	var st unix.Statfs_t
+	if err := unix.Statfs(tg.Cgroup, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		t.Fatalf("%s: statfs %v, magic %#x: not a cgroup2 directory", tg.Cgroup, err, st.Type)
+	}
+	if want := "pod" + pod.UID; filepath.Base(tg.Cgroup) != want {
+		t.Errorf("cgroup %s: want kubelet's pod-level cgroup %s", tg.Cgroup, want)
+	}
+	// The pod's processes are in it or below it, and one of them is in the pod's netns.
+	netns, err := os.Stat(pod.Netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inPod bool
+	var pids []string
+	err = filepath.WalkDir(tg.Cgroup, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || e.Name() != "cgroup.procs" {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, pid := range strings.Fields(string(data)) {
+			pids = append(pids, pid)
+			if ns, err := os.Stat("/proc/" + pid + "/ns/net"); err == nil && os.SameFile(ns, netns) {
+				inPod = true
 			}
-			rt, err := containerd.New(n.Containerd.Address, "/")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rt.Close()
-			targets, err := rt.Discover(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(targets) != 1 {
-				t.Fatalf("%d targets", len(targets))
-			}
-			tg := targets[0]
-			mounts, err := cgroupbpf.SelfMounts()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(mounts) == 0 {
-				if tg.Cgroup != "" || tg.CgroupError == "" {
-					t.Errorf("no cgroup2 mount: Cgroup %q, CgroupError %q", tg.Cgroup, tg.CgroupError)
-				}
-				t.Skipf("no cgroup v2 hierarchy on this machine: %s", tg.CgroupError)
-			}
-			if tg.Cgroup == "" {
-				t.Fatalf("no cgroup: %s", tg.CgroupError)
-			}
-			t.Logf("pod cgroup %s", tg.Cgroup)
-			var st unix.Statfs_t
-			if err := unix.Statfs(tg.Cgroup, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
-				t.Fatalf("%s: statfs %v, magic %#x: not a cgroup2 directory", tg.Cgroup, err, st.Type)
-			}
-			if want := "pod" + pod.UID; filepath.Base(tg.Cgroup) != want {
-				t.Errorf("cgroup %s: want kubelet's pod-level cgroup %s", tg.Cgroup, want)
-			}
-			// The pod's processes are in it or below it, and one of them is in the pod's netns.
-			netns, err := os.Stat(pod.Netns)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var inPod bool
-			var pids []string
-			err = filepath.WalkDir(tg.Cgroup, func(path string, e fs.DirEntry, err error) error {
-				if err != nil || e.Name() != "cgroup.procs" {
-					return err
-				}
-				data, err := os.ReadFile(path)
-				if err != nil {
-					return err
-				}
-				for _, pid := range strings.Fields(string(data)) {
-					pids = append(pids, pid)
-					if ns, err := os.Stat("/proc/" + pid + "/ns/net"); err == nil && os.SameFile(ns, netns) {
-						inPod = true
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !inPod {
-				t.Errorf("no process of %s (%v) is in the pod's netns %s", tg.Cgroup, pids, pod.Netns)
-			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !inPod {
+		t.Errorf("no process of %s (%v) is in the pod's netns %s", tg.Cgroup, pids, pod.Netns)
+	}
 
-			// A socket load balancer's connect program on the test node's cgroup (above every pod
-			// of this test node only) is seen on the pod's.
-			lb := cgroupbpftest.AttachSockAddr(t, filepath.Dir(tg.Cgroup), cgroupbpf.Inet4Connect, "md_test_lb")
-			res, err := socketlb.Check{}.Check(ctx, tg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var found bool
-			for _, f := range res.Findings {
-				for _, p := range f.Evidence["programs"].([]cgroupbpf.Program) {
-					found = found || (p.ID == lb.ID && f.Code == nodecheck.SocketLBBeforeCapture)
-				}
-			}
-			if !found {
-				t.Errorf("socket-lb on the discovered pod: %+v, want SocketLBBeforeCapture naming program %d", res, lb.ID)
-			}
-		})
+	// A socket load balancer's connect program on the test node's cgroup (above every pod
+	// of this test node only) is seen on the pod's.
+	lb := cgroupbpftest.AttachSockAddr(t, filepath.Dir(tg.Cgroup), cgroupbpf.Inet4Connect, "md_test_lb")
+	res, err := socketlb.Check{}.Check(ctx, tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, f := range res.Findings {
+		for _, p := range f.Evidence["programs"].([]cgroupbpf.Program) {
+			found = found || (p.ID == lb.ID && f.Code == nodecheck.SocketLBBeforeCapture)
+		}
+	}
+	if !found {
+		t.Errorf("socket-lb on the discovered pod: %+v, want SocketLBBeforeCapture naming program %d", res, lb.ID)
 	}
 }
