@@ -50,6 +50,9 @@ type Outcome struct {
 	State string `json:"state,omitempty"`
 	// Mark is the entry's connmark.
 	Mark uint32 `json:"mark,omitempty"`
+	// Answer is what came back to the sender, for an inbound probe (RunInbound) only: a
+	// SYN-ACK or a reset when the SYN reached the pod's stack, nothing when it did not.
+	Answer Answer `json:"answer,omitempty"`
 	// Err says why the probe could not be sent or read (no route to the destination, say);
 	// the other fields are then empty.
 	Err error `json:"-"`
@@ -61,6 +64,9 @@ func (o Outcome) Redirected() bool { return o.Tracked && o.ReplySrc != o.Probe.D
 // String is the outcome in a line of evidence.
 func (o Outcome) String() string {
 	sent := fmt.Sprintf("SYN %s -> %s as uid %d", o.Src, o.Probe.Dst, o.Probe.UID)
+	if o.Answer != AnswerNone {
+		sent += ", answered by a " + string(o.Answer)
+	}
 	switch {
 	case o.Err != nil:
 		return fmt.Sprintf("SYN -> %s as uid %d not sent: %v", o.Probe.Dst, o.Probe.UID, o.Err)
@@ -122,23 +128,10 @@ func probeHere(ct *ctnetlink.Conn, pr Probe, settle time.Duration) Outcome {
 		o.Err = err
 		return o
 	}
-	// A port whose tuple conntrack already holds would be someone's connection: take another.
-	var t ctnetlink.Tuple
-	for attempt := 0; ; attempt++ {
-		port := uint16(firstEphemeral + rand.IntN(lastEphemeral-firstEphemeral+1))
-		t = ctnetlink.Tuple{Src: netip.AddrPortFrom(src, port), Dst: pr.Dst}
-		_, found, err := ct.Get(t)
-		if err != nil {
-			o.Err = err
-			return o
-		}
-		if !found {
-			break
-		}
-		if attempt == 8 {
-			o.Err = errors.New("no free source port for the probe")
-			return o
-		}
+	t, err := freeTuple(src, pr.Dst, ct)
+	if err != nil {
+		o.Err = err
+		return o
 	}
 	o.Src = t.Src
 	ct.DrainEvents()
@@ -146,10 +139,17 @@ func probeHere(ct *ctnetlink.Conn, pr Probe, settle time.Duration) Outcome {
 		o.Err = err
 		return o
 	}
+	readEntry(ct, t, settle, &o)
+	return o
+}
+
+// readEntry reads the entry a SYN for t made in ct's namespace into o, lets a redirected one's
+// handshake attempt end (at most settle), and deletes it.
+func readEntry(ct *ctnetlink.Conn, t ctnetlink.Tuple, settle time.Duration, o *Outcome) {
 	e, found, err := ct.Get(t)
 	if err != nil {
 		o.Err = err
-		return o
+		return
 	}
 	if !found {
 		// Gone already, or never made: the announcement of its creation tells which.
@@ -162,9 +162,9 @@ func probeHere(ct *ctnetlink.Conn, pr Probe, settle time.Duration) Outcome {
 		case ct.EventsUnreliable():
 			o.Err = errors.New("the probe's conntrack entry could not be read, and conntrack events are off or were lost: cannot tell whether it was tracked")
 		}
-		return o
+		return
 	}
-	if e.ReplySrc != pr.Dst {
+	if e.ReplySrc != t.Dst {
 		// Redirected: the local target's answer (a reset, or a SYN-ACK our kernel resets) runs
 		// through the same entry; let it end so that no packet of it outlives the entry.
 		deadline := time.Now().Add(settle)
@@ -181,7 +181,27 @@ func probeHere(ct *ctnetlink.Conn, pr Probe, settle time.Duration) Outcome {
 	if err := ct.Delete(t, e.ID); err != nil && !errors.Is(err, unix.ENOENT) {
 		o.Err = fmt.Errorf("deleting the probe's conntrack entry: %w", err)
 	}
-	return o
+}
+
+// freeTuple draws a source port towards dst that none of the namespaces' conntrack holds a
+// tuple for: such a tuple would be someone's connection.
+func freeTuple(src netip.Addr, dst netip.AddrPort, cts ...*ctnetlink.Conn) (ctnetlink.Tuple, error) {
+	for attempt := 0; attempt <= 8; attempt++ {
+		port := uint16(firstEphemeral + rand.IntN(lastEphemeral-firstEphemeral+1))
+		t := ctnetlink.Tuple{Src: netip.AddrPortFrom(src, port), Dst: dst}
+		taken := false
+		for _, ct := range cts {
+			_, found, err := ct.Get(t)
+			if err != nil {
+				return ctnetlink.Tuple{}, err
+			}
+			taken = taken || found
+		}
+		if !taken {
+			return t, nil
+		}
+	}
+	return ctnetlink.Tuple{}, errors.New("no free source port for the probe")
 }
 
 // sourceFor asks the kernel which source address it would use to reach dst, the way connect()

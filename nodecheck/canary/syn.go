@@ -13,21 +13,42 @@ import (
 
 // sendSYN sends one TCP SYN for t from a raw socket made as uid and gid, on the calling thread.
 func sendSYN(t ctnetlink.Tuple, uid, gid uint32) error {
+	// The socket would receive a copy of every TCP segment of the namespace while it is open:
+	// a filter that keeps nothing spares that work.
+	dropAll := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+	fd, err := synSocket(t, uid, gid, dropAll)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return sendOn(fd, t)
+}
+
+// synSocket opens the raw socket a SYN for t is sent from, TTL 1, bound to t's source address,
+// keeping only the segments filter accepts; none is queued when it returns.
+func synSocket(t ctnetlink.Tuple, uid, gid uint32, filter []unix.SockFilter) (int, error) {
 	af := unix.AF_INET
 	if t.Dst.Addr().Is6() {
 		af = unix.AF_INET6
 	}
 	fd, err := rawSocketAs(af, uid, gid)
 	if err != nil {
-		return err
+		return -1, err
 	}
-	defer unix.Close(fd)
-	// The socket would receive a copy of every TCP segment of the namespace while it is open:
-	// a filter that keeps nothing spares that work.
-	dropAll := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+	fail := func(err error) (int, error) {
+		unix.Close(fd)
+		return -1, err
+	}
 	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
-		&unix.SockFprog{Len: uint16(len(dropAll)), Filter: &dropAll[0]}); err != nil {
-		return fmt.Errorf("filtering the canary's raw socket: %w", err)
+		&unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}); err != nil {
+		return fail(fmt.Errorf("filtering the canary's raw socket: %w", err))
+	}
+	// What came in before the filter was attached is no answer to us.
+	buf := make([]byte, 1)
+	for {
+		if _, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT|unix.MSG_TRUNC); err != nil {
+			break
+		}
 	}
 	if af == unix.AF_INET {
 		err = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, 1)
@@ -35,11 +56,16 @@ func sendSYN(t ctnetlink.Tuple, uid, gid uint32) error {
 		err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, 1)
 	}
 	if err != nil {
-		return fmt.Errorf("setting the canary's TTL to 1: %w", err)
+		return fail(fmt.Errorf("setting the canary's TTL to 1: %w", err))
 	}
 	if err := unix.Bind(fd, sockaddr(t.Src.Addr(), 0)); err != nil {
-		return fmt.Errorf("binding the canary to %s: %w", t.Src.Addr(), err)
+		return fail(fmt.Errorf("binding the canary to %s: %w", t.Src.Addr(), err))
 	}
+	return fd, nil
+}
+
+// sendOn sends the SYN of t on a socket from synSocket.
+func sendOn(fd int, t ctnetlink.Tuple) error {
 	seg := synSegment(t, rand.Uint32())
 	if err := unix.Sendto(fd, seg, 0, sockaddr(t.Dst.Addr(), 0)); err != nil {
 		return fmt.Errorf("sending SYN %s -> %s: %w", t.Src, t.Dst, err)

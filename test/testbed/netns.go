@@ -43,6 +43,7 @@ type Netns struct {
 
 	tb         testing.TB // set by NewNetns: a missing pilot-agent skips instead of erroring
 	pilotAgent string
+	bare       bool
 	stateDir   string // private xtables lock
 	ownsEtc    bool   // we made /etc/netns/NAME, so Delete removes it
 	ownsNetns  bool   // we made the namespace, so Delete removes it
@@ -57,6 +58,7 @@ type netnsConfig struct {
 	ipv4, ipv6  bool
 	nameservers []string
 	pilotAgent  string
+	bare        bool // loopback only: no eth0, no address, no route
 }
 
 // IPv4Only gives eth0 an IPv4 address only, like a pod in a single-stack IPv4 cluster.
@@ -128,7 +130,7 @@ func Create(ctx context.Context, opts ...Option) (_ *Netns, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n.pilotAgent = cfg.pilotAgent
+	n.pilotAgent, n.bare = cfg.pilotAgent, cfg.bare
 	if n.stateDir, err = os.MkdirTemp("", n.Name+"-"); err != nil {
 		return nil, fmt.Errorf("creating state dir for netns %s: %w", n.Name, err)
 	}
@@ -192,6 +194,9 @@ func (n *Netns) writeResolvConf(nameservers []string) error {
 }
 
 func (n *Netns) setUpLinks(ctx context.Context) error {
+	if n.bare {
+		return n.ip(ctx, "-n", n.Name, "link", "set", "lo", "up")
+	}
 	steps := [][]string{
 		{"link", "set", "lo", "up"},
 		{"link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"},
@@ -280,4 +285,42 @@ func (n *Netns) delete() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Node addresses of NodeInFront: Calico's shape, the pod's link-local gateway on the node's end
+// of its veth, plus an IPv6 address of the node's own to send from.
+var (
+	NodeGatewayV4 = netip.MustParseAddr("169.254.1.1")
+	NodeAddrV6    = netip.MustParseAddr("fd00:1::1")
+)
+
+// NodeInFront makes a namespace that stands for the node in front of the pod n: n's eth0peer
+// moves into it, with the pod's gateway addresses (169.254.1.1, fe80::1), an IPv6 address of its
+// own (fd00:1::1) and a route to each pod address through that link, the way a CNI wires a pod
+// to its node. Packets from it reach n's eth0 as a node's do. It is deleted when the test ends,
+// which gives eth0peer back to no one (the veth pair dies with it).
+func (n *Netns) NodeInFront(tb testing.TB) *Netns {
+	tb.Helper()
+	node := NewNetns(tb, func(c *netnsConfig) { c.ipv4, c.ipv6, c.bare = false, false, true })
+	ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
+	defer cancel()
+	steps := [][]string{
+		{"-n", n.Name, "link", "set", "eth0peer", "netns", node.Name},
+		{"-n", node.Name, "link", "set", "eth0peer", "up"},
+		{"-n", node.Name, "addr", "add", NodeGatewayV4.String() + "/32", "dev", "eth0peer"},
+		{"-n", node.Name, "-6", "addr", "add", "fe80::1/64", "dev", "eth0peer", "nodad"},
+		{"-n", node.Name, "-6", "addr", "add", NodeAddrV6.String() + "/128", "dev", "eth0peer", "nodad"},
+	}
+	if n.IPv4.IsValid() {
+		steps = append(steps, []string{"-n", node.Name, "route", "add", n.IPv4.Addr().String() + "/32", "dev", "eth0peer"})
+	}
+	if n.IPv6.IsValid() {
+		steps = append(steps, []string{"-n", node.Name, "-6", "route", "add", n.IPv6.Addr().String() + "/128", "dev", "eth0peer"})
+	}
+	for _, s := range steps {
+		if err := n.ip(ctx, s...); err != nil {
+			tb.Fatalf("testbed: wiring node netns %s in front of %s: %v", node.Name, n.Name, err)
+		}
+	}
+	return node
 }
