@@ -133,6 +133,14 @@ func nodeName(flag string) string {
 	return ""
 }
 
+// nodeNetnsPath is the node's network namespace: --node-netns, else PID 1's under --host-root.
+func (o checkOptions) nodeNetnsPath() string {
+	if o.nodeNetns != "" {
+		return o.nodeNetns
+	}
+	return filepath.Join(o.hostRoot, "proc/1/ns/net")
+}
+
 // resolveNodeBackend turns --node-backend into the backend the capture check compares with; a
 // host whose rules cannot be read is no reason to stop diagnosing pods, so auto degrades to none
 // with a warning.
@@ -145,11 +153,7 @@ func resolveNodeBackend(ctx context.Context, o checkOptions, log *slog.Logger) (
 	case "none", "":
 		return "", nil
 	case "auto":
-		host := o.nodeNetns
-		if host == "" {
-			host = filepath.Join(o.hostRoot, "proc/1/ns/net")
-		}
-		b, err := nsread.NodeBackend(ctx, host)
+		b, err := nsread.NodeBackend(ctx, o.nodeNetnsPath())
 		if err != nil {
 			log.Warn("cannot tell the node's iptables backend; backend mismatches will not be reported "+
 				"(--node-netns names the node's network namespace, --node-backend its backend)", "err", err)

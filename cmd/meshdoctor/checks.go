@@ -24,7 +24,8 @@ func (o *checkOptions) registerNodeFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.nodeBackend, "node-backend", "auto",
 		"iptables backend the node uses (nft, legacy, none); auto reads the host network namespace's rules")
 	f.StringVar(&o.nodeNetns, "node-netns", "",
-		"the node's network namespace, where --node-backend=auto reads the host's rules (default <host-root>/proc/1/ns/net; "+
+		"the node's network namespace, where --node-backend=auto reads the host's rules and the inbound traffic canary is sent "+
+			"from (default <host-root>/proc/1/ns/net; "+
 			"/proc/self/ns/net when meshdoctor runs in the host network, which needs no ptrace access to PID 1)")
 	o.netnsOptions.register(f)
 	addDiscoveryFlags(f, &o.discovery)
@@ -32,7 +33,8 @@ func (o *checkOptions) registerNodeFlags(f *pflag.FlagSet) {
 	o.proxyReady.register(f)
 	f.BoolVar(&o.trafficCanary, "traffic-canary", true,
 		"prove the capture by traffic where the rules verify: one TCP SYN per family from a raw socket inside the pod's "+
-			"netns (TTL 1, never a handshake), judged by the conntrack entry it makes, which is then deleted; "+
+			"netns (TTL 1, never a handshake), judged by the conntrack entry it makes, which is then deleted; for sidecar "+
+			"REDIRECT pods also one SYN from the node's netns (--node-netns) to the pod's IP on a captured inbound port; "+
 			"needs CAP_NET_RAW, CAP_NET_ADMIN, CAP_SETUID and CAP_SETGID")
 	f.BoolVar(&o.socketLB, "socket-lb", true,
 		"warn when BPF programs at connect/sendmsg (Cilium socket LB, Calico connect-time load balancing) are effective on a pod's "+
@@ -55,7 +57,7 @@ func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.Node
 	capt := &capture.Check{Reader: nsread.Reader{}, NodeBackend: backend,
 		Readiness: proxyready.Readiness{Prober: proxyready.NetnsProber{Timeout: o.proxyReady.probeTimeout}}}
 	if o.trafficCanary {
-		capt.Traffic = canary.Prober{}
+		capt.Traffic, capt.NodeNetns = canary.Prober{}, o.nodeNetnsPath()
 	}
 	checks := []nodecheck.Check{capt, istioinit.Check{}, proxyReady}
 	if o.socketLB {

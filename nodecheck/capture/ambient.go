@@ -155,7 +155,7 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent
 		}
 	}
 	if c.Traffic != nil && !hasSeverity(res.Findings, nodecheck.SeverityError) {
-		c.addTrafficProof(ctx, t, &res, &detail, ambientCanaries(canaryFamilies(snap.Addrs, ipv6)), "", snap)
+		c.addTrafficProof(ctx, t, &res, &detail, ambientCanaries(canaryFamilies(snap.Addrs, ipv6)), trafficNotPlanned{inbound: inboundNotProvenAmbient}, snap)
 		res.Detail = detail
 	}
 	return res, nil

@@ -41,6 +41,9 @@ type Check struct {
 	// Traffic, when set, proves rules that verify by sending canaries (nodecheck/canary): the
 	// capture is then verified by rules and traffic, or CaptureBypassed.
 	Traffic TrafficProber
+	// NodeNetns is the node's network namespace, where inbound canaries are sent from to a
+	// sidecar pod's IP; empty, inbound capture is proven by its rules only.
+	NodeNetns string
 	// Readiness, when set, is asked whether a sidecar pod's proxy is ready when nothing listens
 	// behind its verified rules: a ready proxy without its listeners is CaptureTargetNotListening.
 	Readiness ProxyReadiness
@@ -130,22 +133,33 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 		}
 	}
 	if c.Traffic != nil && !hasSeverity(res.Findings, nodecheck.SeverityError) {
-		plan, notPlanned := sidecarCanaries(cfg, canaryFamilies(snap.Addrs, v6))
-		c.addTrafficProof(ctx, t, &res, &detail, plan, notPlanned, snap)
+		families := canaryFamilies(snap.Addrs, v6)
+		plan, notPlanned := sidecarCanaries(cfg, families)
+		inbound, inboundNotPlanned := sidecarInboundCanary(cfg, t.IP, families, c.NodeNetns)
+		if inbound.inbound {
+			plan = append(plan, inbound)
+		}
+		c.addTrafficProof(ctx, t, &res, &detail, plan, trafficNotPlanned{notPlanned, inboundNotPlanned}, snap)
 		res.Detail = detail
 	}
 	return res, nil
 }
 
+// trafficNotPlanned says why canaries were not planned: outbound, inbound.
+type trafficNotPlanned struct{ outbound, inbound string }
+
 // addTrafficProof runs the planned canaries and records what they proved in res and detail.
-func (c *Check) addTrafficProof(ctx context.Context, t nodecheck.Target, res *nodecheck.Result, detail *Detail, plan []plannedProbe, notPlanned string, snap rules.Snapshot) {
-	proof := TrafficProof{NotProven: notPlanned}
+func (c *Check) addTrafficProof(ctx context.Context, t nodecheck.Target, res *nodecheck.Result, detail *Detail, plan []plannedProbe, notPlanned trafficNotPlanned, snap rules.Snapshot) {
+	proof := TrafficProof{NotProven: notPlanned.outbound, InboundNotProven: notPlanned.inbound}
 	if len(plan) > 0 {
 		var verified bool
 		var findings []nodecheck.Finding
 		proof, findings, verified = c.proveByTraffic(ctx, t.Netns, plan, snap)
 		if proof.NotProven == "" {
-			proof.NotProven = notPlanned
+			proof.NotProven = notPlanned.outbound
+		}
+		if proof.InboundNotProven == "" {
+			proof.InboundNotProven = notPlanned.inbound
 		}
 		res.Findings = append(res.Findings, findings...)
 		if verified {

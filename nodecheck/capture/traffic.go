@@ -14,9 +14,11 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
-// TrafficProber sends canary SYNs inside a network namespace (nodecheck/canary.Prober).
+// TrafficProber sends canary SYNs inside a network namespace, and from the node's into a pod's
+// (nodecheck/canary.Prober).
 type TrafficProber interface {
 	Run(ctx context.Context, netnsPath string, probes []canary.Probe) ([]canary.Outcome, error)
+	RunInbound(ctx context.Context, nodePath, podPath string, probes []canary.Probe) ([]canary.Outcome, error)
 }
 
 // What a canary should see: redirected to the proxy, or left alone.
@@ -38,6 +40,8 @@ type plannedProbe struct {
 	// reaches the proxy against the intent (one redirected elsewhere is another NAT's business).
 	proxyPorts []uint16
 	why        string
+	// inbound: sent from the node's netns to the pod's address (canary.Prober.RunInbound).
+	inbound bool
 }
 
 // TrafficProof is what the canary did, for the debug endpoint.
@@ -45,6 +49,8 @@ type TrafficProof struct {
 	Probes []ProbeResult `json:"probes,omitempty"`
 	// NotProven says why traffic could not prove the capture, when it could not.
 	NotProven string `json:"notProven,omitempty"`
+	// InboundNotProven says why inbound capture was not proven by traffic, when it was not.
+	InboundNotProven string `json:"inboundNotProven,omitempty"`
 }
 
 // ProbeResult is one canary and what became of it.
@@ -217,29 +223,63 @@ func firstNumeric(list []string) (int, bool) {
 	return 0, false
 }
 
-// proveByTraffic sends the planned canaries and judges them. verified is true when every
-// captured canary reached the proxy's port and no excluded one did.
+// proveByTraffic sends the planned canaries (outbound ones inside the pod's netns, inbound ones
+// from the node's) and judges them. verified is true when every captured canary that could be
+// judged reached the proxy's port, at least one did, and no excluded one did.
 func (c *Check) proveByTraffic(ctx context.Context, netnsPath string, plan []plannedProbe, snap rules.Snapshot) (TrafficProof, []nodecheck.Finding, bool) {
-	probes := make([]canary.Probe, len(plan))
-	for i, p := range plan {
-		probes[i] = p.probe
+	var out, in []canary.Probe
+	for _, p := range plan {
+		if p.inbound {
+			in = append(in, p.probe)
+		} else {
+			out = append(out, p.probe)
+		}
 	}
-	outcomes, err := c.Traffic.Run(ctx, netnsPath, probes)
+	outOutcomes, err := c.Traffic.Run(ctx, netnsPath, out)
 	if err != nil {
 		return TrafficProof{NotProven: err.Error()}, nil, false
 	}
 	var proof TrafficProof
+	var inOutcomes []canary.Outcome
+	if len(in) > 0 {
+		if inOutcomes, err = c.Traffic.RunInbound(ctx, c.NodeNetns, netnsPath, in); err != nil {
+			proof.InboundNotProven = err.Error()
+			plan = slices.DeleteFunc(slices.Clone(plan), func(p plannedProbe) bool { return p.inbound })
+		}
+	}
+	outcomes := make([]canary.Outcome, 0, len(plan))
+	for _, p := range plan {
+		if p.inbound {
+			outcomes, inOutcomes = append(outcomes, inOutcomes[0]), inOutcomes[1:]
+		} else {
+			outcomes, outOutcomes = append(outcomes, outOutcomes[0]), outOutcomes[1:]
+		}
+	}
 	var findings []nodecheck.Finding
 	capturedOK, capturedRun := 0, 0
-	var notRun []string
+	var notRun, inboundNotRun []string
 	for i, o := range outcomes {
 		p := plan[i]
 		r := ProbeResult{Why: p.why, Expect: p.expect, Outcome: o}
 		switch {
+		case o.Err != nil && p.inbound:
+			r.Result, r.Error = "not run", o.Err.Error()
+			inboundNotRun = append(inboundNotRun, o.Err.Error())
 		case o.Err != nil:
 			r.Result, r.Error = "not run", o.Err.Error()
 			if p.expect == expectCaptured {
 				notRun = append(notRun, o.Err.Error())
+			}
+		case p.inbound:
+			switch r.Result = judgeInbound(p, o, snap.Addrs); r.Result {
+			case "captured":
+				capturedRun++
+				capturedOK++
+			case "bypassed":
+				capturedRun++
+				findings = append(findings, inboundBypassed(p, o, snap))
+			default:
+				inboundNotRun = append(inboundNotRun, fmt.Sprintf("the SYN to %s got no answer and left no entry in the pod's netns: it did not reach it", o.Probe.Dst))
 			}
 		case p.expect == expectCaptured:
 			capturedRun++
@@ -263,6 +303,9 @@ func (c *Check) proveByTraffic(ctx context.Context, netnsPath string, plan []pla
 	if len(notRun) > 0 {
 		proof.NotProven = "canary not run: " + strings.Join(notRun, "; ")
 	}
+	if len(inboundNotRun) > 0 {
+		proof.InboundNotProven = "inbound canary not judged: " + strings.Join(inboundNotRun, "; ")
+	}
 	verified := capturedRun > 0 && capturedOK == capturedRun && len(notRun) == 0 && len(findings) == 0
 	return proof, findings, verified
 }
@@ -282,7 +325,7 @@ func bypassed(p plannedProbe, o canary.Outcome, snap rules.Snapshot) nodecheck.F
 		"family":     familyOf(o.Probe.Dst.Addr()).String(),
 		"verifiedBy": "rules read right; traffic disagrees",
 	}
-	if s := outputPathRules(snap, familyOf(o.Probe.Dst.Addr())); len(s) > 0 {
+	if s := pathRules(snap, familyOf(o.Probe.Dst.Addr()), "OUTPUT"); len(s) > 0 {
 		ev["outputPathRules"] = s
 	}
 	return nodecheck.Finding{
@@ -329,10 +372,10 @@ func familyOf(a netip.Addr) rules.Family {
 	return rules.IPv6
 }
 
-// outputPathRules lists the rules of the family's OUTPUT chains that are not Istio's, in every
-// backend read: where a locally made connection meets something else first. Tables meshdoctor
-// does not read (another owner's nftables table) are not in it.
-func outputPathRules(snap rules.Snapshot, fam rules.Family) []string {
+// pathRules lists the rules of the family's chains named hook (OUTPUT, PREROUTING) that are not
+// Istio's, in every backend read: where a connection meets something else first. Tables
+// meshdoctor does not read (another owner's nftables table) are not in it.
+func pathRules(snap rules.Snapshot, fam rules.Family, hook string) []string {
 	var out []string
 	for _, s := range snap.Sets {
 		if s.Family != fam {
@@ -340,7 +383,7 @@ func outputPathRules(snap rules.Snapshot, fam rules.Family) []string {
 		}
 		for _, t := range s.Tables {
 			for _, ch := range t.Chains {
-				if !strings.EqualFold(ch.Name, "OUTPUT") {
+				if !strings.EqualFold(ch.Name, hook) {
 					continue
 				}
 				for _, r := range ch.Rules {

@@ -3,6 +3,7 @@ package capture
 import (
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck/intent"
@@ -102,6 +103,51 @@ func TestSidecarCanaries(t *testing.T) {
 			}
 			if len(plan) == 0 && why == "" {
 				t.Error("no probe planned and no reason given")
+			}
+		})
+	}
+}
+
+// Where the inbound canary aims and why it is not sent, for the shapes of intent istio-init is
+// given (-b all or a list, -d, TPROXY) and what the node and runtime provide.
+func TestSidecarInboundCanary(t *testing.T) {
+	base := intent.Config{Mode: "REDIRECT", IncludeInboundPorts: "*", ExcludeInboundPorts: []string{"15090", "15021", "15020"},
+		InboundCapturePort: 15006, InboundTunnelPort: 15008, ProxyPort: 15001}
+	with := func(f func(*intent.Config)) intent.Config { c := base; f(&c); return c }
+	v4, both := []rules.Family{rules.IPv4}, []rules.Family{rules.IPv4, rules.IPv6}
+	cases := []struct {
+		name     string
+		cfg      intent.Config
+		podIP    string
+		families []rules.Family
+		node     string
+		want     string // the probe's destination, or text of why none
+	}{
+		{"every port captured", base, "10.244.1.7", v4, "/proc/1/ns/net", "10.244.1.7:80"},
+		{"port 80 excluded", with(func(c *intent.Config) { c.ExcludeInboundPorts = append(c.ExcludeInboundPorts, "80") }), "10.244.1.7", v4, "/n", "10.244.1.7:8080"},
+		{"a port list", with(func(c *intent.Config) { c.IncludeInboundPorts = "15006,9080" }), "10.244.1.7", v4, "/n", "10.244.1.7:9080"},
+		{"a list of excluded ports only", with(func(c *intent.Config) { c.IncludeInboundPorts = "15020" }), "10.244.1.7", v4, "/n", "no inbound port"},
+		{"ipv6 pod", base, "fd00:10:244::7", both, "/n", "[fd00:10:244::7]:80"},
+		{"ipv6 pod, ipv6 not captured", base, "fd00:10:244::7", v4, "/n", "ipv6 capture is not meant"},
+		{"a mapped address", base, "::ffff:10.244.1.7", v4, "/n", "10.244.1.7:80"},
+		{"tproxy", with(func(c *intent.Config) { c.Mode = "TPROXY" }), "10.244.1.7", v4, "/n", "TPROXY"},
+		{"no node netns", base, "10.244.1.7", v4, "", "no node network namespace"},
+		{"no pod IP", base, "", v4, "/n", "no pod IP"},
+		{"a pod IP that is not one", base, "10.244.1", v4, "/n", "not an address"},
+		{"inbound not captured", with(func(c *intent.Config) { c.IncludeInboundPorts = "" }), "10.244.1.7", v4, "/n", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p, why := sidecarInboundCanary(c.cfg, c.podIP, c.families, c.node)
+			got := why
+			if p.inbound {
+				got = p.probe.Dst.String()
+				if p.redirectTo.Port() != 15006 || p.redirectTo.Addr() != p.probe.Dst.Addr() {
+					t.Errorf("expects a redirect to %s", p.redirectTo)
+				}
+			}
+			if c.want == "" && got != "" || !strings.Contains(got, c.want) {
+				t.Errorf("got %q, want %q", got, c.want)
 			}
 		})
 	}

@@ -99,6 +99,11 @@ func TestDaemonSetRunsWithItsOwnPrivileges(t *testing.T) {
 	if lb, _ := cartDetails["socket-lb"].(map[string]any); lb == nil || lb["cgroup"] == nil || lb["notRead"] != nil {
 		t.Errorf("the socket-lb check did not read shop/cart's cgroup in the DaemonSet: %v", cartDetails["socket-lb"])
 	}
+	// The inbound canary went from the DaemonSet's host network, the node's netns of
+	// --node-netns=/proc/self/ns/net, across the pods' bridge to shop/cart's IP, and was captured.
+	if !inboundCaptured(cartDetails["capture"]) {
+		t.Errorf("no inbound canary from the DaemonSet's host network captured at shop/cart: %v", cartDetails["capture"])
+	}
 	got, want := podSummary(fromContainer), podSummary(fromRoot)
 	if self := got["meshdoctor/"+shipped.Name]; self.Verdict != nodecheck.VerdictSkipped {
 		t.Errorf("the agent's own pod: %+v, want skipped (host network)", self)
@@ -243,6 +248,22 @@ func runAgentPod(t *testing.T, node *kubelet.Node, p kubelet.Pod, nodeIP string,
 		t.Fatalf("shop/cart's debug page: %v", err)
 	}
 	return rep, logs, cart.Details
+}
+
+// inboundCaptured says whether a capture check's debug detail holds an inbound canary (one the
+// pod answered) judged captured.
+func inboundCaptured(detail any) bool {
+	d, _ := detail.(map[string]any)
+	traffic, _ := d["traffic"].(map[string]any)
+	probes, _ := traffic["probes"].([]any)
+	for _, p := range probes {
+		p, _ := p.(map[string]any)
+		outcome, _ := p["outcome"].(map[string]any)
+		if p["result"] == "captured" && outcome["answer"] != nil {
+			return true
+		}
+	}
+	return false
 }
 
 func fetchReport(client *http.Client, base string, rep *nodecheck.Report) error {
