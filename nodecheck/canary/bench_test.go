@@ -1,6 +1,7 @@
 package canary_test
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck/canary"
@@ -9,7 +10,7 @@ import (
 )
 
 // The canary's cost beside the rule read it completes, in the same dual-stack sidecar namespace
-// with a proxy's stand-in listening: compare ns/op of the sub-benchmarks (the goal is at most
+// with a proxy's stand-in listening (and a node netns in front, for the inbound probe): compare ns/op of the sub-benchmarks (the goal is at most
 // 0.5 ms of CPU per pod and family for the canary).
 func BenchmarkCanaryBesideRuleRead(b *testing.B) {
 	testbed.RequirePrivileged(b)
@@ -19,6 +20,8 @@ func BenchmarkCanaryBesideRuleRead(b *testing.B) {
 		b.Fatal(err)
 	}
 	testbed.ListenCounting(b, n.Path(), 15001)
+	testbed.ListenCounting(b, n.Path(), 15006)
+	node := n.NodeInFront(b)
 	b.Run("rule-read", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := (nsread.Reader{}).ReadRules(ctx, n.Path()); err != nil {
@@ -42,4 +45,13 @@ func BenchmarkCanaryBesideRuleRead(b *testing.B) {
 			}
 		})
 	}
+	b.Run("inbound-ipv4-from-node", func(b *testing.B) {
+		probes := []canary.Probe{{Dst: netip.AddrPortFrom(n.IPv4.Addr(), 8080), UID: 65534, GID: 65534}}
+		for b.Loop() {
+			out, err := (canary.Prober{}).RunInbound(ctx, node.Path(), n.Path(), probes)
+			if err != nil || out[0].Err != nil || !out[0].Redirected() {
+				b.Fatalf("%v %+v", err, out)
+			}
+		}
+	})
 }
