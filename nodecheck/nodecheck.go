@@ -49,6 +49,7 @@ const (
 	CaptureBypassed            Code = "CaptureBypassed"
 	CaptureExclusionIgnored    Code = "CaptureExclusionIgnored"
 	SocketLBBeforeCapture      Code = "SocketLBBeforeCapture"
+	NetfilterFeatureMissing    Code = "NetfilterFeatureMissing"
 )
 
 // AllCodes lists every code, in the contract's order, so reporters can initialise their series.

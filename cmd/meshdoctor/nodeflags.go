@@ -14,6 +14,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
 	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
+	"github.com/meshdoctor/meshdoctor/nodecheck/netfilter"
 )
 
 // nodeOptions are the flags of the node-level checks (istio-cni's install state, log evidence):
@@ -96,7 +97,8 @@ func (n *nodeOptions) checks(hostRoot string, discovered []nodecheck.Target, log
 	if discovered != nil {
 		cni.Pods = istiocni.FromTargets(discovered)
 	}
-	return []nodecheck.NodeCheck{cni, &logscan.Check{Scanner: scanner}}, scanner.Close, nil
+	nf := &netfilter.Check{Reader: netfilter.Reader{HostRoot: hostRoot}}
+	return []nodecheck.NodeCheck{cni, nf, &logscan.Check{Scanner: scanner}}, scanner.Close, nil
 }
 
 // nodeFindings builds and runs the node checks: what `check` adds to every report. Its error is
