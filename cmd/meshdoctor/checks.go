@@ -11,6 +11,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/canary"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istioinit"
+	"github.com/meshdoctor/meshdoctor/nodecheck/netfilter"
 	"github.com/meshdoctor/meshdoctor/nodecheck/proxyready"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
 	"github.com/meshdoctor/meshdoctor/nodecheck/socketlb"
@@ -54,7 +55,7 @@ func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.Node
 	if err != nil {
 		return nil, err
 	}
-	capt := &capture.Check{Reader: nsread.Reader{}, NodeBackend: backend,
+	capt := &capture.Check{Reader: nsread.Reader{}, NodeBackend: backend, Kernel: netfilter.Reader{HostRoot: o.hostRoot},
 		Readiness: proxyready.Readiness{Prober: proxyready.NetnsProber{Timeout: o.proxyReady.probeTimeout}}}
 	if o.trafficCanary {
 		capt.Traffic, capt.NodeNetns = canary.Prober{}, o.nodeNetnsPath()

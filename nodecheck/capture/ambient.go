@@ -143,6 +143,9 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent
 	if f, ok := ambientRouting(diffs, snap); ok {
 		res.Findings = append(res.Findings, f)
 	}
+	if f, ok := c.kernelCause(ctx, ambientKinds, res.Findings); ok {
+		res.Findings = append(res.Findings, f)
+	}
 	// istio-cni writes an ambient pod's rules, whatever went wrong with them.
 	for i := range res.Findings {
 		res.Findings[i].Component = nodecheck.ComponentIstioCNI

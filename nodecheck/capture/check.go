@@ -41,6 +41,9 @@ type Check struct {
 	// Traffic, when set, proves rules that verify by sending canaries (nodecheck/canary): the
 	// capture is then verified by rules and traffic, or CaptureBypassed.
 	Traffic TrafficProber
+	// Kernel, when set, is asked what the node's kernel lacks when a pod's rules are missing or
+	// incomplete: a feature the pod's capture needs is their root cause (NetfilterFeatureMissing).
+	Kernel KernelFeatures
 	// NodeNetns is the node's network namespace, where inbound canaries are sent from to a
 	// sidecar pod's IP; empty, inbound capture is proven by its rules only.
 	NodeNetns string
@@ -120,6 +123,9 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 		if f, ok := tproxyRouting(cfg, diffs, snap); ok {
 			res.Findings = append(res.Findings, f)
 		}
+	}
+	if f, ok := c.kernelCause(ctx, sidecarKinds(cfg, c.NodeBackend), res.Findings); ok {
+		res.Findings = append(res.Findings, f)
 	}
 	if !hasSeverity(res.Findings, nodecheck.SeverityError) {
 		proof, f, bad, err := sidecarListeners(ctx, c.Readiness, t, cfg, snap)

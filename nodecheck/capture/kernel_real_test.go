@@ -1,0 +1,115 @@
+package capture_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
+	"github.com/meshdoctor/meshdoctor/nodecheck/netfilter"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
+	"github.com/meshdoctor/meshdoctor/test/testbed"
+)
+
+// A pod whose rules istio-init never wrote, in a real netns, on a node whose kernel (the test
+// bed's own config, options switched off) lacks a feature: NetfilterFeatureMissing names it as the
+// root cause when the pod's kind of capture needs it, and only then; rules that are there are
+// never blamed on the kernel.
+func TestKernelCauseOfMissingRules(t *testing.T) {
+	testbed.RequirePrivileged(t)
+	realConfig, err := os.ReadFile("../netfilter/testdata/config-6.18-firecracker.netfilter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernelWithout := func(t *testing.T, opts ...string) netfilter.Reader {
+		s := string(realConfig)
+		for _, o := range opts {
+			s = strings.ReplaceAll(s, "CONFIG_"+o+"=y\n", "# CONFIG_"+o+" is not set\n")
+		}
+		proc := t.TempDir()
+		var gz bytes.Buffer
+		w := gzip.NewWriter(&gz)
+		w.Write([]byte(s))
+		w.Close()
+		must(t, os.MkdirAll(filepath.Join(proc, "sys/kernel"), 0o755))
+		must(t, os.WriteFile(filepath.Join(proc, "sys/kernel/osrelease"), []byte("6.18.0-test\n"), 0o644))
+		must(t, os.WriteFile(filepath.Join(proc, "config.gz"), gz.Bytes(), 0o644))
+		return netfilter.Reader{HostRoot: t.TempDir(), ProcDir: proc}
+	}
+	sidecar := testbed.DefaultSidecarArgs()
+	cases := []struct {
+		name    string
+		args    []string // istio-init's; nil for an ambient pod
+		write   bool     // istio-init's rules are there
+		node    rules.Backend
+		without []string
+		blamed  bool
+	}{
+		{name: "no REDIRECT, iptables-nft node", args: sidecar, node: rules.BackendNft, without: []string{"NETFILTER_XT_TARGET_REDIRECT"}, blamed: true},
+		{name: "no REDIRECT, node backend unknown", args: sidecar, without: []string{"NETFILTER_XT_TARGET_REDIRECT"}, blamed: true},
+		{name: "no nft_compat, legacy node", args: sidecar, node: rules.BackendLegacy, without: []string{"NFT_COMPAT"}},
+		{name: "no nft_compat, iptables-nft node", args: sidecar, node: rules.BackendNft, without: []string{"NFT_COMPAT"}, blamed: true},
+		{name: "no TPROXY, a REDIRECT pod", args: sidecar, without: []string{"NETFILTER_XT_TARGET_TPROXY"}},
+		{name: "no TPROXY, a TPROXY pod", args: []string{"-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-i", "*", "-b", "*", "-d", "15020"},
+			without: []string{"NETFILTER_XT_TARGET_TPROXY"}, blamed: true},
+		{name: "no nft redirect, a native nftables pod", args: append(slices.Clone(sidecar), "--native-nftables"), without: []string{"NFT_REDIR"}, blamed: true},
+		{name: "no nft redirect, an iptables pod", args: sidecar, without: []string{"NFT_REDIR"}},
+		{name: "rules written, REDIRECT said missing", args: sidecar, write: true, without: []string{"NETFILTER_XT_TARGET_REDIRECT"}},
+		{name: "ambient, no xt REDIRECT (istio-cni may write nftables)", without: []string{"NETFILTER_XT_TARGET_REDIRECT"}},
+		{name: "ambient, no conntrack", without: []string{"NF_CONNTRACK"}, blamed: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			n := testbed.NewNetns(t)
+			target := nodecheck.Target{Namespace: "shop", Name: "cart", Netns: n.Path(),
+				Labels: map[string]string{istiopod.LabelDataplaneMode: "ambient"}}
+			if c.args != nil {
+				target.Labels = nil
+				target.Annotations = map[string]string{istiopod.AnnotationSidecarStatus: "{}"}
+				target.Containers = []nodecheck.Container{{Name: "istio-init", Role: nodecheck.RoleInit, State: nodecheck.ContainerExited,
+					Args: append([]string{"istio-iptables"}, c.args...)}}
+			}
+			if c.write {
+				must(t, n.IstioIptables(ctx, c.args...))
+			}
+			chk := &capture.Check{Reader: nsread.Reader{}, NodeBackend: c.node, Kernel: kernelWithout(t, c.without...)}
+			res, err := chk.Check(ctx, target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var codes []nodecheck.Code
+			var kernel *nodecheck.Finding
+			for i, f := range res.Findings {
+				codes = append(codes, f.Code)
+				if f.Code == nodecheck.NetfilterFeatureMissing {
+					kernel = &res.Findings[i]
+				}
+			}
+			if (kernel != nil) != c.blamed {
+				t.Fatalf("findings %v; want the kernel blamed: %v", codes, c.blamed)
+			}
+			if c.blamed && !c.write && !slices.Contains(codes, nodecheck.RedirectRulesMissing) {
+				t.Errorf("findings %v lack RedirectRulesMissing", codes)
+			}
+			if kernel != nil && (kernel.Severity != nodecheck.SeverityError || kernel.Remedy == "" || kernel.Evidence["source"] == nil) {
+				t.Errorf("the kernel finding lacks severity, remedy or evidence: %+v", kernel)
+			}
+		})
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
