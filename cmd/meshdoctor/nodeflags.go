@@ -23,10 +23,13 @@ import (
 type nodeOptions struct {
 	cniConfDir string
 	cniBinDir  string
-	podLogDir  string
-	since      time.Duration
-	nodeOnly   bool
-	logRules   string
+	// containerdConfig is containerd's config file, where the runtime's CNI config directory is
+	// read ("" auto, "none" not read).
+	containerdConfig string
+	podLogDir        string
+	since            time.Duration
+	nodeOnly         bool
+	logRules         string
 
 	// Set by agent, not flags of check: where log offsets and conditions are kept across
 	// restarts (--state-dir), and who sees each log match as it is found (the metrics).
@@ -36,6 +39,10 @@ type nodeOptions struct {
 
 func (n *nodeOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&n.cniConfDir, "cni-conf-dir", "", "the node's CNI config directory (default <host-root>/etc/cni/net.d)")
+	f.StringVar(&n.containerdConfig, "containerd-config", "",
+		"containerd's config file, where the CNI config directory pods are networked from is read (default "+
+			"<host-root>/etc/containerd/config.toml, else CRI-O's <host-root>/etc/crio/crio.conf and crio.conf.d; "+
+			"'none' reads neither); without --cni-conf-dir that directory is checked, with it a different one is reported")
 	f.StringVar(&n.cniBinDir, "cni-bin-dir", "", "the node's CNI plugin directory (default <host-root>/opt/cni/bin)")
 	f.StringVar(&n.podLogDir, "pod-log-dir", "", "kubelet's container log directory (default <host-root>/var/log/pods)")
 	f.DurationVar(&n.since, "since", 30*time.Minute, "how far back logs are read")
@@ -48,6 +55,28 @@ func (n *nodeOptions) path(flag, hostRoot, underRoot string) string {
 		return flag
 	}
 	return filepath.Join(hostRoot, underRoot)
+}
+
+// runtimeCNI reads where the runtime takes its CNI config from; a config that cannot be read is
+// said in the log and leaves the directory to --cni-conf-dir's default.
+func (n *nodeOptions) runtimeCNI(hostRoot string, log *slog.Logger) *istiocni.RuntimeCNI {
+	var r *istiocni.RuntimeCNI
+	var err error
+	switch n.containerdConfig {
+	case "none":
+		return nil
+	case "":
+		r, err = istiocni.ReadRuntimeCNI(hostRoot)
+	default:
+		if r, err = istiocni.ReadContainerdCNI("", n.containerdConfig); err == nil && r == nil {
+			err = fmt.Errorf("--containerd-config %s: no such file", n.containerdConfig)
+		}
+	}
+	if err != nil {
+		log.Warn("cannot read the runtime's CNI settings; the CNI config directory is --cni-conf-dir's", "err", err)
+		return nil
+	}
+	return r
 }
 
 // checks builds the node checks. discovered are the pods discovery found (nil with --netns or
@@ -89,10 +118,17 @@ func (n *nodeOptions) checks(hostRoot string, discovered []nodecheck.Target, log
 	if err != nil {
 		return nil, nil, err
 	}
+	runtime := n.runtimeCNI(hostRoot, log)
+	confDir := n.path(n.cniConfDir, hostRoot, "etc/cni/net.d")
+	if n.cniConfDir == "" && runtime != nil {
+		confDir = filepath.Join(hostRoot, runtime.ConfDir)
+		log.Debug("CNI config directory from the runtime's config", "runtime", runtime.Runtime, "file", runtime.ConfigFile, "dir", runtime.ConfDir)
+	}
 	cni := &istiocni.Check{
 		HostRoot: hostRoot,
-		ConfDir:  n.path(n.cniConfDir, hostRoot, "etc/cni/net.d"),
+		ConfDir:  confDir,
 		BinDir:   n.path(n.cniBinDir, hostRoot, "opt/cni/bin"),
+		Runtime:  runtime,
 	}
 	if discovered != nil {
 		cni.Pods = istiocni.FromTargets(discovered)

@@ -88,10 +88,37 @@ func Findings(st *State) []nodecheck.Finding {
 		}
 	}
 
+	if f, ok := runtimeDirFinding(st, ev); ok {
+		out = append(out, f)
+	}
 	if f, ok := readinessFinding(st, anyPart, ev); ok {
 		out = append(out, f)
 	}
 	return out
+}
+
+// runtimeDirFinding reports a CNI config directory other than the one the runtime reads: istio-cni
+// chained there networks no pod (an error), and what this check says of it is not the runtime's.
+func runtimeDirFinding(st *State, ev map[string]any) (nodecheck.Finding, bool) {
+	if st.Runtime == nil || filepath.Clean(st.Runtime.ConfDir) == filepath.Clean(st.ConfDir) {
+		return nodecheck.Finding{}, false
+	}
+	f := nodecheck.Finding{
+		Code: nodecheck.IstioCNIIncomplete, Severity: nodecheck.SeverityWarning,
+		Message: fmt.Sprintf("the CNI config read here is in %s, but %s (%s) reads its CNI config from %s: what is said of %s is not what networks pods",
+			st.ConfDir, st.Runtime.Runtime, st.Runtime.ConfigFile, st.Runtime.ConfDir, st.ConfDir),
+		Remedy:   fmt.Sprintf("Run meshdoctor with --cni-conf-dir naming %s (the DaemonSet: hostPaths.cniConfDir).", st.Runtime.ConfDir),
+		Evidence: ev,
+	}
+	if st.Chained {
+		f.Severity = nodecheck.SeverityError
+		f.Message = fmt.Sprintf("istio-cni is chained in the CNI config of %s, but %s (%s) reads its CNI config from %s: no pod on this node goes through istio-cni",
+			st.ConfDir, st.Runtime.Runtime, st.Runtime.ConfigFile, st.Runtime.ConfDir)
+		f.Remedy = fmt.Sprintf("istio-cni was installed into a directory the runtime does not read. Set istio-cni's CNI config directory "+
+			"to the runtime's (Helm: cni.cniConfDir=%s; k3s, RKE2, MicroK8s and some managed platforms use their own), let "+
+			"istio-cni-node re-install, then restart the pods created meanwhile: they were never captured.", st.Runtime.ConfDir)
+	}
+	return f, true
 }
 
 func readinessFinding(st *State, anyPart bool, ev map[string]any) (nodecheck.Finding, bool) {
@@ -148,6 +175,9 @@ func evidence(st *State) map[string]any {
 	}
 	if st.Multus {
 		ev["multus"] = true
+	}
+	if st.Runtime != nil {
+		ev["runtime"] = st.Runtime
 	}
 	if st.Agent != nil {
 		ev["agent"] = st.Agent

@@ -77,6 +77,9 @@ type Check struct {
 	BinDir   string
 	// Pods gives istio-cni-node readiness and the pods that need istio-cni; nil: unknown.
 	Pods PodStates
+	// Runtime is where the node's container runtime reads CNI config (ReadRuntimeCNI), when its
+	// config was readable: a ConfDir other than the runtime's is reported.
+	Runtime *RuntimeCNI
 }
 
 var _ nodecheck.NodeCheck = (*Check)(nil)
@@ -87,6 +90,8 @@ func (c *Check) Name() string { return "istio-cni" }
 // State is what the check found, for the debug endpoint and the findings' evidence.
 type State struct {
 	ConfDir string `json:"confDir"`
+	// Runtime is what the runtime's own config says of its CNI config directory, when read.
+	Runtime *RuntimeCNI `json:"runtime,omitempty"`
 	// ConfigFiles are the CNI config files in the order the runtime reads them.
 	ConfigFiles []ConfigFile `json:"configFiles"`
 	// Primary is the file the runtime uses: the first one in name order.
@@ -159,7 +164,7 @@ func (c *Check) nodePath(p string) string {
 // Inspect reads the node's files (and the pod states when wired) into a State. Paths in the
 // state are the node's.
 func (c *Check) Inspect(ctx context.Context) (*State, error) {
-	st := &State{ConfDir: c.nodePath(c.ConfDir), Readiness: "unknown"}
+	st := &State{ConfDir: c.nodePath(c.ConfDir), Readiness: "unknown", Runtime: c.Runtime}
 	files, err := listConfigFiles(c.ConfDir)
 	if err != nil {
 		return st, err

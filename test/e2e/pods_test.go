@@ -169,7 +169,8 @@ func TestInjectedPods(t *testing.T) {
 	before := traces(t, ctx, nets)
 
 	nodeFlags := []string{"--cni-conf-dir", filepath.Join(node.Containerd.Dir, "net.d"), "--cni-bin-dir", "/usr/lib/cni",
-		"--pod-log-dir", node.Containerd.PodLogDir, "--node-netns", node.Containerd.Netns.Path()}
+		"--pod-log-dir", node.Containerd.PodLogDir, "--node-netns", node.Containerd.Netns.Path(),
+		"--containerd-config", filepath.Join(node.Containerd.Dir, "config.toml")}
 	rep, code, stderr := runMeshdoctor(t, ctx, append([]string{"--containerd-address", node.Containerd.Address}, nodeFlags...)...)
 	// Through CRI, istio-init's argv and env come from the container's verbose status: the same
 	// report, pod for pod.
@@ -184,6 +185,12 @@ func TestInjectedPods(t *testing.T) {
 			t.Errorf("%s: meshdoctor left a trace in the pod's namespace:\n%s", scs[i].name, d)
 		} else if d != "" {
 			t.Errorf("meshdoctor left a trace in the node's namespace (the runtime's, where the pods' bridge is):\n%s", d)
+		}
+	}
+	// The test containerd's own config names the CNI config directory checked: no mismatch.
+	for _, f := range rep.Findings {
+		if strings.Contains(f.Message, "reads its CNI config from") {
+			t.Errorf("the runtime's CNI config directory is not the one checked: %s", f.Message)
 		}
 	}
 	wantExit := 0

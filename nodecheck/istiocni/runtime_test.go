@@ -1,0 +1,121 @@
+package istiocni
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck"
+)
+
+// Where the runtime reads CNI config, from containerd's own default configs (the output of
+// `containerd config default` of 1.6, 1.7 and 2.2, format versions 2 and 3, under
+// testdata/runtime) and from them with conf_dir changed as k3s sets it; CRI-O's shape is written
+// by the cases (no CRI-O on the test bed).
+func TestReadRuntimeCNI(t *testing.T) {
+	k3s := "/var/lib/rancher/k3s/agent/etc/cni/net.d"
+	withDir := func(file string) string {
+		b, err := os.ReadFile(filepath.Join("testdata/runtime", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := strings.Replace(string(b), `conf_dir = "/etc/cni/net.d"`, `conf_dir = "`+k3s+`"`, 1)
+		return strings.Replace(s, `conf_dir = '/etc/cni/net.d'`, `conf_dir = '`+k3s+`'`, 1)
+	}
+	real := func(file string) string { return readTestdata(t, filepath.Join("testdata/runtime", file)) }
+	cases := []struct {
+		name    string
+		files   map[string]string
+		want    *RuntimeCNI
+		wantErr string
+	}{
+		{name: "containerd 1.6 default", files: map[string]string{containerdConfig: real("containerd-1.6-default.toml")},
+			want: &RuntimeCNI{Runtime: "containerd", ConfigFile: "/" + containerdConfig, ConfDir: "/etc/cni/net.d", MaxConfNum: 1}},
+		{name: "containerd 1.7 default", files: map[string]string{containerdConfig: real("containerd-1.7-default.toml")},
+			want: &RuntimeCNI{Runtime: "containerd", ConfigFile: "/" + containerdConfig, ConfDir: "/etc/cni/net.d", MaxConfNum: 1}},
+		{name: "containerd 2.2 default (version 3)", files: map[string]string{containerdConfig: real("containerd-2.2-default.toml")},
+			want: &RuntimeCNI{Runtime: "containerd", ConfigFile: "/" + containerdConfig, ConfDir: "/etc/cni/net.d", MaxConfNum: 1}},
+		{name: "containerd 1.7, k3s's directory", files: map[string]string{containerdConfig: withDir("containerd-1.7-default.toml")},
+			want: &RuntimeCNI{Runtime: "containerd", ConfigFile: "/" + containerdConfig, ConfDir: k3s, MaxConfNum: 1}},
+		{name: "containerd 2.2, k3s's directory", files: map[string]string{containerdConfig: withDir("containerd-2.2-default.toml")},
+			want: &RuntimeCNI{Runtime: "containerd", ConfigFile: "/" + containerdConfig, ConfDir: k3s, MaxConfNum: 1}},
+		{name: "containerd without a CRI section", files: map[string]string{containerdConfig: "version = 2\nroot = \"/var/lib/containerd\"\n"},
+			want: &RuntimeCNI{Runtime: "containerd", ConfigFile: "/" + containerdConfig, ConfDir: "/etc/cni/net.d", MaxConfNum: 1}},
+		{name: "containerd 2.2 default, a drop-in sets the directory", files: map[string]string{containerdConfig: real("containerd-2.2-default.toml"),
+			"etc/containerd/conf.d/10-cni.toml": "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.cni]\n  conf_dir = '" + k3s + "'\n"},
+			want: &RuntimeCNI{Runtime: "containerd", ConfigFile: "/etc/containerd/conf.d/10-cni.toml", ConfDir: k3s, MaxConfNum: 1}},
+		{name: "CRI-O, a drop-in sets the directory", files: map[string]string{crioConfig: "[crio.network]\nplugin_dirs = [\"/opt/cni/bin\"]\n",
+			crioDropIns + "/10-net.conf": "[crio.network]\nnetwork_dir = \"/etc/kubernetes/cni/net.d\"\n"},
+			want: &RuntimeCNI{Runtime: "cri-o", ConfigFile: "/" + crioDropIns + "/10-net.conf", ConfDir: "/etc/kubernetes/cni/net.d"}},
+		{name: "no runtime config", files: map[string]string{}},
+		{name: "containerd config that is not TOML", files: map[string]string{containerdConfig: "version = [\n"}, wantErr: "not TOML"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			for p, content := range c.files {
+				full := filepath.Join(root, p)
+				if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(full, []byte(content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := ReadRuntimeCNI(root)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("error %v, want one saying %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (got == nil) != (c.want == nil) || got != nil && *got != *c.want {
+				t.Errorf("got %+v, want %+v", got, c.want)
+			}
+		})
+	}
+}
+
+// A CNI config directory other than the runtime's: istio-cni chained there networks no pod
+// (error); otherwise what was read is not what networks pods (warning); the same directory says
+// nothing.
+func TestRuntimeDirFinding(t *testing.T) {
+	runtime := &RuntimeCNI{Runtime: "containerd", ConfigFile: "/etc/containerd/config.toml", ConfDir: "/var/lib/rancher/k3s/agent/etc/cni/net.d"}
+	cases := []struct {
+		name    string
+		st      State
+		want    nodecheck.Severity
+		message string
+	}{
+		{name: "chained where the runtime does not read", st: State{ConfDir: "/etc/cni/net.d", Chained: true, Runtime: runtime},
+			want: nodecheck.SeverityError, message: "no pod on this node goes through istio-cni"},
+		{name: "another directory, not chained", st: State{ConfDir: "/etc/cni/net.d", Runtime: runtime},
+			want: nodecheck.SeverityWarning, message: "is not what networks pods"},
+		{name: "the runtime's directory", st: State{ConfDir: runtime.ConfDir + "/", Chained: true, Runtime: runtime}},
+		{name: "runtime unknown", st: State{ConfDir: "/etc/cni/net.d", Chained: true}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f, ok := runtimeDirFinding(&c.st, evidence(&c.st))
+			if ok != (c.want != "") || f.Severity != c.want || !strings.Contains(f.Message, c.message) {
+				t.Fatalf("finding %v %+v, want severity %q saying %q", ok, f, c.want, c.message)
+			}
+			if ok && (f.Code != nodecheck.IstioCNIIncomplete || !strings.Contains(f.Remedy, runtime.ConfDir) || f.Evidence["runtime"] == nil) {
+				t.Errorf("finding lacks its code, remedy or evidence: %+v", f)
+			}
+		})
+	}
+}
+
+func readTestdata(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
