@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -27,6 +28,8 @@ type installCase struct {
 	// Binary: real (the istio-cni plugin test/setup.sh builds), script, empty, noexec, none.
 	Binary string    `json:"binary"`
 	Pods   *fakePods `json:"pods"`
+	// Modes sets files' permissions (octal) after the copy: git keeps only 644 and 755.
+	Modes map[string]string `json:"modes"`
 }
 
 type fakePods struct {
@@ -121,6 +124,15 @@ func TestInstallCases(t *testing.T) {
 			}
 			root := t.TempDir()
 			copyTree(t, filepath.Join(dir, "root"), root)
+			for p, mode := range c.Modes {
+				m, err := strconv.ParseUint(mode, 8, 32)
+				if err != nil {
+					t.Fatalf("case.yaml mode %q: %v", mode, err)
+				}
+				if err := os.Chmod(filepath.Join(root, p), os.FileMode(m)); err != nil {
+					t.Fatal(err)
+				}
+			}
 			binDir := filepath.Join(root, "opt/cni/bin")
 			if err := os.MkdirAll(binDir, 0o755); err != nil {
 				t.Fatal(err)
