@@ -112,6 +112,9 @@ type Target struct {
 	// SkipReason, when set, says why the pod is not meant to be captured (no sidecar, not in
 	// ambient, host network): no check runs and the pod's verdict is skipped.
 	SkipReason string
+	// CNIExcluded says why istio-cni leaves the pod alone, when it does: its namespace is in the
+	// plugin's exclude_namespaces (discover.ApplyCNIExclusions).
+	CNIExcluded string
 	// CNIMode is true when the istio-cni plugin, not istio-init, wrote the pod's sidecar rules:
 	// discovery sees an istio-validation init container and no istio-init.
 	CNIMode bool

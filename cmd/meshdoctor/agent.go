@@ -152,7 +152,8 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		if err != nil {
 			return &exitError{code: exitCannot, err: err}
 		}
-		runtime, closeRuntime = rt, rt.Close
+		confDir, _ := o.node.confDir(o.hostRoot, log)
+		runtime, closeRuntime = cniExcluding{Runtime: rt, confDir: confDir, log: log}, rt.Close
 		log.Info("discovering pods", "through", where)
 	}
 	if closeRuntime != nil {

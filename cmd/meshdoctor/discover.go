@@ -12,6 +12,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover/containerd"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover/cri"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
 )
 
 // discoveryTimeout bounds one listing of the node's pods through the runtime.
@@ -37,6 +38,8 @@ func discoverTargets(ctx context.Context, o checkOptions, log *slog.Logger) ([]n
 		return nil, err
 	}
 	defer rt.Close()
+	confDir, _ := o.node.confDir(o.hostRoot, log)
+	rt = cniExcluding{Runtime: rt, confDir: confDir, log: log}
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
 	start := time.Now()
@@ -52,6 +55,28 @@ func discoverTargets(ctx context.Context, o checkOptions, log *slog.Logger) ([]n
 	}
 	log.Info("discovered pods", "through", where, "pods", len(targets), "skipped", skipped, "duration", time.Since(start))
 	return targets, nil
+}
+
+// cniExcluding is a runtime whose pods in namespaces istio-cni excludes are marked as such
+// (discover.ApplyCNIExclusions), the exclusions read at every listing from the CNI config dir.
+type cniExcluding struct {
+	discover.Runtime
+	confDir string
+	log     *slog.Logger
+}
+
+func (r cniExcluding) Discover(ctx context.Context) ([]nodecheck.Target, error) {
+	ts, err := r.Runtime.Discover(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ex, err := istiocni.ReadExclusions(r.confDir)
+	if err != nil {
+		r.log.Debug("istio-cni's excluded namespaces not read", "err", err)
+		return ts, nil
+	}
+	discover.ApplyCNIExclusions(ts, ex.Namespaces, ex.File)
+	return ts, nil
 }
 
 func newRuntime(o discoveryOptions, hostRoot string) (discover.Runtime, string, error) {

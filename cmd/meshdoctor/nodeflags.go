@@ -57,6 +57,18 @@ func (n *nodeOptions) path(flag, hostRoot, underRoot string) string {
 	return filepath.Join(hostRoot, underRoot)
 }
 
+// confDir is the CNI config directory the node checks read (as this process sees it): --cni-conf-dir,
+// else the one the runtime's config names, else <host-root>/etc/cni/net.d; and what the runtime's
+// config says, when read.
+func (n *nodeOptions) confDir(hostRoot string, log *slog.Logger) (string, *istiocni.RuntimeCNI) {
+	runtime := n.runtimeCNI(hostRoot, log)
+	if n.cniConfDir == "" && runtime != nil {
+		log.Debug("CNI config directory from the runtime's config", "runtime", runtime.Runtime, "file", runtime.ConfigFile, "dir", runtime.ConfDir)
+		return filepath.Join(hostRoot, runtime.ConfDir), runtime
+	}
+	return n.path(n.cniConfDir, hostRoot, "etc/cni/net.d"), runtime
+}
+
 // runtimeCNI reads where the runtime takes its CNI config from; a config that cannot be read is
 // said in the log and leaves the directory to --cni-conf-dir's default.
 func (n *nodeOptions) runtimeCNI(hostRoot string, log *slog.Logger) *istiocni.RuntimeCNI {
@@ -118,12 +130,7 @@ func (n *nodeOptions) checks(hostRoot string, discovered []nodecheck.Target, log
 	if err != nil {
 		return nil, nil, err
 	}
-	runtime := n.runtimeCNI(hostRoot, log)
-	confDir := n.path(n.cniConfDir, hostRoot, "etc/cni/net.d")
-	if n.cniConfDir == "" && runtime != nil {
-		confDir = filepath.Join(hostRoot, runtime.ConfDir)
-		log.Debug("CNI config directory from the runtime's config", "runtime", runtime.Runtime, "file", runtime.ConfigFile, "dir", runtime.ConfDir)
-	}
+	confDir, runtime := n.confDir(hostRoot, log)
 	cni := &istiocni.Check{
 		HostRoot: hostRoot,
 		ConfDir:  confDir,

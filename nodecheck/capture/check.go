@@ -119,6 +119,9 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	res.Detail = detail
 	res.Capture.Backend = backendName(diffs)
 	res.Findings = append(res.Findings, c.diagnose(cfg, diffs, snap, in.Source)...)
+	if t.CNIExcluded != "" && cfg.CNIMode {
+		excludedByCNI(res.Findings, t.CNIExcluded)
+	}
 	if cfg.Mode == istiopod.ModeTProxy {
 		if f, ok := tproxyRouting(cfg, diffs, snap); ok {
 			res.Findings = append(res.Findings, f)
@@ -339,6 +342,21 @@ func missingFinding(cfg intent.Config, families []string, snap rules.Snapshot) n
 		Remedy:    remedy,
 		Evidence:  map[string]any{"families": families, "tablesFound": tables},
 		Component: component,
+	}
+}
+
+// excludedByCNI names istio-cni's namespace exclusion as the reason a CNI-mode pod's rules are missing.
+func excludedByCNI(findings []nodecheck.Finding, why string) {
+	for i, f := range findings {
+		if f.Code != nodecheck.RedirectRulesMissing {
+			continue
+		}
+		findings[i].Message += "; " + why + ", so the plugin skipped this pod"
+		findings[i].Remedy = "The pod is injected for the Istio CNI plugin (istio-validation instead of istio-init), but istio-cni " +
+			"leaves its namespace alone (cni.excludeNamespaces in Istio's values): its traffic is never redirected and " +
+			"istio-validation fails. Remove the namespace from cni.excludeNamespaces, or do not inject pods there " +
+			"(sidecar.istio.io/inject: \"false\", or the namespace's injection label), then restart the pod."
+		findings[i].Evidence["cniExcluded"] = why
 	}
 }
 

@@ -113,3 +113,29 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// A pod injected for the Istio CNI plugin in a namespace istio-cni excludes has no rules in its
+// real netns: RedirectRulesMissing says the exclusion is why, and the remedy is about it; the same
+// pod outside an excluded namespace gets istio-cni's usual remedy.
+func TestCNIModePodInAnExcludedNamespace(t *testing.T) {
+	testbed.RequirePrivileged(t)
+	n := testbed.NewNetns(t)
+	for _, excluded := range []string{"istio-cni excludes namespace kube-system (exclude_namespaces in /etc/cni/net.d/10-calico.conflist)", ""} {
+		target := nodecheck.Target{Namespace: "kube-system", Name: "dns", Netns: n.Path(), CNIMode: true, CNIExcluded: excluded,
+			Annotations: map[string]string{istiopod.AnnotationSidecarStatus: `{"initContainers":["istio-validation"],"containers":["istio-proxy"]}`},
+			Containers:  []nodecheck.Container{{Name: istiopod.ContainerIstioValidation, Role: nodecheck.RoleInit, State: nodecheck.ContainerExited}}}
+		res, err := (&capture.Check{Reader: nsread.Reader{}}).Check(t.Context(), target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(res.Findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.RedirectRulesMissing })
+		if i < 0 {
+			t.Fatalf("excluded %q: no RedirectRulesMissing in %+v", excluded, res.Findings)
+		}
+		f := res.Findings[i]
+		names := strings.Contains(f.Message, "excludes namespace kube-system") && strings.Contains(f.Remedy, "cni.excludeNamespaces")
+		if names != (excluded != "") {
+			t.Errorf("excluded %q: the finding names the exclusion %v: %s / %s", excluded, names, f.Message, f.Remedy)
+		}
+	}
+}

@@ -15,6 +15,7 @@ package discover
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -244,4 +245,23 @@ func PodCgroup(dir, uid string) string {
 		return parent
 	}
 	return dir
+}
+
+// ApplyCNIExclusions marks the targets of namespaces istio-cni excludes (its exclude_namespaces,
+// read from source): an ambient pod that only its label enrols is skipped, since istio-cni does not
+// enrol it by design; a sidecar pod in CNI mode keeps the reason, which is why its rules are missing.
+func ApplyCNIExclusions(ts []nodecheck.Target, namespaces []string, source string) {
+	for i := range ts {
+		t := &ts[i]
+		if t.SkipReason != "" || !slices.Contains(namespaces, t.Namespace) {
+			continue
+		}
+		why := fmt.Sprintf("istio-cni excludes namespace %s (exclude_namespaces in %s)", t.Namespace, source)
+		switch {
+		case t.CNIMode:
+			t.CNIExcluded = why
+		case istiopod.AmbientEnrolled(*t) && !istiopod.Injected(*t) && t.Annotations[istiopod.AnnotationAmbientRedirection] != "enabled":
+			t.SkipReason = "labelled for ambient, not enrolled: " + why + ", so it does not enrol its pods"
+		}
+	}
 }

@@ -218,3 +218,40 @@ func TestCgroupsNoProcess(t *testing.T) {
 		t.Errorf("Cgroup %q, CgroupError %q", tg.Cgroup, tg.CgroupError)
 	}
 }
+
+// What istio-cni's exclude_namespaces does to the pods of an excluded namespace: an ambient pod
+// only its label enrols is skipped with the reason; a CNI-mode sidecar pod keeps the reason for
+// its missing rules; an istio-init pod, an enrolled ambient pod, a pod elsewhere are left alone.
+func TestApplyCNIExclusions(t *testing.T) {
+	ambientLabel := map[string]string{istiopod.LabelDataplaneMode: "ambient"}
+	cases := []struct {
+		name                string
+		t                   nodecheck.Target
+		wantSkip, wantCNIEx bool
+	}{
+		{name: "ambient by label", t: nodecheck.Target{Namespace: "kube-system", Labels: ambientLabel}, wantSkip: true},
+		{name: "ambient, enrolled by istio-cni", t: nodecheck.Target{Namespace: "kube-system", Labels: ambientLabel,
+			Annotations: map[string]string{istiopod.AnnotationAmbientRedirection: "enabled"}}},
+		{name: "sidecar in CNI mode", t: nodecheck.Target{Namespace: "kube-system", CNIMode: true,
+			Annotations: map[string]string{istiopod.AnnotationSidecarStatus: "{}"}}, wantCNIEx: true},
+		{name: "sidecar with istio-init", t: nodecheck.Target{Namespace: "kube-system", Annotations: map[string]string{istiopod.AnnotationSidecarStatus: "{}"}}},
+		{name: "ambient by label elsewhere", t: nodecheck.Target{Namespace: "shop", Labels: ambientLabel}},
+		{name: "already skipped", t: nodecheck.Target{Namespace: "kube-system", Labels: ambientLabel, SkipReason: "host network"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ts := []nodecheck.Target{c.t}
+			ApplyCNIExclusions(ts, []string{"kube-system", "istio-system"}, "/etc/cni/net.d/10-calico.conflist")
+			got := ts[0]
+			skipped := got.SkipReason != c.t.SkipReason
+			if skipped != c.wantSkip || (got.CNIExcluded != "") != c.wantCNIEx {
+				t.Fatalf("skip %q, CNIExcluded %q; want skipped %v, excluded %v", got.SkipReason, got.CNIExcluded, c.wantSkip, c.wantCNIEx)
+			}
+			for _, why := range []string{got.CNIExcluded, strings.TrimPrefix(got.SkipReason, c.t.SkipReason)} {
+				if why != "" && !strings.Contains(why, "kube-system") || why != "" && !strings.Contains(why, "10-calico.conflist") {
+					t.Errorf("the reason names neither the namespace nor the file: %q", why)
+				}
+			}
+		})
+	}
+}

@@ -119,3 +119,36 @@ func readTestdata(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// istio-cni's exclude_namespaces, read from the CNI config the runtime uses: the real installer's
+// conflist (testdata/complete), Istio 1.27+'s own 02-istio-cni.conflist, a primary config that
+// does not chain istio-cni, one that does not parse.
+func TestReadExclusions(t *testing.T) {
+	cases := []struct {
+		dir  string
+		want []string
+		file string
+	}{
+		{dir: "complete", want: []string{"kube-system"}, file: "10-containerd-net.conflist"},
+		{dir: "istio-owned-config-0600", want: []string{"kube-system"}, file: "02-istio-cni.conflist"},
+		{dir: "chained-in-unused-file"},
+		{dir: "malformed-primary"},
+	}
+	for _, c := range cases {
+		t.Run(c.dir, func(t *testing.T) {
+			ex, err := ReadExclusions(filepath.Join("testdata", c.dir, "root/etc/cni/net.d"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(ex.Namespaces, ",") != strings.Join(c.want, ",") || filepath.Base(ex.File) != c.file && c.file != "" {
+				t.Errorf("got %+v, want %v from %s", ex, c.want, c.file)
+			}
+			if len(c.want) > 0 && !ex.Excludes(c.want[0]) {
+				t.Errorf("%v does not exclude %s", ex, c.want[0])
+			}
+		})
+	}
+	if _, err := ReadExclusions(filepath.Join(t.TempDir(), "nope")); err == nil {
+		t.Error("a CNI config directory that does not exist gave no error")
+	}
+}
