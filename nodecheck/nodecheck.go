@@ -50,6 +50,7 @@ const (
 	CaptureExclusionIgnored    Code = "CaptureExclusionIgnored"
 	SocketLBBeforeCapture      Code = "SocketLBBeforeCapture"
 	NetfilterFeatureMissing    Code = "NetfilterFeatureMissing"
+	IstioCNINotInChain         Code = "IstioCNINotInChain"
 )
 
 // AllCodes lists every code, in the contract's order, so reporters can initialise their series.
@@ -115,6 +116,10 @@ type Target struct {
 	// CNIExcluded says why istio-cni leaves the pod alone, when it does: its namespace is in the
 	// plugin's exclude_namespaces (discover.ApplyCNIExclusions).
 	CNIExcluded string
+	// CNINotInChain says why istio-cni is not in the pod's CNI chain at all, when it is not: the
+	// node's runtime networks pods through multus and the pod's annotation does not attach
+	// istio-cni's network (discover.ApplyMultusAttachment).
+	CNINotInChain string
 	// CNIMode is true when the istio-cni plugin, not istio-init, wrote the pod's sidecar rules:
 	// discovery sees an istio-validation init container and no istio-init.
 	CNIMode bool

@@ -76,6 +76,12 @@ func (r cniExcluding) Discover(ctx context.Context) ([]nodecheck.Target, error) 
 		return ts, nil
 	}
 	discover.ApplyCNIExclusions(ts, ex.Namespaces, ex.File)
+	if ex.Multus {
+		discover.ApplyMultusAttachment(ts, ex.File, func(v string) (bool, error) {
+			nets, err := istiocni.MultusNetworks(v)
+			return istiocni.AttachesIstioCNI(nets), err
+		})
+	}
 	return ts, nil
 }
 

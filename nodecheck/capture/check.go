@@ -19,6 +19,7 @@ package capture
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -121,6 +122,9 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 	res.Findings = append(res.Findings, c.diagnose(cfg, diffs, snap, in.Source)...)
 	if t.CNIExcluded != "" && cfg.CNIMode {
 		excludedByCNI(res.Findings, t.CNIExcluded)
+	}
+	if f, ok := notInChain(t, cfg, res.Findings); ok {
+		res.Findings = append(res.Findings, f)
 	}
 	if cfg.Mode == istiopod.ModeTProxy {
 		if f, ok := tproxyRouting(cfg, diffs, snap); ok {
@@ -343,6 +347,25 @@ func missingFinding(cfg intent.Config, families []string, snap rules.Snapshot) n
 		Evidence:  map[string]any{"families": families, "tablesFound": tables},
 		Component: component,
 	}
+}
+
+// notInChain is IstioCNINotInChain for a CNI-mode pod whose rules are missing on a multus node
+// where its annotation does not attach istio-cni: the plugin never ran for it.
+func notInChain(t nodecheck.Target, cfg intent.Config, findings []nodecheck.Finding) (nodecheck.Finding, bool) {
+	if t.CNINotInChain == "" || !cfg.CNIMode || !slices.ContainsFunc(findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.RedirectRulesMissing }) {
+		return nodecheck.Finding{}, false
+	}
+	return nodecheck.Finding{
+		Code:     nodecheck.IstioCNINotInChain,
+		Severity: nodecheck.SeverityError,
+		Message:  "istio-cni is not in this pod's CNI chain: " + t.CNINotInChain + "; so nothing wrote its capture rules",
+		Remedy: "In Istio's multus provider mode (values.cni.provider=multus, OpenShift) the injector adds default/istio-cni to the " +
+			"pod's k8s.v1.cni.cncf.io/networks annotation, and a NetworkAttachmentDefinition named istio-cni must exist in that " +
+			"namespace. Re-inject the pod (restart it, or check that the injector's pilot.cni.provider is multus), keep istio-cni " +
+			"in the annotation when another tool rewrites it, and check the NetworkAttachmentDefinition.",
+		Evidence:  map[string]any{"why": t.CNINotInChain, "annotation": t.Annotations["k8s.v1.cni.cncf.io/networks"]},
+		Component: nodecheck.ComponentIstioCNI,
+	}, true
 }
 
 // excludedByCNI names istio-cni's namespace exclusion as the reason a CNI-mode pod's rules are missing.

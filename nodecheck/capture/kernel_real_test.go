@@ -139,3 +139,30 @@ func TestCNIModePodInAnExcludedNamespace(t *testing.T) {
 		}
 	}
 }
+
+// On a multus node, a CNI-mode pod whose annotation does not attach istio-cni has no rules in its
+// real netns: IstioCNINotInChain names why; the same pod with its rules written is not blamed.
+func TestCNIModePodNotInMultusChain(t *testing.T) {
+	testbed.RequirePrivileged(t)
+	for _, written := range []bool{false, true} {
+		n := testbed.NewNetns(t)
+		if written {
+			must(t, n.IstioIptables(t.Context(), testbed.DefaultSidecarArgs()...))
+		}
+		target := nodecheck.Target{Namespace: "shop", Name: "cart", Netns: n.Path(), CNIMode: true,
+			CNINotInChain: "the node networks pods through multus (/etc/cni/net.d/00-multus.conf), and the pod has no k8s.v1.cni.cncf.io/networks annotation",
+			Annotations:   map[string]string{istiopod.AnnotationSidecarStatus: `{"initContainers":["istio-validation"],"containers":["istio-proxy"]}`},
+			Containers:    []nodecheck.Container{{Name: istiopod.ContainerIstioValidation, Role: nodecheck.RoleInit, State: nodecheck.ContainerExited}}}
+		res, err := (&capture.Check{Reader: nsread.Reader{}}).Check(t.Context(), target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(res.Findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.IstioCNINotInChain })
+		if (i >= 0) == written {
+			t.Fatalf("rules written %v: findings %+v", written, res.Findings)
+		}
+		if i >= 0 && (res.Findings[i].Severity != nodecheck.SeverityError || !strings.Contains(res.Findings[i].Message, "multus") || res.Findings[i].Remedy == "") {
+			t.Errorf("the finding lacks its severity, reason or remedy: %+v", res.Findings[i])
+		}
+	}
+}

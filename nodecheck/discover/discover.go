@@ -265,3 +265,30 @@ func ApplyCNIExclusions(ts []nodecheck.Target, namespaces []string, source strin
 		}
 	}
 }
+
+// ApplyMultusAttachment marks the CNI-mode pods of a node whose runtime networks pods through
+// multus (source is its config) when their k8s.v1.cni.cncf.io/networks annotation does not attach
+// istio-cni: multus never runs istio-cni for them. attaches says whether an annotation's value
+// attaches it.
+func ApplyMultusAttachment(ts []nodecheck.Target, source string, attaches func(annotation string) (bool, error)) {
+	for i := range ts {
+		t := &ts[i]
+		if t.SkipReason != "" || !t.CNIMode {
+			continue
+		}
+		v := t.Annotations[AnnotationMultusNetworks]
+		ok, err := attaches(v)
+		switch {
+		case err != nil:
+			t.CNINotInChain = fmt.Sprintf("the node networks pods through multus (%s), and the pod's %s annotation %q does not parse (%v)", source, AnnotationMultusNetworks, v, err)
+		case !ok && v == "":
+			t.CNINotInChain = fmt.Sprintf("the node networks pods through multus (%s), and the pod has no %s annotation: istio-cni's network is not attached", source, AnnotationMultusNetworks)
+		case !ok:
+			t.CNINotInChain = fmt.Sprintf("the node networks pods through multus (%s), and the pod's %s annotation %q does not name istio-cni's network", source, AnnotationMultusNetworks, v)
+		}
+	}
+}
+
+// AnnotationMultusNetworks is the annotation multus reads a pod's extra networks from; Istio's
+// injector appends default/istio-cni to it in multus provider mode.
+const AnnotationMultusNetworks = "k8s.v1.cni.cncf.io/networks"

@@ -1,6 +1,7 @@
 package discover
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -253,5 +254,36 @@ func TestApplyCNIExclusions(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// On a multus node, a CNI-mode pod whose annotation does not attach istio-cni is marked, with the
+// annotation's value; one that attaches it, and pods not in CNI mode, are not.
+func TestApplyMultusAttachment(t *testing.T) {
+	attaches := func(v string) (bool, error) {
+		if v == "[" {
+			return false, errors.New("bad")
+		}
+		return strings.Contains(v, "istio-cni"), nil
+	}
+	cases := []struct {
+		name, annotation, want string
+		cniMode                bool
+	}{
+		{name: "attached", annotation: "default/istio-cni", cniMode: true},
+		{name: "no annotation", cniMode: true, want: "has no k8s.v1.cni.cncf.io/networks annotation"},
+		{name: "another network", annotation: "macvlan-conf", cniMode: true, want: `"macvlan-conf" does not name istio-cni`},
+		{name: "junk", annotation: "[", cniMode: true, want: "does not parse"},
+		{name: "istio-init pod"},
+	}
+	for _, c := range cases {
+		ts := []nodecheck.Target{{Namespace: "shop", CNIMode: c.cniMode, Annotations: map[string]string{}}}
+		if c.annotation != "" {
+			ts[0].Annotations[AnnotationMultusNetworks] = c.annotation
+		}
+		ApplyMultusAttachment(ts, "/etc/cni/net.d/00-multus.conf", attaches)
+		if got := ts[0].CNINotInChain; (got == "") != (c.want == "") || !strings.Contains(got, c.want) || c.want != "" && !strings.Contains(got, "00-multus.conf") {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
 	}
 }

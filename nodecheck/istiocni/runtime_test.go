@@ -152,3 +152,35 @@ func TestReadExclusions(t *testing.T) {
 		t.Error("a CNI config directory that does not exist gave no error")
 	}
 }
+
+// The forms of k8s.v1.cni.cncf.io/networks Istio's injector leaves (appendMultusNetwork: its own
+// value alone, appended to a flat list, appended to a JSON list) and ones without istio-cni.
+func TestMultusNetworks(t *testing.T) {
+	cases := []struct {
+		value    string
+		attaches bool
+		err      bool
+	}{
+		{value: "default/istio-cni", attaches: true},
+		{value: "macvlan-conf, default/istio-cni", attaches: true},
+		{value: `[{"name": "macvlan-conf"}, {"name": "istio-cni", "namespace": "default"}]`, attaches: true},
+		{value: "istio-cni@eth1", attaches: true},
+		{value: "macvlan-conf"},
+		{value: `[{"name": "macvlan-conf"}]`},
+		{value: "default/istio-cni-other"},
+		{value: ""},
+		{value: "[{", err: true},
+	}
+	for _, c := range cases {
+		nets, err := MultusNetworks(c.value)
+		if (err != nil) != c.err || AttachesIstioCNI(nets) != c.attaches {
+			t.Errorf("%q: networks %v, error %v; want attaches %v, error %v", c.value, nets, err, c.attaches, c.err)
+		}
+	}
+	root := t.TempDir()
+	copyTree(t, "testdata/multus-primary/root", root)
+	ex, err := ReadExclusions(filepath.Join(root, "etc/cni/net.d"))
+	if err != nil || !ex.Multus {
+		t.Errorf("the multus primary config read as %+v, %v", ex, err)
+	}
+}
