@@ -259,6 +259,46 @@ func TestInFlightLimit(t *testing.T) {
 	}
 }
 
+// A client that asks for a page and never reads it holds its slot until WriteTimeout, not for
+// ever: the handler's writes fail, its context ends, and the next request is served.
+func TestSlowReaderIsCutOff(t *testing.T) {
+	const writeTimeout = time.Second
+	ended := make(chan time.Duration, 1)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /big", func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		chunk := make([]byte, 64<<10)
+		for i := 0; i < 1<<12 && r.Context().Err() == nil; i++ { // 256 MiB at most
+			if _, err := w.Write(chunk); err != nil {
+				break
+			}
+		}
+		ended <- time.Since(start)
+	})
+	mux.HandleFunc("GET /small", func(http.ResponseWriter, *http.Request) {})
+	addr := serve(t, mux, debughttp.Options{WriteTimeout: writeTimeout, MaxInFlight: 1})
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case took := <-ended:
+		if took < writeTimeout-100*time.Millisecond || took > writeTimeout+time.Second {
+			t.Errorf("the handler of a page nobody reads ended after %v, want about %v", took, writeTimeout)
+		}
+		t.Logf("the handler of a page nobody reads ended after %v", took.Round(time.Millisecond))
+	case <-time.After(3 * writeTimeout):
+		t.Fatalf("the handler of a page nobody reads still runs after %v", 3*writeTimeout)
+	}
+	if code, _ := get(t, client(5*time.Second), "http://"+addr+"/small"); code != http.StatusOK {
+		t.Errorf("the next request got %d, want 200", code)
+	}
+}
+
 // childEnv makes TestServeChild serve, in a process of its own, the pages TestThousandConcurrentRequests
 // floods: so that the memory measured is the server's, not the 1,000 clients'.
 const childEnv = "MESHDOCTOR_TEST_SERVE_CHILD"
