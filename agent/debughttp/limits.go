@@ -36,7 +36,9 @@ type Options struct {
 	// must not fail because /metrics is flooded.
 	MaxInFlight int
 	// MaxConns bounds connections open at once; further ones wait in the kernel's accept
-	// queue until one closes (a slow one at ReadHeaderTimeout or IdleTimeout at the latest).
+	// queue until one closes: a slow one at ReadHeaderTimeout, ReadTimeout or WriteTimeout, an
+	// idle one at IdleTimeout at the latest. So a client holding every connection delays the
+	// kubelet's probes by that much (at most IdleTimeout), where none would bound memory.
 	MaxConns int
 	// ShutdownGrace bounds the shutdown once ctx ends.
 	ShutdownGrace time.Duration
@@ -84,8 +86,10 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// unlimited are the paths MaxInFlight does not count (see Options.MaxInFlight).
-var unlimited = map[string]bool{"/healthz": true, "/readyz": true}
+// unlimited reports whether MaxInFlight does not count a path (see Options.MaxInFlight).
+func unlimited(path string) bool {
+	return path == "/healthz" || path == "/readyz"
+}
 
 // limit serves next with at most o.MaxInFlight requests at once and bodies of at most
 // o.MaxBodyBytes. Over the limit it answers 503 at once instead of queueing: a scraper retries
@@ -96,7 +100,7 @@ func limit(next http.Handler, o Options) http.Handler {
 		if !limitBody(w, r, o.MaxBodyBytes) {
 			return
 		}
-		if unlimited[r.URL.Path] {
+		if unlimited(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
