@@ -37,16 +37,17 @@ type Options struct {
 	MaxInFlight int
 	// MaxConns bounds connections open at once; further ones wait in the kernel's accept
 	// queue until one closes: a slow one at ReadHeaderTimeout, ReadTimeout or WriteTimeout, an
-	// idle one at IdleTimeout at the latest. So a client holding every connection delays the
-	// kubelet's probes by that much (at most IdleTimeout), where none would bound memory.
+	// idle one at IdleTimeout at the latest. A client holding every connection thus delays the
+	// kubelet's probes by that much (IdleTimeout at worst): the price of bounded memory.
 	MaxConns int
 	// ShutdownGrace bounds the shutdown once ctx ends.
 	ShutdownGrace time.Duration
 }
 
-// The defaults. Pages take milliseconds, so 4 in flight serve any real load; 1,000 requests at
-// once on a full node's pages grow the server's RSS by some 8 MiB with them, by 50 without
-// (TestThousandConcurrentRequests).
+// The defaults. Pages take milliseconds, so 2 in flight serve any real load (two Prometheus
+// replicas, `meshdoctor cluster`, a person); 1,000 requests at once on a full node's pages grow
+// the server's RSS by 4–6 MiB with them, by 50 without (TestThousandConcurrentRequests), and
+// the agent's, on its three listeners, by 9–10 MiB (11 with 4 in flight).
 const (
 	DefaultReadHeaderTimeout = 5 * time.Second
 	DefaultReadTimeout       = 10 * time.Second
@@ -54,7 +55,7 @@ const (
 	DefaultIdleTimeout       = 2 * time.Minute
 	DefaultMaxHeaderBytes    = 16 << 10
 	DefaultMaxBodyBytes      = 4 << 10
-	DefaultMaxInFlight       = 4
+	DefaultMaxInFlight       = 2
 	DefaultMaxConns          = 32
 	DefaultShutdownGrace     = 5 * time.Second
 )
