@@ -38,7 +38,11 @@ type Options struct {
 	// MaxConns bounds connections open at once; further ones wait in the kernel's accept
 	// queue until one closes: a slow one at ReadHeaderTimeout, ReadTimeout or WriteTimeout, an
 	// idle one at IdleTimeout at the latest. A client holding every connection thus delays the
-	// kubelet's probes by that much (IdleTimeout at worst): the price of bounded memory.
+	// kubelet's probes by that much: the price of bounded memory. Hence the short defaults of
+	// those three, under the chart's 5 s probe timeout (every request is a GET of one packet,
+	// and a scraper every 15 s or more reuses no connection kept for 2 minutes anyway); a page
+	// is small enough for the kernel's buffers, so a reader too slow for it holds its
+	// connection idle, not for WriteTimeout.
 	MaxConns int
 	// ShutdownGrace bounds the shutdown once ctx ends.
 	ShutdownGrace time.Duration
@@ -47,12 +51,12 @@ type Options struct {
 // The defaults. Pages take milliseconds, so 2 in flight serve any real load (two Prometheus
 // replicas, `meshdoctor cluster`, a person); 1,000 requests at once on a full node's pages grow
 // the server's RSS by 4–6 MiB with them, by 50 without (TestThousandConcurrentRequests), and
-// the agent's, on its three listeners, by 9–10 MiB (11 with 4 in flight).
+// the agent's, on its three listeners, by 9–10 MiB (11 with 4 in flight, 40–45 without limits).
 const (
-	DefaultReadHeaderTimeout = 5 * time.Second
-	DefaultReadTimeout       = 10 * time.Second
+	DefaultReadHeaderTimeout = 3 * time.Second
+	DefaultReadTimeout       = 4 * time.Second
 	DefaultWriteTimeout      = 30 * time.Second
-	DefaultIdleTimeout       = 2 * time.Minute
+	DefaultIdleTimeout       = 4 * time.Second
 	DefaultMaxHeaderBytes    = 16 << 10
 	DefaultMaxBodyBytes      = 4 << 10
 	DefaultMaxInFlight       = 2

@@ -147,25 +147,29 @@ func trickle(conn net.Conn, msg string, stop <-chan struct{}) {
 }
 
 // A slowloris client (headers, or a body, one byte a second) is cut off by the server's
-// timeouts, and a normal client still gets its page: at once while a connection slot is free,
-// within the header timeout when the slow clients hold every slot.
+// timeouts, and so is one that sends a request and then holds its connection idle; a normal
+// client still gets its page: at once while a connection slot is free, within the timeout when
+// the slow clients hold every slot.
 func TestSlowClientsAreCutOff(t *testing.T) {
-	const headerTimeout, readTimeout = time.Second, 2 * time.Second
+	const headerTimeout, readTimeout, idleTimeout = time.Second, 2 * time.Second, 1500 * time.Millisecond
+	const req = "GET /debug/report HTTP/1.1\r\nHost: x\r\nX-Slow: yes\r\n\r\n"
 	for _, tc := range []struct {
 		name     string
 		slow     int
 		maxConns int
-		msg      string
+		how      string        // headers or body one byte a second, or a request and then idle
 		cutOff   time.Duration // when the slow connections must be closed
 		pageIn   time.Duration // how soon a normal client must have its page
 	}{
-		{"headers, a slot left", 3, 4, "GET /debug/report HTTP/1.1\r\nHost: x\r\nX-Slow: yes\r\n\r\n", headerTimeout, 500 * time.Millisecond},
-		{"headers, every slot taken", 4, 4, "GET /debug/report HTTP/1.1\r\nHost: x\r\nX-Slow: yes\r\n\r\n", headerTimeout, headerTimeout + time.Second},
-		{"body, a slot left", 3, 4, "", readTimeout, 500 * time.Millisecond},
+		{"headers, a slot left", 3, 4, "headers", headerTimeout, 500 * time.Millisecond},
+		{"headers, every slot taken", 4, 4, "headers", headerTimeout, headerTimeout + time.Second},
+		{"body, a slot left", 3, 4, "body", readTimeout, 500 * time.Millisecond},
+		{"body, every slot taken", 4, 4, "body", readTimeout, readTimeout + time.Second},
+		{"idle, every slot taken", 4, 4, "idle", idleTimeout, idleTimeout + time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := serve(t, debugHandler(newNode(110)), debughttp.Options{
-				ReadHeaderTimeout: headerTimeout, ReadTimeout: readTimeout, MaxConns: tc.maxConns,
+				ReadHeaderTimeout: headerTimeout, ReadTimeout: readTimeout, IdleTimeout: idleTimeout, MaxConns: tc.maxConns,
 			})
 			stop := make(chan struct{})
 			defer close(stop)
@@ -181,14 +185,18 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 				}
 				defer conn.Close()
 				start := time.Now()
-				if tc.msg == "" {
-					// Headers at once, then the body one byte a second.
+				switch tc.how {
+				case "headers":
+					go trickle(conn, req, stop)
+				case "body":
 					if _, err := io.WriteString(conn, "GET /debug/report HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"); err != nil {
 						t.Fatal(err)
 					}
 					go trickle(conn, strings.Repeat("x", 100), stop)
-				} else {
-					go trickle(conn, tc.msg, stop)
+				case "idle":
+					if _, err := io.WriteString(conn, req); err != nil {
+						t.Fatal(err)
+					}
 				}
 				go func() {
 					// Read until the server closes the connection (a bounded wait: 3 times the cut-off).
