@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -614,6 +615,12 @@ func TestBodyLimit(t *testing.T) {
 				t.Fatal(err)
 			}
 			resp, err := c.Do(req)
+			if err != nil && tc.want == http.StatusRequestEntityTooLarge && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+				// The server answered 413 and closed while the client was still sending: the
+				// client sees its write reset before it reads the answer. Rejected all the same.
+				t.Logf("%s with a %d-byte body: %v", tc.method, tc.size, err)
+				return
+			}
 			if err != nil {
 				t.Fatalf("%s with a %d-byte body: %v", tc.method, tc.size, err)
 			}
