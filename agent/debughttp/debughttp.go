@@ -4,7 +4,10 @@
 // The debug endpoint listens on loopback by default; on any other address it requires a bearer
 // token that the API server accepts (TokenReview) and authorises for the request's path
 // (SubjectAccessReview on a non-resource URL), as kubelet and kube-rbac-proxy do. The report alone
-// can also be served on a listener of its own for `meshdoctor cluster` (ReportHandler).
+// can also be served on a listener of its own for `meshdoctor cluster` (ReportHandler). Every
+// listener is served within Options: timeouts on reading headers, whole requests, responses and
+// idle connections, bounded headers and bodies, and caps on requests in flight (503 beyond) and
+// on open connections.
 package debughttp
 
 import (
@@ -19,6 +22,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 
 	"github.com/meshdoctor/meshdoctor/agent"
 	"github.com/meshdoctor/meshdoctor/nodecheck"
@@ -139,32 +143,48 @@ func IsLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// Serve listens on addr and serves h until ctx ends, then shuts down within grace.
-func Serve(ctx context.Context, addr string, h http.Handler, grace time.Duration) error {
-	ln, err := net.Listen("tcp", addr)
+// Serve listens on addr and serves h within opts until ctx ends, then shuts down within
+// opts.ShutdownGrace.
+func Serve(ctx context.Context, addr string, h http.Handler, opts Options) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", addr, err)
 	}
-	return ServeListener(ctx, ln, h, grace)
+	return ServeListener(ctx, ln, h, opts)
 }
 
-// ServeListener serves h on ln until ctx ends.
-func ServeListener(ctx context.Context, ln net.Listener, h http.Handler, grace time.Duration) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+// ServeListener serves h on ln within opts until ctx ends, then shuts down within
+// opts.ShutdownGrace. It closes ln.
+func ServeListener(ctx context.Context, ln net.Listener, h http.Handler, opts Options) error {
+	opts = opts.withDefaults()
+	srv := &http.Server{
+		Handler:           limit(h, opts),
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		ReadTimeout:       opts.ReadTimeout,
+		WriteTimeout:      opts.WriteTimeout,
+		IdleTimeout:       opts.IdleTimeout,
+		MaxHeaderBytes:    opts.MaxHeaderBytes,
+	}
+	addr := ln.Addr()
+	ln = netutil.LimitListener(ln, opts.MaxConns)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	select {
 	case err := <-done:
-		return fmt.Errorf("serving on %s: %w", ln.Addr(), err)
+		return fmt.Errorf("serving on %s: %w", addr, err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	sctx, cancel := context.WithTimeout(context.Background(), opts.ShutdownGrace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutting down %s: %w", ln.Addr(), err)
+		// Past the grace, connections still open are closed rather than left to their timeouts.
+		_ = srv.Close()
+		<-done
+		return fmt.Errorf("shutting down %s: %w", addr, err)
 	}
 	if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serving on %s: %w", ln.Addr(), err)
+		return fmt.Errorf("serving on %s: %w", addr, err)
 	}
 	return nil
 }

@@ -223,7 +223,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 	if o.metricsAddress != "" {
 		h := debughttp.MetricsHandler(a, m.Registry)
 		run("metrics server", func(ctx context.Context) error {
-			return debughttp.Serve(ctx, o.metricsAddress, h, shutdownGrace)
+			return debughttp.Serve(ctx, o.metricsAddress, h, debughttp.Options{ShutdownGrace: shutdownGrace})
 		})
 	}
 	if o.debugAddress != "" {
@@ -237,7 +237,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		}
 		h := debughttp.DebugHandler(a, m.Registry, auth, log)
 		run("debug server", func(ctx context.Context) error {
-			return debughttp.Serve(ctx, o.debugAddress, h, shutdownGrace)
+			return debughttp.Serve(ctx, o.debugAddress, h, debughttp.Options{ShutdownGrace: shutdownGrace})
 		})
 	}
 	if o.reportAddress != "" {
@@ -245,7 +245,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		// see debughttp.ReportHandler for why this listener serves the report and nothing else.
 		h := debughttp.ReportHandler(a, log)
 		run("report server", func(ctx context.Context) error {
-			return debughttp.Serve(ctx, o.reportAddress, h, shutdownGrace)
+			return debughttp.Serve(ctx, o.reportAddress, h, debughttp.Options{ShutdownGrace: shutdownGrace})
 		})
 	}
 	log.Info("agent starting", "node", node, "version", version, "api", client != nil,

@@ -1,0 +1,5 @@
+//go:build !race
+
+package debughttp_test
+
+const raceDetector = false
