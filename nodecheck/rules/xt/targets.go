@@ -28,8 +28,84 @@ func targetDecoderFor(name string) targetDecoder {
 		return decodeConnmark
 	case "CT":
 		return decodeCT
+	case "SNAT":
+		return decodeNAT(name)
 	}
 	return nil
+}
+
+// natMapIPs is NF_NAT_RANGE_MAP_IPS: the range has addresses.
+const natMapIPs = 0x01
+
+// decodeNAT reads SNAT's range (istio-cni's host rule SNATs kubelet's probes; DNAT shares the
+// structure and is left undecoded until a check needs it): rev 0
+// struct nf_nat_ipv4_multi_range_compat (IPv4: rangesize, flags, min_ip, max_ip, min and max
+// port), rev 1 struct nf_nat_range and rev 2 nf_nat_range2 (flags, min_addr, max_addr, min and
+// max port[, base port]), addresses in 16 bytes whatever the family.
+func decodeNAT(name string) targetDecoder {
+	return func(family rules.Family, rev uint32, d []byte) (rules.Target, error) {
+		var flags uint32
+		var lo, hi netip.Addr
+		var plo, phi uint16
+		switch rev {
+		case 0:
+			if family != rules.IPv4 {
+				return rules.Target{}, ErrNotDecoded
+			}
+			if err := need(d, 20); err != nil {
+				return rules.Target{}, err
+			}
+			if n := ne.Uint32(d); n != 1 {
+				return rules.Target{}, fmt.Errorf("%s with %d ranges", name, n)
+			}
+			flags = ne.Uint32(d[4:])
+			lo, hi = netip.AddrFrom4([4]byte(d[8:12])), netip.AddrFrom4([4]byte(d[12:16]))
+			plo, phi = binary.BigEndian.Uint16(d[16:]), binary.BigEndian.Uint16(d[18:])
+		case 1, 2:
+			if err := need(d, 40); err != nil {
+				return rules.Target{}, err
+			}
+			flags = ne.Uint32(d)
+			lo, hi = netip.AddrFrom16([16]byte(d[4:20])), netip.AddrFrom16([16]byte(d[20:36]))
+			if family == rules.IPv4 {
+				lo, hi = netip.AddrFrom4([4]byte(d[4:8])), netip.AddrFrom4([4]byte(d[20:24]))
+			}
+			plo, phi = binary.BigEndian.Uint16(d[36:]), binary.BigEndian.Uint16(d[38:])
+		default:
+			return rules.Target{}, ErrNotDecoded
+		}
+		var to string
+		if flags&natMapIPs != 0 {
+			to = lo.String()
+			if hi != lo {
+				to += "-" + hi.String()
+			}
+			if family == rules.IPv6 && flags&natProtoSpecified != 0 {
+				to = "[" + to + "]"
+			}
+		}
+		if flags&natProtoSpecified != 0 {
+			to += ":" + strconv.Itoa(int(plo))
+			if phi != plo {
+				to += "-" + strconv.Itoa(int(phi))
+			}
+		}
+		flag := "--to-source"
+		if name == "DNAT" {
+			flag = "--to-destination"
+		}
+		parts := []string{}
+		if to != "" {
+			parts = append(parts, flag+" "+to)
+		}
+		if flags&natRandom != 0 {
+			parts = append(parts, "--random")
+		}
+		if flags&natRandomFully != 0 {
+			parts = append(parts, "--random-fully")
+		}
+		return rules.Target{Name: name, Args: strings.Join(parts, " ")}, nil
+	}
 }
 
 // Target decodes the info of target extension name at revision rev, in a table of family. An

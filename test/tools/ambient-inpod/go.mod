@@ -2,7 +2,10 @@ module github.com/meshdoctor/meshdoctor/test/tools/ambient-inpod
 
 go 1.26.0
 
-require istio.io/istio v0.0.0-20260827124520-eed52ebb66ad
+require (
+	golang.org/x/sys v0.45.0
+	istio.io/istio v0.0.0-20260827124520-eed52ebb66ad
+)
 
 require (
 	github.com/containernetworking/plugins v1.9.1 // indirect
@@ -50,7 +53,6 @@ require (
 	golang.org/x/net v0.55.0 // indirect
 	golang.org/x/oauth2 v0.36.0 // indirect
 	golang.org/x/sync v0.20.0 // indirect
-	golang.org/x/sys v0.45.0 // indirect
 	golang.org/x/term v0.43.0 // indirect
 	golang.org/x/text v0.37.0 // indirect
 	golang.org/x/time v0.15.0 // indirect

@@ -8,6 +8,12 @@
 //
 //	nsenter --net=/var/run/netns/cni-… ambient-inpod --netns /var/run/netns/cni-… [--native-nftables] [--dns=false] [--ingress]
 //
+// With --host it writes the node's side instead, in the namespace it runs in (which stands for the
+// node: Istio's code switches to the host only when ALLOW_SWITCH_TO_HOST_NS is set, and this tool
+// refuses to run then): the rule that SNATs kubelet's probes to 169.254.7.127, and the probe
+// address set (ipset istio-inpod-probes-v4/-v6, or its nftables set) holding --probe-ips, as the
+// agent adds an enrolled pod's addresses.
+//
 // It is a module of its own so that meshdoctor itself never depends on istio.io/istio.
 package main
 
@@ -16,8 +22,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
+	"istio.io/istio/cni/pkg/addressset"
 	"istio.io/istio/cni/pkg/config"
 	"istio.io/istio/cni/pkg/iptables"
 	"istio.io/istio/cni/pkg/scopes"
@@ -32,7 +42,13 @@ func main() {
 	ingress := flag.Bool("ingress", false, "the pod's ambient.istio.io/bypass-inbound-capture")
 	virt := flag.String("virtual-interfaces", "", "the pod's istio.io/reroute-virtual-interfaces")
 	native := flag.Bool("native-nftables", false, "istio-cni's NATIVE_NFTABLES (values.global.nativeNftables): write nftables tables, not iptables rules")
+	host := flag.Bool("host", false, "write istio-cni's node-side rules and probe set in this netns instead of in-pod rules")
+	probeIPs := flag.String("probe-ips", "", "with --host: comma-separated pod addresses to add to the probe set")
+	podUID := flag.String("pod-uid", "test-pod-uid", "with --host: the pod UID the agent comments each probe set entry with")
 	flag.Parse()
+	if allow, _ := strconv.ParseBool(os.Getenv("ALLOW_SWITCH_TO_HOST_NS")); allow {
+		fail(fmt.Errorf("ALLOW_SWITCH_TO_HOST_NS is set: Istio's code would write into the real host's netns"))
+	}
 
 	cfg := &config.AmbientConfig{
 		EnableIPv6:             *ipv6,
@@ -42,7 +58,7 @@ func main() {
 	}
 	// The agent builds its rule writers through the traffic manager, which picks iptables or
 	// nftables from one setting; the dependencies only matter to the iptables writer.
-	_, inPod, err := trafficmanager.NewTrafficRuleManager(&trafficmanager.TrafficRuleManagerConfig{
+	hostRules, inPod, err := trafficmanager.NewTrafficRuleManager(&trafficmanager.TrafficRuleManagerConfig{
 		NativeNftables: *native,
 		HostConfig:     cfg,
 		PodConfig:      cfg,
@@ -54,6 +70,29 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ambient-inpod:", err)
 		os.Exit(1)
 	}
+	if *host {
+		// The agent makes the set first: the host rule names it.
+		set, err := addressset.New(*native, *ipv6)
+		if err != nil {
+			fail(err)
+		}
+		if err := hostRules.CreateHostRulesForHealthChecks(); err != nil {
+			fail(err)
+		}
+		for _, s := range strings.Split(*probeIPs, ",") {
+			if s = strings.TrimSpace(s); s == "" {
+				continue
+			}
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				fail(err)
+			}
+			if err := set.AddIP(ip, uint8(unix.IPPROTO_TCP), *podUID, true); err != nil {
+				fail(err)
+			}
+		}
+		return
+	}
 	overrides := config.PodLevelOverrides{IngressMode: *ingress, DNSProxy: config.PodDNSUnset}
 	for _, v := range strings.Split(*virt, ",") {
 		if v = strings.TrimSpace(v); v != "" {
@@ -64,4 +103,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ambient-inpod:", err)
 		os.Exit(1)
 	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "ambient-inpod:", err)
+	os.Exit(1)
 }
