@@ -51,6 +51,8 @@ const (
 	SocketLBBeforeCapture      Code = "SocketLBBeforeCapture"
 	NetfilterFeatureMissing    Code = "NetfilterFeatureMissing"
 	IstioCNINotInChain         Code = "IstioCNINotInChain"
+	AmbientProbeSetMissingPod  Code = "AmbientProbeSetMissingPod"
+	AmbientHostRulesMissing    Code = "AmbientHostRulesMissing"
 )
 
 // AllCodes lists every code, in the contract's order, so reporters can initialise their series.

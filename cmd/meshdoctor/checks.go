@@ -4,10 +4,12 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/ambienthost"
 	"github.com/meshdoctor/meshdoctor/nodecheck/canary"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istioinit"
@@ -57,6 +59,8 @@ func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.Node
 	}
 	capt := &capture.Check{Reader: nsread.Reader{}, NodeBackend: backend, Kernel: netfilter.Reader{HostRoot: o.hostRoot},
 		Readiness: proxyready.Readiness{Prober: proxyready.NetnsProber{Timeout: o.proxyReady.probeTimeout}}}
+	// Every ambient pod of a sweep is judged against one reading of istio-cni's node side.
+	capt.AmbientHost = &ambienthost.Cached{Reader: ambienthost.Reader{NodeNetns: o.nodeNetnsPath(), Rules: nsread.Reader{}}, TTL: 5 * time.Second}
 	if o.trafficCanary {
 		capt.Traffic, capt.NodeNetns = canary.Prober{}, o.nodeNetnsPath()
 	}

@@ -157,6 +157,12 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent
 			res.Findings = append(res.Findings, f)
 		}
 	}
+	if !hasSeverity(res.Findings, nodecheck.SeverityError) {
+		var host []nodecheck.Finding
+		detail.Host, host = c.ambientHostFindings(ctx, snap.Addrs, nativeAmbient(snap.Sets))
+		res.Findings = append(res.Findings, host...)
+		res.Detail = detail
+	}
 	if c.Traffic != nil && !hasSeverity(res.Findings, nodecheck.SeverityError) {
 		c.addTrafficProof(ctx, t, &res, &detail, ambientCanaries(canaryFamilies(snap.Addrs, ipv6)), trafficNotPlanned{inbound: inboundNotProvenAmbient}, snap)
 		res.Detail = detail

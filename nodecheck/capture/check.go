@@ -45,6 +45,9 @@ type Check struct {
 	// Kernel, when set, is asked what the node's kernel lacks when a pod's rules are missing or
 	// incomplete: a feature the pod's capture needs is their root cause (NetfilterFeatureMissing).
 	Kernel KernelFeatures
+	// AmbientHost, when set, is asked for istio-cni's node side of ambient capture (the probe sets
+	// and SNAT rule) once an ambient pod's in-pod rules verify.
+	AmbientHost AmbientHost
 	// NodeNetns is the node's network namespace, where inbound canaries are sent from to a
 	// sidecar pod's IP; empty, inbound capture is proven by its rules only.
 	NodeNetns string
@@ -65,6 +68,8 @@ type Detail struct {
 	// the pod's annotations disagree with it.
 	Intent   *intent.Intent `json:"intent,omitempty"`
 	Families []FamilyDiff   `json:"families"`
+	// Host is what was found of an ambient pod's node side (probe set, probe SNAT).
+	Host *HostProof `json:"host,omitempty"`
 	// Listeners is what was found of the sockets behind a sidecar pod's verified rules.
 	Listeners *ListenerProof `json:"listeners,omitempty"`
 	// Traffic is what the canaries showed, when they ran.

@@ -78,8 +78,8 @@ func TestCheckDiscoversTheNode(t *testing.T) {
 			scs := scenarios()
 			runScenarios(t, ctx, n, scs)
 			paths := map[string][]string{
-				"containerd client": {"--containerd-address", n.Containerd.Address},
-				"CRI":               {"--cri-endpoint", "unix://" + n.Containerd.Address},
+				"containerd client": {"--containerd-address", n.Containerd.Address, "--node-netns", n.Containerd.Netns.Path()},
+				"CRI":               {"--cri-endpoint", "unix://" + n.Containerd.Address, "--node-netns", n.Containerd.Netns.Path()},
 			}
 			for _, path := range []string{"containerd client", "CRI"} {
 				rep, code, stderr := check(t, ctx, paths[path]...)

@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 
@@ -18,9 +19,11 @@ type scenario struct {
 	// a stand-in ztunnel listen in it unless ztunnelLost.
 	ambientArgs []string
 	ztunnelLost bool
-	verdict     nodecheck.Verdict
-	mode        string
-	codes       []nodecheck.Code
+	// probeSetLost: istio-cni's node-side probe set lacks the enrolled pod's address.
+	probeSetLost bool
+	verdict      nodecheck.Verdict
+	mode         string
+	codes        []nodecheck.Code
 	// cni is true when the findings must point at istio-cni.
 	cni bool
 }
@@ -87,6 +90,15 @@ func scenarios() []scenario {
 			codes: []nodecheck.Code{nodecheck.CaptureTargetNotListening},
 		},
 		{
+			// Enrolled and ztunnel there, but istio-cni's host probe set lost the pod's address:
+			// kubelet's probes of it would go through ztunnel.
+			pod: kubelet.Pod{Namespace: "mesh", Name: "ambient-probe-set-lost", Labels: ambientLabels, Annotations: ambient,
+				Containers: []kubelet.Container{kubelet.App()}},
+			ambientArgs: []string{}, probeSetLost: true,
+			verdict: nodecheck.VerdictBroken, mode: "ambient",
+			codes: []nodecheck.Code{nodecheck.AmbientProbeSetMissingPod},
+		},
+		{
 			pod: kubelet.Pod{Namespace: "mesh", Name: "ambient-unenrolled", Labels: ambientLabels, Annotations: ambient,
 				Containers: []kubelet.Container{kubelet.App()}},
 			verdict: nodecheck.VerdictBroken, mode: "ambient",
@@ -95,7 +107,9 @@ func scenarios() []scenario {
 	}
 }
 
-// runScenarios runs every scenario's pod on the node, in parallel, and enrols the ambient ones.
+// runScenarios runs every scenario's pod on the node, in parallel, and enrols the ambient ones:
+// their in-pod rules, and istio-cni's node side in the runtime's netns (the node's, for the pods'
+// bridge), written by Istio's own code (test/tools/ambient-inpod --host).
 func runScenarios(t testing.TB, ctx context.Context, n *kubelet.Node, scs []scenario) map[string]*kubelet.RunningPod {
 	t.Helper()
 	writer := ""
@@ -128,9 +142,19 @@ func runScenarios(t testing.TB, ctx context.Context, n *kubelet.Node, scs []scen
 			t.Fatal(err)
 		}
 	}
+	var probeIPs []string
 	for _, s := range scs {
+		p := pods[s.pod.Namespace+"/"+s.pod.Name]
 		if s.ambientArgs != nil && !s.ztunnelLost {
-			testbed.ZtunnelStandIn(t, pods[s.pod.Namespace+"/"+s.pod.Name].Netns)
+			testbed.ZtunnelStandIn(t, p.Netns)
+		}
+		if s.ambientArgs != nil && !s.probeSetLost {
+			probeIPs = append(probeIPs, p.IP)
+		}
+	}
+	if writer != "" {
+		if err := testbed.WriteAmbientRules(ctx, writer, n.Containerd.Netns.Path(), "--host", "--probe-ips", strings.Join(probeIPs, ",")); err != nil {
+			t.Fatal(err)
 		}
 	}
 	return pods
