@@ -89,7 +89,9 @@ func Cgroup2Mounts(mountinfo []byte) []Mount {
 		if fs, _, _ := strings.Cut(post, " "); fs != "cgroup2" {
 			continue
 		}
-		f := strings.Fields(pre)
+		// The kernel separates fields by one space and escapes only space, tab, newline and
+		// backslash in them: a field may hold any other byte, \r or U+00A0 too, so no Fields.
+		f := strings.Split(pre, " ")
 		if len(f) < 5 {
 			continue
 		}
