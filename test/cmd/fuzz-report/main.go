@@ -41,6 +41,8 @@ type target struct {
 	interesting int
 	crashes     int
 	failed      bool
+	// retried: the first run failed with no failing input (go.dev/issue/75804); this is the second.
+	retried bool
 }
 
 var (
@@ -72,6 +74,9 @@ func parseLog(r io.Reader) ([]*target, error) {
 		}
 		if strings.HasPrefix(line, "fuzz failed: ") {
 			t.failed = true
+		}
+		if strings.HasPrefix(line, "fuzz retried: ") {
+			t.retried = true
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -117,6 +122,12 @@ func table(targets []*target, fuzztime, flags string, now time.Time) string {
 		seeds += t.seeds
 	}
 	fmt.Fprintf(&b, "| **%d targets** | | %d | %d | | %d |\n", len(targets), seeds, execs, crashes)
+	for _, t := range targets {
+		if t.retried {
+			fmt.Fprintf(&b, "\n%s's first run ended in Go's `context deadline exceeded` with no failing input (the fuzz "+
+				"coordinator's deadline race under CPU starvation, go.dev/issue/75804, fixed in Go 1.27): the row is its second run.\n", t.name)
+		}
+	}
 	return b.String()
 }
 

@@ -9,6 +9,7 @@ import (
 // A log as make fuzz writes it: go test's own lines under each target's header, one target
 // passing, one crashing.
 const sampleLog = `fuzz github.com/meshdoctor/meshdoctor/nodecheck/intent FuzzParseInitArgs
+fuzz retried: FuzzParseInitArgs
 fuzz: elapsed: 0s, gathering baseline coverage: 0/21 completed
 fuzz: elapsed: 0s, gathering baseline coverage: 21/21 completed, now fuzzing with 1 workers
 fuzz: elapsed: 3s, execs: 59153 (19714/sec), new interesting: 40 (total: 61)
@@ -32,7 +33,7 @@ func TestParseLogAndTable(t *testing.T) {
 		t.Fatalf("%d targets", len(targets))
 	}
 	a, b := targets[0], targets[1]
-	if a.name != "FuzzParseInitArgs" || a.execs != 329898 || a.interesting != 96 || a.crashes != 0 || a.failed {
+	if a.name != "FuzzParseInitArgs" || a.execs != 329898 || a.interesting != 96 || a.crashes != 0 || a.failed || !a.retried {
 		t.Errorf("first target %+v", a)
 	}
 	if b.crashes != 1 || !b.failed || b.execs != 142 {
@@ -41,7 +42,7 @@ func TestParseLogAndTable(t *testing.T) {
 	a.seeds, b.seeds = 21, 3
 	tab := table(targets, "20s", "-parallel 1", time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC))
 	for _, want := range []string{"| FuzzParseInitArgs | nodecheck/intent | 21 | 329898 | 96 | 0 |",
-		"| **2 targets** | | 24 | 330040 | | 1 |", "FUZZTIME=20s", "2026-12-07"} {
+		"| **2 targets** | | 24 | 330040 | | 1 |", "FUZZTIME=20s", "2026-12-07", "FuzzParseInitArgs's first run"} {
 		if !strings.Contains(tab, want) {
 			t.Errorf("table lacks %q:\n%s", want, tab)
 		}
