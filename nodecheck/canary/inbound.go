@@ -187,21 +187,31 @@ func readAnswer(fd int, v4 bool, settle time.Duration) (Answer, error) {
 		if err != nil {
 			return AnswerNone, fmt.Errorf("reading the answer to the canary: %w", err)
 		}
-		off := 0
-		if v4 {
-			if got < 1 {
-				continue
-			}
-			off = int(buf[0]&0x0f) * 4
-		}
-		if got < off+14 {
-			continue
-		}
-		switch flags := buf[off+13]; {
-		case flags&0x04 != 0:
-			return AnswerReset, nil
-		case flags&0x12 == 0x12:
-			return AnswerSynAck, nil
+		if a := answerOf(buf[:got], v4); a != AnswerNone {
+			return a, nil
 		}
 	}
+}
+
+// answerOf names the segment a raw socket read: an IPv4 packet (v4, IP header first) or an IPv6
+// one's TCP segment. A segment too short to hold TCP's flags, or neither a reset nor a SYN-ACK,
+// is AnswerNone: not an answer, keep waiting.
+func answerOf(pkt []byte, v4 bool) Answer {
+	off := 0
+	if v4 {
+		if len(pkt) < 1 {
+			return AnswerNone
+		}
+		off = int(pkt[0]&0x0f) * 4
+	}
+	if len(pkt) < off+14 {
+		return AnswerNone
+	}
+	switch flags := pkt[off+13]; {
+	case flags&0x04 != 0:
+		return AnswerReset
+	case flags&0x12 == 0x12:
+		return AnswerSynAck
+	}
+	return AnswerNone
 }

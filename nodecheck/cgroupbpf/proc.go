@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -82,15 +83,16 @@ func Cgroup2Mounts(mountinfo []byte) []Mount {
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
 		// ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
+		//
+		// The kernel separates fields by one space and escapes only space, tab, newline and
+		// backslash in them: a field may hold any other byte, \r or U+00A0 too, so no Fields;
+		// and the separator is the first "-" after POINT, ROOT and POINT may be "-" themselves.
+		f := strings.Split(sc.Text(), " ")
+		if len(f) < 7 {
 			continue
 		}
-		if fs, _, _ := strings.Cut(post, " "); fs != "cgroup2" {
-			continue
-		}
-		f := strings.Fields(pre)
-		if len(f) < 5 {
+		sep := slices.Index(f[5:], "-")
+		if sep < 0 || 5+sep+1 >= len(f) || f[5+sep+1] != "cgroup2" {
 			continue
 		}
 		out = append(out, Mount{Root: unescapeMountinfo(f[3]), Point: unescapeMountinfo(f[4])})

@@ -126,8 +126,15 @@ func fromTargetAnnotations(t nodecheck.Target) (Config, error) {
 			statusPort = strings.TrimSpace(v)
 		}
 		ex := []string{"15090", "15021"}
-		if statusPort != "" && statusPort != "0" {
-			ex = append(ex, statusPort)
+		if statusPort != "" {
+			// pilot-agent's status port, as proxyready reads it: a port, or 0 for none.
+			n, err := strconv.ParseUint(statusPort, 10, 16)
+			if err != nil {
+				return c, fmt.Errorf("annotation %s: %q is not a port", istiopod.AnnotationStatusPort, statusPort)
+			}
+			if n != 0 {
+				ex = append(ex, statusPort)
+			}
 		}
 		c.ExcludeInboundPorts = append(ex, userExclude...)
 	}

@@ -16,6 +16,8 @@ func TestConfigFromAnnotationsErrors(t *testing.T) {
 		"port zero":    {istiopod.AnnotationExcludeOutboundPorts: "0"},
 		"cidr":         {istiopod.AnnotationExcludeOutboundCIDRs: "10.0.0.0/33"},
 		"proxy config": {istiopod.AnnotationProxyConfig: "proxyMetadata: [unclosed"},
+		// Found by FuzzAnnotations: the status port went into istio-init's -d list unread.
+		"status port": {istiopod.AnnotationStatusPort: "A"},
 	}
 	for name, a := range cases {
 		_, err := FromAnnotations(a)

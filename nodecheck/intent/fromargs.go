@@ -61,12 +61,18 @@ func FromInitArgs(a InitArgs, cni bool) (Config, error) {
 	if err != nil {
 		return c, err
 	}
+	// A list of no id (",") is no default either: istio-iptables would write an owner match
+	// without an id, which iptables refuses.
 	if s := strings.TrimSpace(v["proxy-uid"]); s != "" {
-		c.ProxyUID = splitList(s)
+		if c.ProxyUID = splitList(s); len(c.ProxyUID) == 0 {
+			return c, fmt.Errorf("istio-iptables -u (%s): %q names no user", a.From["proxy-uid"], s)
+		}
 	}
 	c.ProxyGID = c.ProxyUID
 	if s := strings.TrimSpace(v["proxy-gid"]); s != "" {
-		c.ProxyGID = splitList(s)
+		if c.ProxyGID = splitList(s); len(c.ProxyGID) == 0 {
+			return c, fmt.Errorf("istio-iptables -g (%s): %q names no group", a.From["proxy-gid"], s)
+		}
 	}
 	c.IncludeInboundPorts = strings.TrimSpace(v["istio-inbound-ports"])
 	if err := validatePorts("-b", c.IncludeInboundPorts, true); err != nil {

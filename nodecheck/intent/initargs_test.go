@@ -169,6 +169,9 @@ func TestFromInitArgsErrorsNameTheFlag(t *testing.T) {
 		"inbound":   {[]string{"istio-iptables", "-b", "80,http"}, nil, "-b"},
 		"outbound":  {[]string{"istio-iptables", "-o", "0"}, nil, "istio-local-outbound-ports-exclude"},
 		"mark":      {[]string{"istio-iptables", "-t", "x"}, nil, "-t (args)"},
+		// Found by FuzzParseInitArgs: a list of no id left the proxy without a group.
+		"no group": {[]string{"istio-iptables", "-g", ","}, nil, "-g (args)"},
+		"no user":  {[]string{"istio-iptables", "-u", " , "}, nil, "-u (args)"},
 	}
 	for name, c := range cases {
 		a, err := ParseInitArgs(c.argv, c.env)

@@ -2,9 +2,34 @@ package logscan
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
+
+// realLines are the lines of the output captured from the real programs (testdata/real).
+func realLines(tb testing.TB) []string {
+	tb.Helper()
+	paths, err := filepath.Glob("testdata/real/*.std*")
+	if err != nil || len(paths) == 0 {
+		tb.Fatalf("no captured output in testdata/real: %v", err)
+	}
+	var out []string
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, l := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+			if l != "" {
+				out = append(out, l)
+			}
+		}
+	}
+	return out
+}
 
 func TestParseCRILine(t *testing.T) {
 	ts := time.Date(2026, 8, 27, 12, 45, 20, 123456789, time.UTC)
@@ -66,6 +91,18 @@ func FuzzParseCRILine(f *testing.F) {
 		"",
 	} {
 		f.Add([]byte(s))
+	}
+	// What the real programs wrote (testdata/real), each line as containerd's CRI logger writes
+	// it for kubelet, a long one cut into partial lines.
+	for _, msg := range realLines(f) {
+		for _, stream := range []string{"stdout", "stderr"} {
+			rest := msg
+			if len(rest) > 80 {
+				f.Add([]byte("2026-08-27T12:45:20.123456789Z " + stream + " P " + rest[:80] + "\n"))
+				rest = rest[80:]
+			}
+			f.Add([]byte("2026-08-27T12:45:20.123456789Z " + stream + " F " + rest + "\n"))
+		}
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
 		if i := bytes.IndexByte(line, '\n'); i >= 0 && i < len(line)-1 {

@@ -87,6 +87,19 @@ func FuzzRequiredLiterals(f *testing.F) {
 	} {
 		f.Add(s[0], s[1])
 	}
+	// The default rules' patterns against the real programs' lines each matches.
+	rs, err := ParseRules(defaultRulesYAML)
+	if err != nil {
+		f.Fatal(err)
+	}
+	lines := realLines(f)
+	for _, r := range rs.rules {
+		for _, l := range lines {
+			if r.re.MatchString(l) {
+				f.Add(r.re.String(), l)
+			}
+		}
+	}
 	f.Fuzz(func(t *testing.T, pattern, text string) {
 		re, err := regexp.Compile(pattern)
 		if err != nil {

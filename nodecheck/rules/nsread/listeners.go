@@ -122,30 +122,42 @@ func inetDiagDump(fd int, buf []byte, seq uint32, req []byte) ([][]byte, error) 
 		if flags&unix.MSG_TRUNC != 0 {
 			return nil, fmt.Errorf("sock_diag reply larger than %d bytes", len(buf))
 		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return nil, fmt.Errorf("parsing sock_diag reply: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != seq {
-				continue // a late reply to an earlier request
-			}
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				return out, nil
-			case unix.NLMSG_ERROR:
-				if len(m.Data) < 4 {
-					return nil, errors.New("short netlink error message")
-				}
-				if errno := -int32(ne.Uint32(m.Data)); errno != 0 {
-					return nil, syscall.Errno(errno)
-				}
-				return out, nil
-			case unix.SOCK_DIAG_BY_FAMILY:
-				out = append(out, slices.Clone(m.Data))
-			}
+		var done bool
+		out, done, err = dumpReply(out, buf[:n], seq)
+		if err != nil || done {
+			return out, err
 		}
 	}
+}
+
+// dumpReply reads one datagram of the replies to dump request seq: it appends the payload of
+// each reply (copied) to out, and says whether the dump is done (NLMSG_DONE, or an NLMSG_ERROR
+// of 0). A reply to another request is skipped; an error reply is the error it carries.
+func dumpReply(out [][]byte, datagram []byte, seq uint32) ([][]byte, bool, error) {
+	msgs, err := syscall.ParseNetlinkMessage(datagram)
+	if err != nil {
+		return nil, false, fmt.Errorf("parsing sock_diag reply: %w", err)
+	}
+	for _, m := range msgs {
+		if m.Header.Seq != seq {
+			continue // a late reply to an earlier request
+		}
+		switch m.Header.Type {
+		case unix.NLMSG_DONE:
+			return out, true, nil
+		case unix.NLMSG_ERROR:
+			if len(m.Data) < 4 {
+				return nil, false, errors.New("short netlink error message")
+			}
+			if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+				return nil, false, syscall.Errno(errno)
+			}
+			return out, true, nil
+		case unix.SOCK_DIAG_BY_FAMILY:
+			out = append(out, slices.Clone(m.Data))
+		}
+	}
+	return out, false, nil
 }
 
 // inetDiagRequest is a struct inet_diag_req_v2 for every socket of the family and protocol in
