@@ -53,6 +53,7 @@ const (
 	IstioCNINotInChain         Code = "IstioCNINotInChain"
 	AmbientProbeSetMissingPod  Code = "AmbientProbeSetMissingPod"
 	AmbientHostRulesMissing    Code = "AmbientHostRulesMissing"
+	PodCreatedBeforeIstioCNI   Code = "PodCreatedBeforeIstioCNI"
 )
 
 // AllCodes lists every code, in the contract's order, so reporters can initialise their series.
@@ -122,6 +123,9 @@ type Target struct {
 	// node's runtime networks pods through multus and the pod's annotation does not attach
 	// istio-cni's network (discover.ApplyMultusAttachment).
 	CNINotInChain string
+	// IstioCNIStartedAt is when the node's istio-cni-node pod came up (istiocni.AgentStartedAt);
+	// zero when unknown. A CNI-mode pod networked before it had no istio-cni to write its rules.
+	IstioCNIStartedAt time.Time
 	// CNIMode is true when the istio-cni plugin, not istio-init, wrote the pod's sidecar rules:
 	// discovery sees an istio-validation init container and no istio-init.
 	CNIMode bool

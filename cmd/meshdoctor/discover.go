@@ -57,8 +57,9 @@ func discoverTargets(ctx context.Context, o checkOptions, log *slog.Logger) ([]n
 	return targets, nil
 }
 
-// cniExcluding is a runtime whose pods in namespaces istio-cni excludes are marked as such
-// (discover.ApplyCNIExclusions), the exclusions read at every listing from the CNI config dir.
+// cniExcluding is a runtime whose pods carry what istio-cni's install says of them, read at every
+// listing: its namespace exclusions and multus attachment (from the CNI config dir), and when
+// the node's istio-cni-node came up (from the listing itself).
 type cniExcluding struct {
 	discover.Runtime
 	confDir string
@@ -69,6 +70,11 @@ func (r cniExcluding) Discover(ctx context.Context) ([]nodecheck.Target, error) 
 	ts, err := r.Runtime.Discover(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if at, ok := istiocni.AgentStartedAt(ts); ok {
+		for i := range ts {
+			ts[i].IstioCNIStartedAt = at
+		}
 	}
 	ex, err := istiocni.ReadExclusions(r.confDir)
 	if err != nil {

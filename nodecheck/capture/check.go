@@ -22,9 +22,11 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/intent"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
@@ -129,6 +131,9 @@ func (c *Check) Check(ctx context.Context, t nodecheck.Target) (nodecheck.Result
 		excludedByCNI(res.Findings, t.CNIExcluded)
 	}
 	if f, ok := notInChain(t, cfg, res.Findings); ok {
+		res.Findings = append(res.Findings, f)
+	}
+	if f, ok := createdBeforeIstioCNI(t, cfg, res.Findings); ok {
 		res.Findings = append(res.Findings, f)
 	}
 	if cfg.Mode == istiopod.ModeTProxy {
@@ -369,6 +374,31 @@ func notInChain(t nodecheck.Target, cfg intent.Config, findings []nodecheck.Find
 			"namespace. Re-inject the pod (restart it, or check that the injector's pilot.cni.provider is multus), keep istio-cni " +
 			"in the annotation when another tool rewrites it, and check the NetworkAttachmentDefinition.",
 		Evidence:  map[string]any{"why": t.CNINotInChain, "annotation": t.Annotations["k8s.v1.cni.cncf.io/networks"]},
+		Component: nodecheck.ComponentIstioCNI,
+	}, true
+}
+
+// createdBeforeIstioCNI is PodCreatedBeforeIstioCNI for a CNI-mode pod whose rules are missing and
+// whose network was set up before the node's istio-cni-node came up: the boot race of new and
+// autoscaled nodes, where the runtime networks pods before istio-cni has chained itself.
+func createdBeforeIstioCNI(t nodecheck.Target, cfg intent.Config, findings []nodecheck.Finding) (nodecheck.Finding, bool) {
+	if t.IstioCNIStartedAt.IsZero() || !cfg.CNIMode || !slices.ContainsFunc(findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.RedirectRulesMissing }) {
+		return nodecheck.Finding{}, false
+	}
+	networked, ok := istiocni.NetworkedAt(t)
+	if !ok || !networked.Before(t.IstioCNIStartedAt) {
+		return nodecheck.Finding{}, false
+	}
+	return nodecheck.Finding{
+		Code:     nodecheck.PodCreatedBeforeIstioCNI,
+		Severity: nodecheck.SeverityError,
+		Message: fmt.Sprintf("the pod was networked (its first container created at %s) before this node's istio-cni-node came up (%s): "+
+			"istio-cni was not in the CNI chain yet, so nothing wrote its capture rules", networked.UTC().Format(time.RFC3339), t.IstioCNIStartedAt.UTC().Format(time.RFC3339)),
+		Remedy: "Restart the pod: its new sandbox goes through istio-cni. To keep this from happening on new and autoscaled nodes, " +
+			"enable Istio's repair controller (values.cni.repair.enabled, on by default: it deletes or labels such pods) and " +
+			"register nodes with the cni.istio.io/not-ready:NoSchedule taint, which istio-cni-node removes once it is ready.",
+		Evidence: map[string]any{"podNetworkedAt": networked.UTC().Format(time.RFC3339Nano),
+			"istioCNIStartedAt": t.IstioCNIStartedAt.UTC().Format(time.RFC3339Nano)},
 		Component: nodecheck.ComponentIstioCNI,
 	}, true
 }

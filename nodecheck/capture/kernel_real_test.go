@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
@@ -163,6 +164,35 @@ func TestCNIModePodNotInMultusChain(t *testing.T) {
 		}
 		if i >= 0 && (res.Findings[i].Severity != nodecheck.SeverityError || !strings.Contains(res.Findings[i].Message, "multus") || res.Findings[i].Remedy == "") {
 			t.Errorf("the finding lacks its severity, reason or remedy: %+v", res.Findings[i])
+		}
+	}
+}
+
+// A CNI-mode pod without rules in its real netns, networked before the node's istio-cni-node came
+// up: PodCreatedBeforeIstioCNI with both times; networked after it, or with istio-cni's start
+// unknown, it is not said.
+func TestPodCreatedBeforeIstioCNI(t *testing.T) {
+	testbed.RequirePrivileged(t)
+	n := testbed.NewNetns(t)
+	created := time.Date(2026, 12, 7, 10, 0, 1, 0, time.UTC)
+	for _, c := range []struct {
+		istioCNI time.Time
+		want     bool
+	}{{created.Add(4 * time.Second), true}, {created.Add(-time.Minute), false}, {time.Time{}, false}} {
+		target := nodecheck.Target{Namespace: "shop", Name: "cart", Netns: n.Path(), CNIMode: true, IstioCNIStartedAt: c.istioCNI,
+			Annotations: map[string]string{istiopod.AnnotationSidecarStatus: `{"initContainers":["istio-validation"],"containers":["istio-proxy"]}`},
+			Containers: []nodecheck.Container{{Name: istiopod.ContainerIstioValidation, Role: nodecheck.RoleInit, State: nodecheck.ContainerExited,
+				CreatedAt: created}}}
+		res, err := (&capture.Check{Reader: nsread.Reader{}}).Check(t.Context(), target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(res.Findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.PodCreatedBeforeIstioCNI })
+		if (i >= 0) != c.want {
+			t.Fatalf("istio-cni up at %v: findings %+v", c.istioCNI, res.Findings)
+		}
+		if i >= 0 && (res.Findings[i].Evidence["istioCNIStartedAt"] == nil || !strings.Contains(res.Findings[i].Message, "2026-12-07T10:00:01Z")) {
+			t.Errorf("the finding lacks the times: %+v", res.Findings[i])
 		}
 	}
 }

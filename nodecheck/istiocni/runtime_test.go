@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 )
@@ -182,5 +183,42 @@ func TestMultusNetworks(t *testing.T) {
 	ex, err := ReadExclusions(filepath.Join(root, "etc/cni/net.d"))
 	if err != nil || !ex.Multus {
 		t.Errorf("the multus primary config read as %+v, %v", ex, err)
+	}
+}
+
+// When the node's istio-cni-node came up, from its containers as the runtime gives them, and when a
+// pod was networked (its first container's creation).
+func TestAgentStartedAt(t *testing.T) {
+	at := func(s string) time.Time { v, _ := time.Parse(time.RFC3339, s); return v }
+	agent := func(name string, cs ...nodecheck.Container) nodecheck.Target {
+		return nodecheck.Target{Namespace: "istio-system", Name: name, Labels: map[string]string{"k8s-app": "istio-cni-node"}, Containers: cs}
+	}
+	running := func(start string, attempt uint32) nodecheck.Container {
+		return nodecheck.Container{Name: "install-cni", Role: nodecheck.RoleApp, State: nodecheck.ContainerRunning, StartedAt: at(start), Attempt: attempt}
+	}
+	cases := []struct {
+		name    string
+		targets []nodecheck.Target
+		want    string // "" when it cannot tell
+	}{
+		{"running", []nodecheck.Target{agent("istio-cni-node-a", running("2026-12-07T10:00:05Z", 0))}, "2026-12-07T10:00:05Z"},
+		{"a rollout: the newer running one", []nodecheck.Target{agent("istio-cni-node-a", running("2026-12-07T10:00:05Z", 0)),
+			agent("istio-cni-node-b", running("2026-12-07T11:00:00Z", 0))}, "2026-12-07T11:00:00Z"},
+		{"restarted", []nodecheck.Target{agent("istio-cni-node-a", running("2026-12-07T10:00:05Z", 2))}, ""},
+		{"not running", []nodecheck.Target{agent("istio-cni-node-a", nodecheck.Container{Name: "install-cni", State: nodecheck.ContainerExited, StartedAt: at("2026-12-07T10:00:05Z")})}, ""},
+		{"no istio-cni-node", []nodecheck.Target{{Namespace: "shop", Name: "cart"}}, ""},
+	}
+	for _, c := range cases {
+		got, ok := AgentStartedAt(c.targets)
+		if ok != (c.want != "") || ok && !got.Equal(at(c.want)) {
+			t.Errorf("%s: %v %v, want %q", c.name, got, ok, c.want)
+		}
+	}
+	pod := nodecheck.Target{Containers: []nodecheck.Container{{CreatedAt: at("2026-12-07T10:00:03Z")}, {CreatedAt: at("2026-12-07T10:00:01Z")}, {}}}
+	if got, ok := NetworkedAt(pod); !ok || !got.Equal(at("2026-12-07T10:00:01Z")) {
+		t.Errorf("networked at %v %v", got, ok)
+	}
+	if _, ok := NetworkedAt(nodecheck.Target{}); ok {
+		t.Error("a pod without containers has a networking time")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 )
@@ -78,4 +79,48 @@ func (ts targetStates) CNIModePods(context.Context) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// AgentStartedAt is when this node's istio-cni-node pod last came up, from its containers as the
+// runtime reports them: the latest start among its running containers, when all run and none
+// was restarted (a restart would hide when the install first became ready). ok is false when
+// there is no such pod or it cannot tell.
+func AgentStartedAt(targets []nodecheck.Target) (at time.Time, ok bool) {
+	for _, t := range targets {
+		if t.Labels["k8s-app"] != "istio-cni-node" && !strings.HasPrefix(t.Name, "istio-cni-node-") {
+			continue
+		}
+		var latest time.Time
+		running := 0
+		for _, c := range t.Containers {
+			if c.Role == nodecheck.RoleInit {
+				continue
+			}
+			if c.State != nodecheck.ContainerRunning || c.Attempt > 0 || c.StartedAt.IsZero() {
+				latest = time.Time{}
+				running = -1
+				break
+			}
+			running++
+			if c.StartedAt.After(latest) {
+				latest = c.StartedAt
+			}
+		}
+		if running > 0 && (!ok || latest.After(at)) {
+			at, ok = latest, true
+		}
+	}
+	return at, ok
+}
+
+// NetworkedAt is when a pod's network was set up, as near as the runtime tells: the CNI plugins
+// run when its sandbox is made, before its first container is created. ok is false without a
+// container creation time.
+func NetworkedAt(t nodecheck.Target) (at time.Time, ok bool) {
+	for _, c := range t.Containers {
+		if !c.CreatedAt.IsZero() && (!ok || c.CreatedAt.Before(at)) {
+			at, ok = c.CreatedAt, true
+		}
+	}
+	return at, ok
 }

@@ -21,9 +21,11 @@ type scenario struct {
 	ztunnelLost bool
 	// probeSetLost: istio-cni's node-side probe set lacks the enrolled pod's address.
 	probeSetLost bool
-	verdict      nodecheck.Verdict
-	mode         string
-	codes        []nodecheck.Code
+	// after: the pod starts once every other scenario's pod runs.
+	after   bool
+	verdict nodecheck.Verdict
+	mode    string
+	codes   []nodecheck.Code
 	// cni is true when the findings must point at istio-cni.
 	cni bool
 }
@@ -63,7 +65,14 @@ func scenarios() []scenario {
 				InitContainers: []kubelet.Container{kubelet.IstioValidation()},
 				Containers:     []kubelet.Container{kubelet.IstioProxy(), kubelet.App()}},
 			verdict: nodecheck.VerdictBroken, mode: "sidecar-redirect",
-			codes: []nodecheck.Code{nodecheck.RedirectRulesMissing, nodecheck.InitContainerFailed}, cni: true,
+			// and the node's istio-cni-node (below) came up after it was networked: the boot race.
+			codes: []nodecheck.Code{nodecheck.RedirectRulesMissing, nodecheck.InitContainerFailed, nodecheck.PodCreatedBeforeIstioCNI}, cni: true,
+		},
+		{
+			// This node's istio-cni-node, started after the other pods (its host network skips it).
+			pod: kubelet.Pod{Namespace: "istio-system", Name: "istio-cni-node-t3st", HostNetwork: true,
+				Labels: map[string]string{"k8s-app": "istio-cni-node"}, Containers: []kubelet.Container{kubelet.App()}},
+			after: true, verdict: nodecheck.VerdictSkipped, mode: "none",
 		},
 		{
 			pod:     kubelet.Pod{Namespace: "shop", Name: "plain", Containers: []kubelet.Container{kubelet.App()}},
@@ -119,27 +128,32 @@ func runScenarios(t testing.TB, ctx context.Context, n *kubelet.Node, scs []scen
 		}
 	}
 	pods := map[string]*kubelet.RunningPod{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	errs := make([]error, len(scs))
-	for i, s := range scs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p, err := n.RunPod(ctx, s.pod)
-			if err == nil && s.ambientArgs != nil {
-				err = testbed.WriteAmbientRules(ctx, writer, p.Netns, s.ambientArgs...)
+	for _, after := range []bool{false, true} {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		errs := make([]error, len(scs))
+		for i, s := range scs {
+			if s.after != after {
+				continue
 			}
-			errs[i] = err
-			mu.Lock()
-			pods[s.pod.Namespace+"/"+s.pod.Name] = p
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p, err := n.RunPod(ctx, s.pod)
+				if err == nil && s.ambientArgs != nil {
+					err = testbed.WriteAmbientRules(ctx, writer, p.Netns, s.ambientArgs...)
+				}
+				errs[i] = err
+				mu.Lock()
+				pods[s.pod.Namespace+"/"+s.pod.Name] = p
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	var probeIPs []string
