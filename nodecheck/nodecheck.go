@@ -65,7 +65,8 @@ func AllCodes() []Code {
 		IstiodAPIServerUnreachable, ProxyNotReady, AppStartedBeforeProxy,
 		ProxyUIDMismatch, CaptureIntentDrift, InitArgsUnknownFlag, NetnsNotPods,
 		CaptureTargetNotListening, CaptureBypassed, CaptureExclusionIgnored,
-		SocketLBBeforeCapture,
+		SocketLBBeforeCapture, NetfilterFeatureMissing, IstioCNINotInChain, AmbientProbeSetMissingPod,
+		AmbientHostRulesMissing, PodCreatedBeforeIstioCNI,
 	}
 }
 
