@@ -134,6 +134,12 @@ func StartContainerd(tb testing.TB, opts ...ContainerdOption) *Containerd {
 			skipOrFatal(tb, "testbed: %v; run test/setup.sh", err)
 		}
 	}
+	// Daemons a killed earlier run left behind are restarted and emptied first, on their own
+	// clock: on a node they left with many pods that takes minutes, and must not be charged to
+	// this daemon's start deadline (a CI run once failed on exactly that).
+	if swept, took := SweepAbandoned(); swept > 0 {
+		tb.Logf("testbed: cleaned %d containerd test daemon(s) an earlier run left behind in %s", swept, took.Round(time.Millisecond))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := LaunchContainerd(ctx, opts...)
@@ -622,8 +628,12 @@ func procStartTime(pid int) string {
 }
 
 // SweepAbandoned stops and cleans up the test bed daemons whose test process is gone, with all
-// their pods. LaunchContainerd calls it, so a run killed by a timeout is cleaned by the next.
-func SweepAbandoned() {
+// their pods, and says how many it cleaned and how long that took. LaunchContainerd calls it, so
+// a run killed by a timeout is cleaned by the next; StartContainerd calls it before its start
+// deadline begins.
+func SweepAbandoned() (swept int, took time.Duration) {
+	start := time.Now()
+	defer func() { took = time.Since(start) }()
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "md-containerd-*"))
 	for _, dir := range dirs {
 		data, err := os.ReadFile(filepath.Join(dir, ownerFile))
@@ -649,7 +659,9 @@ func SweepAbandoned() {
 			c.Netns = &Netns{Name: o.Netns, ownsNetns: true, ownsEtc: true}
 		}
 		_ = c.Stop()
+		swept++
 	}
+	return swept, 0
 }
 
 // daemonPid finds the running daemon whose config is under dir, or 0.
