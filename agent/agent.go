@@ -114,6 +114,8 @@ type Agent struct {
 	cfg  Config
 	log  *slog.Logger
 	trig chan trigger
+	// nodeNow asks the node loop for a pass before its interval (a CNI config change).
+	nodeNow chan string
 
 	mu        sync.Mutex
 	observers []Observer
@@ -162,7 +164,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log, trig: make(chan trigger, 256), pods: map[string]*PodState{},
+	return &Agent{cfg: cfg, log: cfg.Log, trig: make(chan trigger, 256), nodeNow: make(chan string, 1), pods: map[string]*PodState{},
 		observers: slices.Clone(cfg.Observers)}, nil
 }
 
@@ -183,6 +185,15 @@ func (a *Agent) TriggerPod(key, uid, id, why string) {
 
 // TriggerNode asks for a whole-node pass soon (a runtime event that names no known pod).
 func (a *Agent) TriggerNode(why string) { a.send(trigger{all: true, why: why}) }
+
+// CheckNodeNow asks for a pass of the node checks without waiting for NodeInterval; asks that
+// come while one is pending are folded into it.
+func (a *Agent) CheckNodeNow(why string) {
+	select {
+	case a.nodeNow <- why:
+	default:
+	}
+}
 
 func (a *Agent) send(t trigger) {
 	select {
@@ -290,6 +301,8 @@ func (a *Agent) nodeLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case why := <-a.nodeNow:
+			a.log.Debug("node checks run early", "why", why)
 		}
 	}
 }

@@ -127,6 +127,9 @@ type Target struct {
 	// IstioCNIStartedAt is when the node's istio-cni-node pod came up (istiocni.AgentStartedAt);
 	// zero when unknown. A CNI-mode pod networked before it had no istio-cni to write its rules.
 	IstioCNIStartedAt time.Time
+	// CNIChainGap, when set, is the window of the node's CNI chain history (nodecheck/cnichain)
+	// in which the pod was networked while the chain the runtime used had no istio-cni.
+	CNIChainGap *CNIChainGap
 	// CNIMode is true when the istio-cni plugin, not istio-init, wrote the pod's sidecar rules:
 	// discovery sees an istio-validation init container and no istio-init.
 	CNIMode bool
@@ -327,4 +330,17 @@ func (r *Report) HasErrors() bool {
 		}
 	}
 	return false
+}
+
+// CNIChainGap is a window in which the CNI config the runtime used did not chain istio-cni.
+type CNIChainGap struct {
+	// From is when the chain lost istio-cni (as near as the source tells: the change seen, or
+	// the file's modification time); Until is when it had it again, zero while it still has not.
+	From  time.Time `json:"from"`
+	Until time.Time `json:"until,omitzero"`
+	// Primary is the config file the runtime used in the window ("" for no config at all).
+	Primary string `json:"primary,omitempty"`
+	// Source says how the window is known: "inotify" (the agent saw the change) or "mtime"
+	// (rebuilt from the files' modification times).
+	Source string `json:"source"`
 }

@@ -90,6 +90,9 @@ func DebugHandler(src Source, reg *prometheus.Registry, auth Authorizer, log *sl
 		}
 		writeJSON(w, log, podDetail(p))
 	})
+	mux.HandleFunc("GET "+NodePath, func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, log, nodeDetail(src.Node()))
+	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		if err := writePage(w, src); err != nil {
@@ -100,6 +103,33 @@ func DebugHandler(src Source, reg *prometheus.Registry, auth Authorizer, log *sl
 		return mux
 	}
 	return requireToken(mux, auth, log)
+}
+
+// NodePath serves the node checks' findings and details (istio-cni's install with the CNI chain's
+// timeline, the netfilter features, the log scanner's state).
+const NodePath = "/debug/node"
+
+// NodeDetail is what NodePath serves.
+type NodeDetail struct {
+	Checked  time.Time            `json:"checked,omitzero"`
+	Findings []nodecheck.Finding  `json:"findings"`
+	Runs     []nodecheck.CheckRun `json:"runs"`
+	// Details are each node check's own detail, by check name.
+	Details map[string]any `json:"details"`
+}
+
+func nodeDetail(n agent.NodeState) NodeDetail {
+	d := NodeDetail{Checked: n.Checked, Findings: n.Findings, Runs: n.Runs, Details: n.Details}
+	if d.Findings == nil {
+		d.Findings = []nodecheck.Finding{}
+	}
+	if d.Runs == nil {
+		d.Runs = []nodecheck.CheckRun{}
+	}
+	if d.Details == nil {
+		d.Details = map[string]any{}
+	}
+	return d
 }
 
 // PodDetail is what /debug/pods/{namespace}/{name} serves.

@@ -35,7 +35,7 @@ th{background:#f4f4f4} td.v{font-weight:600;white-space:nowrap}
 .error{color:#8a1c17}.warning{color:#6b4e00}.info{color:#444} a{color:#1a4fa0}
 </style></head><body>
 <h1>meshdoctor · node {{.Node}}</h1>
-<div class="sub">last sweep {{ago .LastSweep}} · <a href="debug/report">report (JSON)</a> · <a href="metrics">metrics</a></div>
+<div class="sub">last sweep {{ago .LastSweep}} · <a href="debug/report">report (JSON)</a> · <a href="debug/node">node checks (JSON)</a> · <a href="metrics">metrics</a></div>
 <div class="counts">{{range .Counts}}<span class="{{.Verdict}}">{{.N}} {{.Verdict}}</span>{{end}}</div>
 {{if .NodeFindings}}<h2>Node</h2>{{range .NodeFindings}}<div class="f {{.Severity}}"><span class="code">{{.Code}}</span> [{{.Severity}}] {{.Message}}{{if .Remedy}}<div class="remedy">remedy: {{.Remedy}}</div>{{end}}</div>{{end}}{{end}}
 <table><thead><tr><th>Pod</th><th>Verdict</th><th>Capture</th><th>Findings</th><th>Checked</th></tr></thead><tbody>

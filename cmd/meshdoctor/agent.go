@@ -22,6 +22,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/agent/runtimeevents"
 	"github.com/meshdoctor/meshdoctor/cmd/meshdoctor/internal/kubeapi"
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/cnichain"
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
 	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
@@ -111,6 +112,11 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 	m := metrics.New(metrics.Options{Version: version, PerPod: o.perPodMetrics})
 	o.node.stateDir = o.stateDir
 	o.node.onLogMatch = func(match logscan.Match) { m.LogMatch(match.Rule) }
+	// The CNI chain's history: what the files' modification times tell, then the watch (below).
+	confDir, _ := o.node.confDir(o.hostRoot, log)
+	if o.node.chain = chainHistory(confDir, log); o.node.chain == nil {
+		o.node.chain = cnichain.NewTimeline(0)
+	}
 	nodeChecks, closeNode, err := o.node.checks(o.hostRoot, nil, log)
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
@@ -152,8 +158,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		if err != nil {
 			return &exitError{code: exitCannot, err: err}
 		}
-		confDir, _ := o.node.confDir(o.hostRoot, log)
-		runtime, closeRuntime = cniExcluding{Runtime: rt, confDir: confDir, log: log}, rt.Close
+		runtime, closeRuntime = cniExcluding{Runtime: rt, confDir: confDir, chain: o.node.chain, log: log}, rt.Close
 		log.Info("discovering pods", "through", where)
 	}
 	if closeRuntime != nil {
@@ -191,6 +196,15 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 			}
 		}()
 	}
+	run("CNI config watch", func(ctx context.Context) error {
+		w := &cnichain.Watcher{Dir: confDir, Inspect: istiocni.ChainInUse, Timeline: o.node.chain, Log: log,
+			OnChange: func(c cnichain.Change) {
+				why := fmt.Sprintf("CNI config %s (%s)", c.Event, c.Chain)
+				a.CheckNodeNow(why)
+				a.TriggerNode(why)
+			}}
+		return w.Run(ctx)
+	})
 	if client != nil {
 		reporter = podreport.New(podreport.Config{Client: client, Node: node, Log: log,
 			Pods: func(ns, name string) *corev1.Pod {

@@ -76,6 +76,10 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 
+	if len(o.paths) == 0 {
+		confDir, _ := o.node.confDir(o.hostRoot, log)
+		o.node.chain = chainHistory(confDir, log)
+	}
 	targets := netnsTargets
 	if !o.node.nodeOnly && targets == nil {
 		targets, err = discoverTargets(cmd.Context(), o, log)

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/cnichain"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover/containerd"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover/cri"
@@ -39,7 +40,7 @@ func discoverTargets(ctx context.Context, o checkOptions, log *slog.Logger) ([]n
 	}
 	defer rt.Close()
 	confDir, _ := o.node.confDir(o.hostRoot, log)
-	rt = cniExcluding{Runtime: rt, confDir: confDir, log: log}
+	rt = cniExcluding{Runtime: rt, confDir: confDir, chain: o.node.chain, log: log}
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
 	start := time.Now()
@@ -58,11 +59,13 @@ func discoverTargets(ctx context.Context, o checkOptions, log *slog.Logger) ([]n
 }
 
 // cniExcluding is a runtime whose pods carry what istio-cni's install says of them, read at every
-// listing: its namespace exclusions and multus attachment (from the CNI config dir), and when
-// the node's istio-cni-node came up (from the listing itself).
+// listing: its namespace exclusions and multus attachment (from the CNI config dir), when the
+// node's istio-cni-node came up (from the listing itself), and the window of the CNI chain's
+// history without istio-cni each pod was networked in, if any.
 type cniExcluding struct {
 	discover.Runtime
 	confDir string
+	chain   *cnichain.Timeline
 	log     *slog.Logger
 }
 
@@ -74,6 +77,15 @@ func (r cniExcluding) Discover(ctx context.Context) ([]nodecheck.Target, error) 
 	if at, ok := istiocni.AgentStartedAt(ts); ok {
 		for i := range ts {
 			ts[i].IstioCNIStartedAt = at
+		}
+	}
+	if r.chain != nil {
+		for i := range ts {
+			if at, ok := istiocni.NetworkedAt(ts[i]); ok {
+				if gap, ok := r.chain.GapAt(at); ok {
+					ts[i].CNIChainGap = &gap
+				}
+			}
 		}
 	}
 	ex, err := istiocni.ReadExclusions(r.confDir)

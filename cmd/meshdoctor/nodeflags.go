@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/cnichain"
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
 	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
@@ -35,6 +36,9 @@ type nodeOptions struct {
 	// restarts (--state-dir), and who sees each log match as it is found (the metrics).
 	stateDir   string
 	onLogMatch func(logscan.Match)
+	// chain is the CNI chain's history the istio-cni check shows and discovery dates pods
+	// against: rebuilt from modification times by check, kept live by the agent's watch.
+	chain *cnichain.Timeline
 }
 
 func (n *nodeOptions) register(f *pflag.FlagSet) {
@@ -67,6 +71,17 @@ func (n *nodeOptions) confDir(hostRoot string, log *slog.Logger) (string, *istio
 		return filepath.Join(hostRoot, runtime.ConfDir), runtime
 	}
 	return n.path(n.cniConfDir, hostRoot, "etc/cni/net.d"), runtime
+}
+
+// chainHistory rebuilds the CNI chain's history of confDir from its files' modification times;
+// nil, said in the log, when the directory cannot be read (the istio-cni check says why).
+func chainHistory(confDir string, log *slog.Logger) *cnichain.Timeline {
+	tl, err := cnichain.FromMtimes(confDir, istiocni.ChainInUse, 0)
+	if err != nil {
+		log.Debug("CNI chain history not rebuilt", "err", err)
+		return nil
+	}
+	return tl
 }
 
 // runtimeCNI reads where the runtime takes its CNI config from; a config that cannot be read is
@@ -136,6 +151,7 @@ func (n *nodeOptions) checks(hostRoot string, discovered []nodecheck.Target, log
 		ConfDir:  confDir,
 		BinDir:   n.path(n.cniBinDir, hostRoot, "opt/cni/bin"),
 		Runtime:  runtime,
+		Chain:    n.chain,
 	}
 	if discovered != nil {
 		cni.Pods = istiocni.FromTargets(discovered)

@@ -19,6 +19,7 @@ package capture
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -379,28 +380,61 @@ func notInChain(t nodecheck.Target, cfg intent.Config, findings []nodecheck.Find
 }
 
 // createdBeforeIstioCNI is PodCreatedBeforeIstioCNI for a CNI-mode pod whose rules are missing and
-// whose network was set up before the node's istio-cni-node came up: the boot race of new and
-// autoscaled nodes, where the runtime networks pods before istio-cni has chained itself.
+// whose network was set up while istio-cni was not in the node's CNI chain: in a window of the
+// chain's history without it (another CNI rewrote the primary config), or before the node's
+// istio-cni-node came up (the boot race of new and autoscaled nodes).
 func createdBeforeIstioCNI(t nodecheck.Target, cfg intent.Config, findings []nodecheck.Finding) (nodecheck.Finding, bool) {
-	if t.IstioCNIStartedAt.IsZero() || !cfg.CNIMode || !slices.ContainsFunc(findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.RedirectRulesMissing }) {
+	if !cfg.CNIMode || !slices.ContainsFunc(findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.RedirectRulesMissing }) {
 		return nodecheck.Finding{}, false
 	}
 	networked, ok := istiocni.NetworkedAt(t)
-	if !ok || !networked.Before(t.IstioCNIStartedAt) {
+	if !ok {
 		return nodecheck.Finding{}, false
 	}
-	return nodecheck.Finding{
-		Code:     nodecheck.PodCreatedBeforeIstioCNI,
-		Severity: nodecheck.SeverityError,
-		Message: fmt.Sprintf("the pod was networked (its first container created at %s) before this node's istio-cni-node came up (%s): "+
-			"istio-cni was not in the CNI chain yet, so nothing wrote its capture rules", networked.UTC().Format(time.RFC3339), t.IstioCNIStartedAt.UTC().Format(time.RFC3339)),
-		Remedy: "Restart the pod: its new sandbox goes through istio-cni. To keep this from happening on new and autoscaled nodes, " +
-			"enable Istio's repair controller (values.cni.repair.enabled, on by default: it deletes or labels such pods) and " +
-			"register nodes with the cni.istio.io/not-ready:NoSchedule taint, which istio-cni-node removes once it is ready.",
-		Evidence: map[string]any{"podNetworkedAt": networked.UTC().Format(time.RFC3339Nano),
-			"istioCNIStartedAt": t.IstioCNIStartedAt.UTC().Format(time.RFC3339Nano)},
+	f := nodecheck.Finding{
+		Code:      nodecheck.PodCreatedBeforeIstioCNI,
+		Severity:  nodecheck.SeverityError,
+		Evidence:  map[string]any{"podNetworkedAt": networked.UTC().Format(time.RFC3339Nano)},
 		Component: nodecheck.ComponentIstioCNI,
-	}, true
+	}
+	if g := t.CNIChainGap; g != nil {
+		until := "and still does not"
+		if !g.Until.IsZero() {
+			until = "until " + g.Until.UTC().Format(time.RFC3339)
+		}
+		primary := "the CNI config in use"
+		if g.Primary != "" {
+			primary = filepath.Base(g.Primary)
+		}
+		f.Message = fmt.Sprintf("the pod was networked (its first container created at %s) while the node's CNI chain had no istio-cni: "+
+			"%s did not chain it from %s %s (%s), so nothing wrote its capture rules",
+			networked.UTC().Format(time.RFC3339), primary, g.From.UTC().Format(time.RFC3339), until, gapSource(g.Source))
+		f.Remedy = "Something rewrote the node's primary CNI config without istio-cni (another CNI's agent or reconciler, a node " +
+			"bootstrap script); istio-cni-node re-chains itself when it sees that, but pods networked meanwhile were never " +
+			"captured. Restart the pod. Then stop the rewrite: with Cilium set cni.exclusive=false, with another CNI its own " +
+			"setting that keeps foreign plugins in its config, or give istio-cni its own config file (Istio 1.27+ " +
+			"istioOwnedCNIConfig, 02-istio-cni.conflist, which sorts first). The chain's timeline is in meshdoctor's istio-cni node detail."
+		f.Evidence["chainGap"] = *g
+		return f, true
+	}
+	if t.IstioCNIStartedAt.IsZero() || !networked.Before(t.IstioCNIStartedAt) {
+		return nodecheck.Finding{}, false
+	}
+	f.Message = fmt.Sprintf("the pod was networked (its first container created at %s) before this node's istio-cni-node came up (%s): "+
+		"istio-cni was not in the CNI chain yet, so nothing wrote its capture rules", networked.UTC().Format(time.RFC3339), t.IstioCNIStartedAt.UTC().Format(time.RFC3339))
+	f.Remedy = "Restart the pod: its new sandbox goes through istio-cni. To keep this from happening on new and autoscaled nodes, " +
+		"enable Istio's repair controller (values.cni.repair.enabled, on by default: it deletes or labels such pods) and " +
+		"register nodes with the cni.istio.io/not-ready:NoSchedule taint, which istio-cni-node removes once it is ready."
+	f.Evidence["istioCNIStartedAt"] = t.IstioCNIStartedAt.UTC().Format(time.RFC3339Nano)
+	return f, true
+}
+
+// gapSource says how a chain gap is known, for the finding's message.
+func gapSource(source string) string {
+	if source == "inotify" {
+		return "seen by meshdoctor's agent as it happened"
+	}
+	return "told by the config files' modification times"
 }
 
 // excludedByCNI names istio-cni's namespace exclusion as the reason a CNI-mode pod's rules are missing.

@@ -169,30 +169,54 @@ func TestCNIModePodNotInMultusChain(t *testing.T) {
 }
 
 // A CNI-mode pod without rules in its real netns, networked before the node's istio-cni-node came
-// up: PodCreatedBeforeIstioCNI with both times; networked after it, or with istio-cni's start
-// unknown, it is not said.
+// up, or in a window of the CNI chain's history without istio-cni: PodCreatedBeforeIstioCNI with
+// the times; networked after it, outside the window, or with neither known, it is not said.
 func TestPodCreatedBeforeIstioCNI(t *testing.T) {
 	testbed.RequirePrivileged(t)
 	n := testbed.NewNetns(t)
 	created := time.Date(2026, 12, 7, 10, 0, 1, 0, time.UTC)
+	gap := &nodecheck.CNIChainGap{From: created.Add(-time.Minute), Until: created.Add(time.Minute),
+		Primary: "/etc/cni/net.d/05-cilium.conflist", Source: "inotify"}
 	for _, c := range []struct {
+		name     string
 		istioCNI time.Time
-		want     bool
-	}{{created.Add(4 * time.Second), true}, {created.Add(-time.Minute), false}, {time.Time{}, false}} {
-		target := nodecheck.Target{Namespace: "shop", Name: "cart", Netns: n.Path(), CNIMode: true, IstioCNIStartedAt: c.istioCNI,
-			Annotations: map[string]string{istiopod.AnnotationSidecarStatus: `{"initContainers":["istio-validation"],"containers":["istio-proxy"]}`},
-			Containers: []nodecheck.Container{{Name: istiopod.ContainerIstioValidation, Role: nodecheck.RoleInit, State: nodecheck.ContainerExited,
-				CreatedAt: created}}}
-		res, err := (&capture.Check{Reader: nsread.Reader{}}).Check(t.Context(), target)
-		if err != nil {
-			t.Fatal(err)
-		}
-		i := slices.IndexFunc(res.Findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.PodCreatedBeforeIstioCNI })
-		if (i >= 0) != c.want {
-			t.Fatalf("istio-cni up at %v: findings %+v", c.istioCNI, res.Findings)
-		}
-		if i >= 0 && (res.Findings[i].Evidence["istioCNIStartedAt"] == nil || !strings.Contains(res.Findings[i].Message, "2026-12-07T10:00:01Z")) {
-			t.Errorf("the finding lacks the times: %+v", res.Findings[i])
-		}
+		gap      *nodecheck.CNIChainGap
+		want     []string // in the message; nil: no finding
+		evidence string
+	}{
+		{"before istio-cni-node came up", created.Add(4 * time.Second), nil, []string{"2026-12-07T10:00:01Z", "2026-12-07T10:00:05Z"}, "istioCNIStartedAt"},
+		{"after istio-cni-node came up", created.Add(-time.Minute), nil, nil, ""},
+		{"neither known", time.Time{}, nil, nil, ""},
+		{"in a chain gap", created.Add(-time.Hour), gap,
+			[]string{"05-cilium.conflist did not chain it from 2026-12-07T09:59:01Z until 2026-12-07T10:01:01Z", "seen by meshdoctor's agent"}, "chainGap"},
+		{"in a gap still open, known from mtimes", time.Time{}, &nodecheck.CNIChainGap{From: created.Add(-time.Second), Source: "mtime"},
+			[]string{"the CNI config in use did not chain it from 2026-12-07T10:00:00Z and still does not", "modification times"}, "chainGap"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			target := nodecheck.Target{Namespace: "shop", Name: "cart", Netns: n.Path(), CNIMode: true, IstioCNIStartedAt: c.istioCNI, CNIChainGap: c.gap,
+				Annotations: map[string]string{istiopod.AnnotationSidecarStatus: `{"initContainers":["istio-validation"],"containers":["istio-proxy"]}`},
+				Containers: []nodecheck.Container{{Name: istiopod.ContainerIstioValidation, Role: nodecheck.RoleInit, State: nodecheck.ContainerExited,
+					CreatedAt: created}}}
+			res, err := (&capture.Check{Reader: nsread.Reader{}}).Check(t.Context(), target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := slices.IndexFunc(res.Findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.PodCreatedBeforeIstioCNI })
+			if (i >= 0) != (c.want != nil) {
+				t.Fatalf("findings %+v", res.Findings)
+			}
+			if i < 0 {
+				return
+			}
+			f := res.Findings[i]
+			for _, w := range c.want {
+				if !strings.Contains(f.Message, w) {
+					t.Errorf("message lacks %q: %s", w, f.Message)
+				}
+			}
+			if f.Evidence[c.evidence] == nil || f.Evidence["podNetworkedAt"] == nil || f.Severity != nodecheck.SeverityError {
+				t.Errorf("the finding lacks %s: %+v", c.evidence, f)
+			}
+		})
 	}
 }

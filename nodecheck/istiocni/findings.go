@@ -3,9 +3,11 @@ package istiocni
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/cnichain"
 )
 
 // Remedies, after the guide: if you use the Istio CNI plugin, verify you followed the install
@@ -188,8 +190,21 @@ func evidence(st *State) map[string]any {
 	if st.PodsError != "" {
 		ev["podsError"] = st.PodsError
 	}
+	// The chain's recent history, when it had istio-cni missing at some point: what `check` (from
+	// modification times) or the agent (as it happened) knows of when the chain broke.
+	if slices.ContainsFunc(st.ChainTimeline, func(c cnichain.Change) bool { return c.Chain == cnichain.Unchained }) {
+		tl := st.ChainTimeline
+		if len(tl) > maxTimelineInEvidence {
+			tl = tl[len(tl)-maxTimelineInEvidence:]
+		}
+		ev["chainTimeline"] = tl
+	}
 	return ev
 }
+
+// maxTimelineInEvidence bounds the chain history a finding carries (events and annotations stay
+// small); the istio-cni node detail on the debug endpoint has all of it.
+const maxTimelineInEvidence = 10
 
 func listSome(names []string) string {
 	const n = 5

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/cnichain"
 )
 
 // PluginType is the "type" of the istio-cni plugin in a CNI config, and its binary's name.
@@ -80,6 +81,9 @@ type Check struct {
 	// Runtime is where the node's container runtime reads CNI config (ReadRuntimeCNI), when its
 	// config was readable: a ConfDir other than the runtime's is reported.
 	Runtime *RuntimeCNI
+	// Chain is the history of the CNI chain (the agent's inotify watch, or check's rebuild from
+	// modification times), shown in the state; nil: none kept.
+	Chain *cnichain.Timeline
 }
 
 var _ nodecheck.NodeCheck = (*Check)(nil)
@@ -110,6 +114,9 @@ type State struct {
 	Readiness   string      `json:"readiness"`
 	CNIModePods []string    `json:"cniModePods,omitempty"`
 	PodsError   string      `json:"podsError,omitempty"`
+	// ChainTimeline is which file of ConfDir changed when, and whether the config in use then
+	// chained istio-cni, oldest first.
+	ChainTimeline []cnichain.Change `json:"chainTimeline,omitempty"`
 }
 
 // ConfigFile is one CNI config file and what it chains.
@@ -196,6 +203,9 @@ func (c *Check) Inspect(ctx context.Context) (*State, error) {
 			st.IstioElsewhere = append(st.IstioElsewhere, c.nodePath(path))
 		}
 	}
+	if c.Chain != nil {
+		st.ChainTimeline = c.Chain.Changes()
+	}
 	st.Binary = c.inspectBinary()
 	st.Kubeconfig = c.inspectKubeconfig(istioPlugin)
 	if c.Pods != nil {
@@ -217,6 +227,31 @@ func (c *Check) Inspect(ctx context.Context) (*State, error) {
 		st.CNIModePods = pods
 	}
 	return st, nil
+}
+
+// ChainInUse reads which config of dir the runtime uses and whether it chains istio-cni: the
+// cnichain.Inspector of this node. An unreadable primary, and multus (istio-cni attached per pod),
+// are cnichain.Unknown.
+func ChainInUse(dir string) (cnichain.Snapshot, error) {
+	files, err := listConfigFiles(dir)
+	if err != nil {
+		return cnichain.Snapshot{Chain: cnichain.Unknown}, err
+	}
+	if len(files) == 0 {
+		// No config at all: the runtime networks no pod, so no pod can miss istio-cni then.
+		return cnichain.Snapshot{Chain: cnichain.Unknown}, nil
+	}
+	cf, plugins := readConfigFile(files[0])
+	snap := cnichain.Snapshot{Primary: files[0], Chain: cnichain.Unchained}
+	switch {
+	case cf.Error != "":
+		return cnichain.Snapshot{Primary: files[0], Chain: cnichain.Unknown}, fmt.Errorf("reading %s: %s", files[0], cf.Error)
+	case slices.ContainsFunc(plugins, func(p map[string]any) bool { return p["type"] == "multus" }):
+		snap.Chain = cnichain.Unknown
+	case slices.ContainsFunc(plugins, func(p map[string]any) bool { return p["type"] == PluginType }):
+		snap.Chain = cnichain.Chained
+	}
+	return snap, nil
 }
 
 // listConfigFiles lists the files a CNI runtime loads (libcni's extensions), in name order.
