@@ -130,6 +130,9 @@ type Agent struct {
 type trigger struct {
 	all               bool
 	key, uid, id, why string
+	// within, when set, shortens the debounce for this trigger: a change seen in the pod's own
+	// rules needs no gathering with runtime events.
+	within time.Duration
 }
 
 // New checks the configuration and returns an agent.
@@ -181,6 +184,12 @@ func (a *Agent) Observe(o Observer) {
 // trigger becomes a sweep of the node.
 func (a *Agent) TriggerPod(key, uid, id, why string) {
 	a.send(trigger{key: key, uid: uid, id: id, why: why})
+}
+
+// TriggerPodWithin asks for a check of the pod key within d (less than Debounce): for a change
+// seen in the pod's rules themselves.
+func (a *Agent) TriggerPodWithin(key, why string, d time.Duration) {
+	a.send(trigger{key: key, why: why, within: d})
 }
 
 // TriggerNode asks for a whole-node pass soon (a runtime event that names no known pod).

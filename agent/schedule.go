@@ -94,8 +94,13 @@ type pass struct {
 }
 
 func (s *scheduler) add(t trigger, debounce time.Duration) {
+	if t.within > 0 && t.within < debounce {
+		debounce = t.within
+	}
 	if len(s.pending) == 0 && !s.all {
 		s.deadline = time.Now().Add(debounce)
+	} else if d := time.Now().Add(debounce); d.Before(s.deadline) {
+		s.deadline = d
 	}
 	if t.all {
 		if !s.all {

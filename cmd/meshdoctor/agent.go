@@ -17,6 +17,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/agent"
 	"github.com/meshdoctor/meshdoctor/agent/debughttp"
 	"github.com/meshdoctor/meshdoctor/agent/metrics"
+	"github.com/meshdoctor/meshdoctor/agent/nftevents"
 	"github.com/meshdoctor/meshdoctor/agent/podreport"
 	"github.com/meshdoctor/meshdoctor/agent/podwatch"
 	"github.com/meshdoctor/meshdoctor/agent/runtimeevents"
@@ -33,6 +34,10 @@ import (
 // exits well within a DaemonSet's default 30 s grace period.
 const shutdownGrace = 5 * time.Second
 
+// nftablesDebounce gathers the notifications of one rule change (iptables-nft-restore sends a
+// batch) into one check of the pod.
+const nftablesDebounce = 100 * time.Millisecond
+
 type agentOptions struct {
 	checkOptions
 	kubeconfig      string
@@ -44,6 +49,7 @@ type agentOptions struct {
 	debounce        time.Duration
 	workers         int
 	perPodMetrics   bool
+	watchNftables   bool
 	logFormat       string
 	logLevel        string
 }
@@ -81,6 +87,9 @@ container runtime; annotations and events catch up when the API server is back.`
 	f.DurationVar(&o.recheckInterval, "recheck-interval", agent.DefaultRecheckInterval, "every pod is re-verified at least this often (with jitter)")
 	f.DurationVar(&o.debounce, "debounce", agent.DefaultDebounce, "how long triggers are gathered before a check")
 	f.IntVar(&o.workers, "workers", agent.DefaultWorkers, "how many pods are checked at once")
+	f.BoolVar(&o.watchNftables, "watch-nftables", true,
+		"re-verify a pod within "+nftablesDebounce.String()+" of a change of its nftables (iptables-nft and native nftables; one netlink socket per pod "+
+			"listening to the kernel's change notifications); iptables-legacy pods stay on --recheck-interval")
 	f.BoolVar(&o.perPodMetrics, "per-pod-metrics", false, "also expose meshdoctor_pod_verdict{namespace,pod,verdict} (one series per pod)")
 	f.StringVar(&o.logFormat, "log-format", "json", "json or text")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -195,6 +204,17 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 				log.Error("agent component stopped", "component", name, "err", err)
 			}
 		}()
+	}
+	if o.watchNftables {
+		w, err := nftevents.New(func(c nftevents.Change) { a.TriggerPodWithin(c.Key, c.Describe(), nftablesDebounce) }, log)
+		if err != nil {
+			log.Warn("pods' nftables changes not watched; pods are re-verified every --recheck-interval", "err", err)
+		} else {
+			f := nftevents.NewFollower(w)
+			a.Observe(f)
+			run("nftables watch", w.Run)
+			run("nftables subscriptions", func(ctx context.Context) error { f.Run(ctx); return nil })
+		}
 	}
 	run("CNI config watch", func(ctx context.Context) error {
 		w := &cnichain.Watcher{Dir: confDir, Inspect: istiocni.ChainInUse, Timeline: o.node.chain, Log: log,

@@ -22,8 +22,9 @@ func TestAgentChecksOnRuntimeEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Without the nftables watch, which would see the broken rules before any runtime event.
 	a := startAgent(t, "--kubeconfig=none", "--containerd-address", node.Containerd.Address,
-		"--recheck-interval", "1h", "--debounce", "200ms")
+		"--recheck-interval", "1h", "--debounce", "200ms", "--watch-nftables=false")
 	// Subscribed: the agent sweeps the node once more for what it may have missed meanwhile.
 	testbed.Eventually(t, time.Minute, "subscribed to containerd's events", func() error {
 		if !strings.Contains(a.Logs(), `"why":"containerd event subscription (re)started"`) {
@@ -54,5 +55,52 @@ func TestAgentChecksOnRuntimeEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	testbed.Eventually(t, 30*time.Second, "the repaired pod seen after its container restarted", verdicts(1, 0))
+	a.stop(t)
+}
+
+// TestAgentSeesNftablesChangesAtOnce: with a period far too long to matter and the default
+// debounce, a real CRI pod (iptables-nft rules written by Istio's istio-init) whose PREROUTING
+// jump is deleted is seen broken within a second, from the kernel's nftables notification in
+// the pod's netns, and ok again within a second of the jump's return. Nothing else tells the
+// agent: no container starts or exits.
+func TestAgentSeesNftablesChangesAtOnce(t *testing.T) {
+	node := kubelet.Start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	pod, err := node.RunPod(ctx, kubelet.InjectedPod("shop", "cart"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, "--kubeconfig=none", "--containerd-address", node.Containerd.Address, "--recheck-interval", "1h")
+	verdicts := func(ok, broken float64) func() error {
+		return func() error {
+			o, b := metric(t, a.metrics, `meshdoctor_pods{verdict="ok"}`), metric(t, a.metrics, `meshdoctor_pods{verdict="broken"}`)
+			if o != ok || b != broken {
+				return fmt.Errorf("%v ok, %v broken", o, b)
+			}
+			return nil
+		}
+	}
+	testbed.Eventually(t, 30*time.Second, "the pod ok", verdicts(1, 0))
+	// The subscription is made after the pod's first check: wait until the agent holds it.
+	testbed.Eventually(t, 10*time.Second, "the pod's nftables watched", func() error {
+		if !strings.Contains(a.Logs(), `"pod checked`) {
+			return fmt.Errorf("no check logged yet")
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond)
+
+	var took []time.Duration
+	for i := range 3 {
+		breakJump(t, ctx, pod.Netns)
+		took = append(took, testbed.Eventually(t, time.Second, fmt.Sprintf("broken #%d within 1s of the deleted jump", i+1), verdicts(0, 1)))
+		restoreJump(t, ctx, pod.Netns)
+		took = append(took, testbed.Eventually(t, time.Second, fmt.Sprintf("ok #%d within 1s of the restored jump", i+1), verdicts(1, 0)))
+	}
+	t.Logf("rule change → verdict on /metrics in %v (period 1h, debounce 1s, polled every 100ms)", roundAll(took))
+	if strings.Contains(a.Logs(), "nftables notifications stopped") {
+		t.Errorf("the pod's socket failed:\n%s", a.Logs())
+	}
 	a.stop(t)
 }

@@ -1,0 +1,4 @@
+package nftevents
+
+// MessageKinds is messageKinds, for the table test.
+var MessageKinds = messageKinds
