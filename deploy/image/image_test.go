@@ -14,6 +14,11 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
+
 	"github.com/meshdoctor/meshdoctor/deploy/image"
 )
 
@@ -68,6 +73,7 @@ func TestImage(t *testing.T) {
 			{name: "another revision", change: func(s *image.Spec) { s.Revision = strings.Repeat("f", 40) }},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
 				spec := base
 				tc.change(&spec)
 				again, rebuilt := archive(t, spec, ref)
@@ -102,6 +108,43 @@ func TestImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// What crane push reads of it: the layout (the archive unpacked), whose image must be the
+	// one built, digest and all; and manifest.json, as crane and docker load read a tarball.
+	t.Run("go-containerregistry reads it", func(t *testing.T) {
+		want, err := built.Image.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		if out, err := exec.CommandContext(t.Context(), "tar", "-xf", path, "-C", dir).CombinedOutput(); err != nil {
+			t.Fatalf("unpacking the archive: %v\n%s", err, out)
+		}
+		idx, err := layout.ImageIndexFromPath(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fromLayout, err := idx.Image(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fromTarball, err := tarball.ImageFromPath(path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, img := range map[string]v1.Image{"layout": fromLayout, "docker tarball": fromTarball} {
+			if err := validate.Image(img); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+			wantConfig, _ := built.Image.ConfigName()
+			if got, err := img.ConfigName(); err != nil || got != wantConfig {
+				t.Errorf("%s: config %s (%v), want %s", name, got, err, wantConfig)
+			}
+		}
+		if got, err := fromLayout.Digest(); err != nil || got != want {
+			t.Errorf("layout: digest %s (%v), want %s", got, err, want)
+		}
+	})
 
 	t.Run("config", func(t *testing.T) {
 		digest, err := built.Image.Digest()
