@@ -4,7 +4,8 @@
 #   make image      the agent's OCI image, without a container engine (cmd/meshdoctor-image):
 #                   bin/meshdoctor-image.tar (an OCI layout tar, also docker-loadable) and its SBOM
 #                   bin/meshdoctor.spdx.json; reproducible (time stamps from SOURCE_DATE_EPOCH,
-#                   default the commit's time); IMAGE_REPO names it (default ghcr.io/meshdoctor/meshdoctor)
+#                   default the commit's time); named IMAGE_REPO:IMAGE_TAG (default
+#                   ghcr.io/meshdoctor/meshdoctor:$(VERSION)); deploy/README.md says how to push it
 #   make demo       a throwaway node: healthy and broken pod netns written by Istio's own tool, checked
 #   make test       unit tests and the privileged tests on the real test bed (needs root; installs
 #                   what it needs with test/setup.sh); the DaemonSet test runs the image make image wrote
@@ -24,6 +25,7 @@ BIN       := bin/meshdoctor
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 IMAGE_REPO ?= ghcr.io/meshdoctor/meshdoctor
+IMAGE_TAG ?= $(VERSION)
 IMAGE     := bin/meshdoctor-image.tar
 SBOM      := bin/meshdoctor.spdx.json
 REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null)
@@ -43,7 +45,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshdoctor
 
 image: build
-	$(GO) run ./cmd/meshdoctor-image -binary $(BIN) -ref $(IMAGE_REPO):$(VERSION) -version $(VERSION) \
+	$(GO) run ./cmd/meshdoctor-image -binary $(BIN) -ref $(IMAGE_REPO):$(IMAGE_TAG) -version $(VERSION) \
 	  -revision '$(REVISION)' -created $(SOURCE_DATE_EPOCH) -out $(IMAGE) -sbom $(SBOM)
 
 setup:
