@@ -229,6 +229,35 @@ func TestImage(t *testing.T) {
 				}
 			})
 		}
+		// Every module `go version -m` reads from the binary, and no other.
+		out, err := exec.CommandContext(t.Context(), "go", "version", "-m", bin).Output()
+		if err != nil {
+			t.Fatalf("go version -m: %v", err)
+		}
+		linked := map[string]string{}
+		var last string
+		for line := range strings.Lines(string(out)) {
+			switch f := strings.Fields(line); {
+			case len(f) >= 3 && f[0] == "dep":
+				last = f[1]
+				linked[f[1]] = f[2]
+			case len(f) >= 3 && f[0] == "=>": // the replacement of the dep above is what was linked
+				delete(linked, last)
+				linked[f[1]] = f[2]
+			}
+		}
+		for _, p := range pkgs {
+			if p.Name == "github.com/meshdoctor/meshdoctor" || p.Name == "stdlib" {
+				continue
+			}
+			if linked[p.Name] != p.VersionInfo {
+				t.Errorf("SBOM lists %s %s, the binary %q", p.Name, p.VersionInfo, linked[p.Name])
+			}
+			delete(linked, p.Name)
+		}
+		if len(linked) > 0 {
+			t.Errorf("linked but not in the SBOM: %v", linked)
+		}
 		// A module of the build tool only is not in the agent.
 		if _, ok := versions["github.com/google/go-containerregistry"]; ok {
 			t.Error("the SBOM lists go-containerregistry, which the agent does not link")
