@@ -40,7 +40,7 @@ const (
 )
 
 // TestDaemonSetRunsWithItsOwnPrivileges runs the chart's DaemonSet container on a real containerd,
-// as kubelet would: its image's binary, its args, its securityContext (uid 0 with only the named
+// as kubelet would: the image that ships (agentImage: what `make image` wrote), its args, its securityContext (uid 0 with only the named
 // capabilities, read-only root, RuntimeDefault seccomp, not privileged) and its hostPath volumes
 // with their propagation. Beside it run a healthy injected pod, one whose istio-init lacks
 // NET_ADMIN and a pod without Istio. The containerised agent's report must say of every pod what
