@@ -1,9 +1,14 @@
 # meshdoctor — build, test, benchmark and lint.
 #
 #   make build      build bin/meshdoctor
+#   make image      the agent's OCI image, without a container engine (cmd/meshdoctor-image):
+#                   bin/meshdoctor-image.tar (an OCI layout tar, also docker-loadable) and its SBOM
+#                   bin/meshdoctor.spdx.json; reproducible (time stamps from SOURCE_DATE_EPOCH,
+#                   default the commit's time); named IMAGE_REPO:IMAGE_TAG (default
+#                   ghcr.io/meshdoctor/meshdoctor:$(VERSION)); deploy/README.md says how to push it
 #   make demo       a throwaway node: healthy and broken pod netns written by Istio's own tool, checked
 #   make test       unit tests and the privileged tests on the real test bed (needs root; installs
-#                   what it needs with test/setup.sh)
+#                   what it needs with test/setup.sh); the DaemonSet test runs the image make image wrote
 #   make bench      benchmarks, each beside its baseline in the same run (the agent's footprint and the
 #                   whole-node check beside an older build with MESHDOCTOR_BENCH_BASELINE=path/to/meshdoctor;
 #                   MESHDOCTOR_BENCH_WINDOW=2m shortens its 10-minute window)
@@ -19,6 +24,12 @@ GO        ?= go
 BIN       := bin/meshdoctor
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
+IMAGE_REPO ?= ghcr.io/meshdoctor/meshdoctor
+IMAGE_TAG ?= $(VERSION)
+IMAGE     := bin/meshdoctor-image.tar
+SBOM      := bin/meshdoctor.spdx.json
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME  ?= 30s
 FUZZFLAGS ?= -parallel 1 -fuzzminimizetime 1s
@@ -26,24 +37,28 @@ FUZZLOG   ?= bin/fuzz.log
 # Every test package; the privileged ones skip without root, and fail instead when CI=true.
 TEST_FLAGS ?= -count=1 -timeout 30m
 
-.PHONY: all build test test-unit test-e2e bench lint fuzz fuzz-report demo setup manifests clean
+.PHONY: all build image test test-unit test-e2e bench lint fuzz fuzz-report demo setup manifests clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshdoctor
 
+image: build
+	$(GO) run ./cmd/meshdoctor-image -binary $(BIN) -ref $(IMAGE_REPO):$(IMAGE_TAG) -version $(VERSION) \
+	  -revision '$(REVISION)' -created $(SOURCE_DATE_EPOCH) -out $(IMAGE) -sbom $(SBOM)
+
 setup:
 	@bash test/setup.sh >/dev/null
 
-test: setup build
-	MESHDOCTOR_BIN=$(CURDIR)/$(BIN) $(GO) test $(TEST_FLAGS) ./...
+test: setup image
+	MESHDOCTOR_BIN=$(CURDIR)/$(BIN) MESHDOCTOR_IMAGE=$(CURDIR)/$(IMAGE) $(GO) test $(TEST_FLAGS) ./...
 
 test-unit:
 	$(GO) test -count=1 -short ./...
 
-test-e2e: setup build
-	MESHDOCTOR_BIN=$(CURDIR)/$(BIN) $(GO) test $(TEST_FLAGS) ./test/...
+test-e2e: setup image
+	MESHDOCTOR_BIN=$(CURDIR)/$(BIN) MESHDOCTOR_IMAGE=$(CURDIR)/$(IMAGE) $(GO) test $(TEST_FLAGS) ./test/...
 
 bench: setup build
 	MESHDOCTOR_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -benchmem -count=1 ./...

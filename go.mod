@@ -4,7 +4,7 @@ go 1.26.8
 
 require (
 	github.com/google/nftables v0.3.0
-	github.com/klauspost/compress v1.18.5
+	github.com/klauspost/compress v1.19.2
 	github.com/mdlayher/netlink v1.7.3-0.20250113171957-fbb4dce95f42
 	github.com/spf13/cobra v1.10.2
 	github.com/vishvananda/netlink v1.3.1
@@ -14,6 +14,8 @@ require (
 )
 
 require github.com/pelletier/go-toml/v2 v2.4.3
+
+require github.com/google/go-containerregistry v0.22.1
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
@@ -50,7 +52,7 @@ require (
 	github.com/prometheus/common v0.66.1
 	github.com/prometheus/procfs v0.16.1 // indirect
 	github.com/sirupsen/logrus v1.10.2 // indirect
-	github.com/spf13/pflag v1.0.9
+	github.com/spf13/pflag v1.0.10
 	github.com/x448/float16 v0.8.4 // indirect
 	go.yaml.in/yaml/v2 v2.4.2 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect

@@ -1,8 +1,12 @@
 package deploy_test
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,18 +24,23 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/meshdoctor/meshdoctor/deploy/image"
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
 
-// agentImage is the image the test bed builds of the binary under test: the binary alone, as
-// deploy/Dockerfile's distroless image carries it (no docker engine runs here to build that one).
-const agentImage = "meshdoctor.test/meshdoctor:1"
+// imageEnv names the image archive `make image` wrote (make test sets it): the image that ships,
+// which the DaemonSet test runs. Without it the test builds one of the binary under test with the
+// same code (deploy/image), named testImage.
+const (
+	imageEnv  = "MESHDOCTOR_IMAGE"
+	testImage = "meshdoctor.test/meshdoctor:test"
+)
 
 // TestDaemonSetRunsWithItsOwnPrivileges runs the chart's DaemonSet container on a real containerd,
-// as kubelet would: its image's binary, its args, its securityContext (uid 0 with only the named
+// as kubelet would: the image that ships (agentImage: what `make image` wrote), its args, its securityContext (uid 0 with only the named
 // capabilities, read-only root, RuntimeDefault seccomp, not privileged) and its hostPath volumes
 // with their propagation. Beside it run a healthy injected pod, one whose istio-init lacks
 // NET_ADMIN and a pod without Istio. The containerised agent's report must say of every pod what
@@ -54,7 +63,9 @@ func TestDaemonSetRunsWithItsOwnPrivileges(t *testing.T) {
 	// Ubuntu's syslog is syslog:adm 0640): reading it takes DAC_READ_SEARCH.
 	podLogs := filepath.Join(dirs["logDir"], "pods")
 	istiodLog(t, podLogs, 4242)
-	values := []string{"image.repository=" + strings.Split(agentImage, ":")[0], "image.tag=1",
+	archive, img := agentImage(t)
+	repo, tag := splitRef(t, img.Ref)
+	values := []string{"image.repository=" + repo, "image.tag=" + tag,
 		"runtime.containerdSocket=" + node.Containerd.Address}
 	for k, v := range dirs {
 		values = append(values, "hostPaths."+k+"="+v)
@@ -64,12 +75,12 @@ func TestDaemonSetRunsWithItsOwnPrivileges(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	archive, err := buildAgentImage(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := node.Containerd.ImportImage(ctx, archive); err != nil {
 		t.Fatal(err)
+	}
+	// containerd holds the archive's manifest itself: the digest a registry would serve.
+	if got := importedDigest(ctx, t, node.Containerd, img.Ref); got != img.Digest.String() {
+		t.Fatalf("containerd has %s at %s, the archive %s", img.Ref, got, img.Digest)
 	}
 	pods := []kubelet.Pod{
 		kubelet.InjectedPod("shop", "cart"),
@@ -308,14 +319,92 @@ func istiodLog(t *testing.T, dir string, uid int) {
 	}
 }
 
-// buildAgentImage writes agentImage as an archive: the binary under test at /meshdoctor.
-func buildAgentImage(ctx context.Context, dir string) (string, error) {
-	im := testbed.NewImage(agentImage, "/meshdoctor")
-	if err := im.AddBinary(ctx, binary, "/meshdoctor"); err != nil {
-		return "", err
+// agentImage returns the image archive the DaemonSet test runs: $MESHDOCTOR_IMAGE, which must
+// carry the binary under test, else one built here from it as `make image` builds one.
+func agentImage(t *testing.T) (string, image.Archived) {
+	t.Helper()
+	archive := os.Getenv(imageEnv)
+	if archive == "" {
+		built, err := image.Build(t.Context(), image.Spec{Binary: binary, Version: "test", Created: time.Unix(0, 0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		if err := image.WriteArchive(&buf, built.Image, testImage); err != nil {
+			t.Fatal(err)
+		}
+		archive = filepath.Join(t.TempDir(), "meshdoctor-image.tar")
+		if err := os.WriteFile(archive, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	archive := filepath.Join(dir, "meshdoctor.tar")
-	return archive, im.WriteArchive(archive)
+	a, err := image.ReadArchive(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Layers) != 1 {
+		t.Fatalf("%s: %d layers, want 1", archive, len(a.Layers))
+	}
+	want, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := layerFile(t, a.Layers[0], strings.TrimPrefix(image.BinaryPath, "/")); !bytes.Equal(got, want) {
+		t.Fatalf("%s carries another %s than %s (%d bytes, want %d): run make image", archive, image.BinaryPath, binary, len(got), len(want))
+	}
+	return archive, a
+}
+
+// layerFile returns a file of a gzipped layer.
+func layerFile(t *testing.T, layer []byte, name string) []byte {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(layer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Name == name {
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+	}
+}
+
+// splitRef splits an image reference into the chart's image.repository and image.tag.
+func splitRef(t *testing.T, ref string) (repo, tag string) {
+	t.Helper()
+	i := strings.LastIndex(ref, ":")
+	if i < 0 || strings.Contains(ref[i:], "/") {
+		t.Fatalf("image %q has no tag", ref)
+	}
+	return ref[:i], ref[i+1:]
+}
+
+// importedDigest returns the digest containerd lists for ref (`ctr images ls`: REF TYPE DIGEST …).
+func importedDigest(ctx context.Context, t *testing.T, c *testbed.Containerd, ref string) string {
+	t.Helper()
+	out, err := c.Ctr(ctx, "images", "ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(out)) {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == ref {
+			return f[2]
+		}
+	}
+	t.Fatalf("containerd lists no image %s:\n%s", ref, out)
+	return ""
 }
 
 // podFromDaemonSet turns the DaemonSet's pod template into what the test bed's kubelet runs, as

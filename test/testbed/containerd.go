@@ -403,8 +403,9 @@ func (c *Containerd) Ctr(ctx context.Context, args ...string) ([]byte, error) {
 	return res.stdout, err
 }
 
-// ImportImage imports an image archive (Image.WriteArchive) into the k8s.io namespace and
-// unpacks it for CRI.
+// ImportImage imports an image archive into the k8s.io namespace and unpacks it for CRI: a
+// `docker save` tar (Image.WriteArchive) or an OCI layout tar (deploy/image.WriteArchive), which
+// ctr imports with its manifest unchanged.
 func (c *Containerd) ImportImage(ctx context.Context, archive string) error {
 	if _, err := c.Ctr(ctx, "images", "import", archive); err != nil {
 		return fmt.Errorf("importing %s: %w", archive, err)

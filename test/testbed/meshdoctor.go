@@ -22,7 +22,9 @@ func BuildMeshdoctor() (path string, cleanup func(), err error) {
 		return "", nil, fmt.Errorf("building meshdoctor: %w", err)
 	}
 	path = filepath.Join(dir, "meshdoctor")
-	build := exec.Command("go", "build", "-o", path, "github.com/meshdoctor/meshdoctor/cmd/meshdoctor")
+	// As `make build` does: static, so the image (deploy/image, no libc) can carry it.
+	build := exec.Command("go", "build", "-trimpath", "-o", path, "github.com/meshdoctor/meshdoctor/cmd/meshdoctor")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
 		return "", nil, fmt.Errorf("building meshdoctor: %w\n%s", err, out)
