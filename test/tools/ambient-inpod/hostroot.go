@@ -19,7 +19,9 @@ import (
 // /host mount, so --host --native-nftables runs Istio's code with both made real for it alone:
 // a stand-in process named kubelet, running as --kubelet-uid, and a private mount namespace whose
 // root is the machine's own tree plus /host/proc (the machine's /proc). Nothing outside that mount
-// namespace changes but the temporary directories, which are removed afterwards.
+// namespace changes but the temporary directories, which are removed afterwards. Istio's lookup
+// takes the first kubelet in /proc, which may be another run's stand-in: runs at the same time
+// must use one --kubelet-uid.
 const (
 	envHostRoot       = "AMBIENT_INPOD_HOST_ROOT"       // set in the re-executed writer: the new root to enter
 	envKubeletStandIn = "AMBIENT_INPOD_KUBELET_STANDIN" // set in the stand-in: wait for stdin to close
