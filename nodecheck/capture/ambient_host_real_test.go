@@ -16,27 +16,58 @@ import (
 )
 
 // An ambient pod enrolled by Istio's own code, ztunnel's stand-in behind its rules, and a node
-// netns in front whose side istio-cni's code wrote (ambient-inpod --host: the probe ipsets and the
-// SNAT of kubelet's probes): healthy when the set holds the pod; AmbientProbeSetMissingPod when it
-// does not; AmbientHostRulesMissing when the host rule is flushed; both when the node side was
-// never written; a native nftables pod's node side is not judged. The node's netns is not changed.
+// netns in front whose side istio-cni's code wrote (ambient-inpod --host: in iptables mode the
+// probe ipsets and the SNAT of kubelet's probes in nat ISTIO_POSTRT, in native nftables mode the
+// table inet istio-ambient-nat with its sets and postrouting SNAT): healthy when the set holds the
+// pod; AmbientProbeSetMissingPod when it does not; AmbientHostRulesMissing when the host rule is
+// flushed or the native table deleted; when the node side was never written, the findings of the
+// form the pod's in-pod rules are in; with both forms on the node, healthy when one covers the
+// pod and not judged when neither does. The node's netns is not changed.
 func TestAmbientNodeSide(t *testing.T) {
 	testbed.RequirePrivileged(t)
 	writer := testbed.AmbientInpod(t)
+	const (
+		iptables = "iptables"
+		nftables = "nftables"
+	)
+	type hostSide struct {
+		form  string // the form istio-cni writes: iptables or nftables
+		inSet bool   // with the pod's address in the set
+	}
 	cases := []struct {
 		name      string
-		native    bool
-		host      bool // write the node side
-		inSet     bool // with the pod's address in the set
-		flush     bool // then flush the host rule's chain
+		native    bool       // the pod's in-pod rules are native nftables
+		host      []hostSide // the node sides written, in order
+		after     [][]string // then these commands in the node's netns (nft … or iptables …)
 		codes     []nodecheck.Code
+		form      string // the form judged
 		notJudged string
 	}{
-		{name: "healthy", host: true, inSet: true},
-		{name: "the probe set lost the pod", host: true, codes: []nodecheck.Code{nodecheck.AmbientProbeSetMissingPod}},
-		{name: "the host rule flushed", host: true, inSet: true, flush: true, codes: []nodecheck.Code{nodecheck.AmbientHostRulesMissing}},
-		{name: "the node side never written", codes: []nodecheck.Code{nodecheck.AmbientHostRulesMissing, nodecheck.AmbientProbeSetMissingPod}},
-		{name: "native nftables", native: true, notJudged: "native nftables"},
+		{name: "iptables healthy", host: []hostSide{{iptables, true}}, form: iptables},
+		{name: "iptables: the probe set lost the pod", host: []hostSide{{iptables, false}}, form: iptables,
+			codes: []nodecheck.Code{nodecheck.AmbientProbeSetMissingPod}},
+		{name: "iptables: the host rule flushed", host: []hostSide{{iptables, true}}, form: iptables,
+			after: [][]string{{"iptables", "-t", "nat", "-F", ambienthost.HostChain}},
+			codes: []nodecheck.Code{nodecheck.AmbientHostRulesMissing}},
+		{name: "iptables: the node side never written", form: iptables,
+			codes: []nodecheck.Code{nodecheck.AmbientHostRulesMissing, nodecheck.AmbientProbeSetMissingPod}},
+		{name: "nftables healthy", native: true, host: []hostSide{{nftables, true}}, form: nftables},
+		{name: "nftables: the probe set lost the pod", native: true, host: []hostSide{{nftables, false}}, form: nftables,
+			codes: []nodecheck.Code{nodecheck.AmbientProbeSetMissingPod}},
+		{name: "nftables: the postrouting chain flushed", native: true, host: []hostSide{{nftables, true}}, form: nftables,
+			after: [][]string{{"nft", "flush", "chain", "inet", "istio-ambient-nat", "postrouting"}},
+			codes: []nodecheck.Code{nodecheck.AmbientHostRulesMissing}},
+		{name: "nftables: the host table deleted", native: true, host: []hostSide{{nftables, true}}, form: nftables,
+			after: [][]string{{"nft", "delete", "table", "inet", "istio-ambient-nat"}},
+			codes: []nodecheck.Code{nodecheck.AmbientHostRulesMissing}},
+		{name: "nftables: the node side never written", native: true, form: nftables,
+			codes: []nodecheck.Code{nodecheck.AmbientHostRulesMissing}},
+		// The node's form wins over the pod's: an agent switched to native nftables rewrote its
+		// host side, and pods enrolled before keep iptables in-pod rules that still let probes in.
+		{name: "iptables pod on an nftables node", host: []hostSide{{nftables, true}}, form: nftables},
+		{name: "both forms, the nftables one holds the pod", native: true, host: []hostSide{{iptables, false}, {nftables, true}}},
+		{name: "both forms, neither holds the pod", native: true, host: []hostSide{{iptables, false}, {nftables, false}},
+			notJudged: "both forms"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -51,15 +82,24 @@ func TestAmbientNodeSide(t *testing.T) {
 			}
 			must(t, pod.AmbientRules(ctx, writer, args...))
 			testbed.ZtunnelStandIn(t, pod.Path())
-			if c.host {
-				ips := ""
-				if c.inSet {
-					ips = pod.IPv4.Addr().String()
+			for _, h := range c.host {
+				hostArgs := []string{"--host", "--probe-ips", ""}
+				if h.inSet {
+					hostArgs[2] = pod.IPv4.Addr().String()
 				}
-				must(t, testbed.WriteAmbientRules(ctx, writer, node.Path(), append(args, "--host", "--probe-ips", ips)...))
+				if h.form == nftables {
+					hostArgs = append(hostArgs, "--native-nftables")
+				}
+				must(t, testbed.WriteAmbientRules(ctx, writer, node.Path(), hostArgs...))
 			}
-			if c.flush {
-				must(t, node.Iptables(ctx, testbed.Nft, testbed.IPv4, "-t", "nat", "-F", ambienthost.HostChain))
+			for _, cmd := range c.after {
+				switch cmd[0] {
+				case "nft":
+					_, err := node.Nft(ctx, cmd[1:]...)
+					must(t, err)
+				case "iptables":
+					must(t, node.Iptables(ctx, testbed.Nft, testbed.IPv4, cmd[1:]...))
+				}
 			}
 			target := nodecheck.Target{Netns: pod.Path(), IP: pod.IPv4.Addr().String(),
 				Annotations: map[string]string{istiopod.AnnotationAmbientRedirection: "enabled"}}
@@ -78,6 +118,9 @@ func TestAmbientNodeSide(t *testing.T) {
 				if slices.Contains(c.codes, f.Code) && (f.Severity != nodecheck.SeverityError || f.Component != nodecheck.ComponentIstioCNI || f.Remedy == "") {
 					t.Errorf("%s lacks its severity, component or remedy: %+v", f.Code, f)
 				}
+				if slices.Contains(c.codes, f.Code) && f.Evidence["form"] != c.form {
+					t.Errorf("%s names form %v, want %s: %+v", f.Code, f.Evidence["form"], c.form, f.Evidence)
+				}
 			}
 			slices.Sort(got)
 			if !slices.Equal(got, c.codes) {
@@ -85,7 +128,11 @@ func TestAmbientNodeSide(t *testing.T) {
 			}
 			d, _ := res.Detail.(capture.Detail)
 			if d.Host == nil || !strings.Contains(d.Host.NotJudged, c.notJudged) || (c.notJudged == "") != (d.Host.NotJudged == "") {
-				t.Errorf("node side %+v, want not judged %q", d.Host, c.notJudged)
+				t.Fatalf("node side %+v, want not judged %q", d.Host, c.notJudged)
+			}
+			t.Logf("node side: form %q (%s); %+v", d.Host.Form, d.Host.Why, *d.Host.State)
+			if d.Host.Form != c.form {
+				t.Errorf("judged form %q (%s), want %q", d.Host.Form, d.Host.Why, c.form)
 			}
 		})
 	}

@@ -92,6 +92,23 @@ func TestCheckDiscoversTheNode(t *testing.T) {
 	}
 }
 
+// TestCheckNativeNftablesNode runs ambient pods on a node whose istio-cni runs in native nftables
+// mode, both its sides written by Istio's own code: the pod the node's nft probe set holds is OK,
+// the one it lost is AmbientProbeSetMissingPod.
+func TestCheckNativeNftablesNode(t *testing.T) {
+	d := testbed.ContainerdFlavors()[0]
+	n := kubelet.Start(t, d.Options(t)...)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	scs := nativeAmbientScenarios()
+	runScenarios(t, ctx, n, scs, "--native-nftables")
+	rep, code, stderr := check(t, ctx, "--containerd-address", n.Containerd.Address, "--node-netns", n.Containerd.Netns.Path())
+	if code != 1 {
+		t.Errorf("exit %d, want 1 (a broken pod); stderr:\n%s", code, stderr)
+	}
+	assertReport(t, d.Name, rep, scs)
+}
+
 func assertReport(t *testing.T, path string, rep nodecheck.Report, scs []scenario) {
 	t.Helper()
 	byName := map[string]nodecheck.PodReport{}

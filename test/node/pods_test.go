@@ -118,8 +118,9 @@ func scenarios() []scenario {
 
 // runScenarios runs every scenario's pod on the node, in parallel, and enrols the ambient ones:
 // their in-pod rules, and istio-cni's node side in the runtime's netns (the node's, for the pods'
-// bridge), written by Istio's own code (test/tools/ambient-inpod --host).
-func runScenarios(t testing.TB, ctx context.Context, n *kubelet.Node, scs []scenario) map[string]*kubelet.RunningPod {
+// bridge), written by Istio's own code (test/tools/ambient-inpod --host, with hostArgs: e.g.
+// --native-nftables for istio-cni's native nftables mode).
+func runScenarios(t testing.TB, ctx context.Context, n *kubelet.Node, scs []scenario, hostArgs ...string) map[string]*kubelet.RunningPod {
 	t.Helper()
 	writer := ""
 	for _, s := range scs {
@@ -167,9 +168,35 @@ func runScenarios(t testing.TB, ctx context.Context, n *kubelet.Node, scs []scen
 		}
 	}
 	if writer != "" {
-		if err := testbed.WriteAmbientRules(ctx, writer, n.Containerd.Netns.Path(), "--host", "--probe-ips", strings.Join(probeIPs, ",")); err != nil {
+		args := append([]string{"--host", "--probe-ips", strings.Join(probeIPs, ",")}, hostArgs...)
+		if err := testbed.WriteAmbientRules(ctx, writer, n.Containerd.Netns.Path(), args...); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return pods
+}
+
+// nativeAmbientScenarios are ambient pods on a node whose istio-cni runs in native nftables mode
+// (values.global.nativeNftables): in-pod tables inet istio-ambient-*, and on the node the table
+// inet istio-ambient-nat with the probe sets and the SNAT of kubelet's probes.
+func nativeAmbientScenarios() []scenario {
+	ambient := map[string]string{istiopod.AnnotationAmbientRedirection: "enabled"}
+	ambientLabels := map[string]string{istiopod.LabelDataplaneMode: "ambient"}
+	native := []string{"--native-nftables"}
+	return []scenario{
+		{
+			pod: kubelet.Pod{Namespace: "mesh", Name: "ambient-nft", Labels: ambientLabels, Annotations: ambient,
+				Containers: []kubelet.Container{kubelet.App()}},
+			ambientArgs: native,
+			verdict:     nodecheck.VerdictOK, mode: "ambient",
+		},
+		{
+			// istio-cni's nft probe set lost the pod's address: kubelet's probes would go through ztunnel.
+			pod: kubelet.Pod{Namespace: "mesh", Name: "ambient-nft-probe-set-lost", Labels: ambientLabels, Annotations: ambient,
+				Containers: []kubelet.Container{kubelet.App()}},
+			ambientArgs: native, probeSetLost: true,
+			verdict: nodecheck.VerdictBroken, mode: "ambient",
+			codes: []nodecheck.Code{nodecheck.AmbientProbeSetMissingPod},
+		},
+	}
 }

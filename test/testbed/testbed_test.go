@@ -337,3 +337,32 @@ func BenchmarkValidate(b *testing.B) {
 		}
 	}
 }
+
+// TestTraceSeesIPSetMember proves the trace catches an ipset member added: istio-cni's probe sets
+// in iptables mode are ipsets, which no -save output or nft ruleset shows.
+func TestTraceSeesIPSetMember(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	writer := testbed.AmbientInpod(t)
+	ns := testbed.NewNetns(t, testbed.IPv4Only())
+	if err := testbed.WriteAmbientRules(ctx, writer, ns.Path(), "--host"); err != nil {
+		t.Fatal(err)
+	}
+	before, err := ns.Trace(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(before.IPSets, "istio-inpod-probes-v4 hash:ip") {
+		t.Fatalf("trace does not list istio-cni's probe set: %q", before.IPSets)
+	}
+	if err := testbed.WriteAmbientRules(ctx, writer, ns.Path(), "--host", "--probe-ips", "10.9.8.7"); err != nil {
+		t.Fatal(err)
+	}
+	after, err := ns.Trace(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := before.Diff(after); !strings.Contains(d, "--- ipsets changed") || !strings.Contains(d, "10.9.8.7") {
+		t.Errorf("trace missed the probe set's new member:\n%s", d)
+	}
+}

@@ -238,6 +238,19 @@ func addElements(sets map[setKey]*setInfo, msgs [][]byte) error {
 	return nil
 }
 
+// named is the set as Result shows it: its keys sorted (hash sets dump in hash order), an
+// interval set's end markers left out.
+func (s *setInfo) named() NamedSet {
+	out := NamedSet{Table: s.table.String(), Name: s.name}
+	for _, e := range s.elements {
+		if e.flags&unix.NFT_SET_ELEM_INTERVAL_END == 0 {
+			out.Keys = append(out.Keys, e.key)
+		}
+	}
+	sort.Slice(out.Keys, func(i, j int) bool { return bytes.Compare(out.Keys[i], out.Keys[j]) < 0 })
+	return out
+}
+
 type setKey struct {
 	table tableID
 	name  string
@@ -337,6 +350,11 @@ func decode(s *snapshot) (*Result, error) {
 	}
 	if err := addElements(setsByKey, s.Elems); err != nil {
 		return nil, err
+	}
+	for _, set := range sets {
+		if b.tables[set.table] != nil {
+			res.NamedSets = append(res.NamedSets, set.named())
+		}
 	}
 
 	for _, bt := range b.order {

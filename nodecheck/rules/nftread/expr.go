@@ -246,6 +246,8 @@ func (d *ruleDecoder) expr(name, data []byte) error {
 		return d.lookup(data)
 	case "redir":
 		return d.redir(data)
+	case "nat":
+		return d.nat(data)
 	case "tproxy":
 		return d.tproxyExpr(data)
 	case "notrack":

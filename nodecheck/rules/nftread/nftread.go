@@ -35,6 +35,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -55,6 +56,43 @@ type Result struct {
 	// OtherTables names the tables that were not read, as "FAMILY NAME" (e.g. "inet filter"),
 	// for evidence: something else is filtering in this namespace.
 	OtherTables []string
+	// NamedSets are the sets of the tables read, with their elements, whether or not a rule
+	// looks them up: istio-cni's host probe sets matter even when the rule that uses them is gone.
+	NamedSets []NamedSet
+}
+
+// NamedSet is one nftables set of a table Read reads.
+type NamedSet struct {
+	// Table is the set's table as "FAMILY NAME" ("inet istio-ambient-nat").
+	Table string
+	Name  string
+	// Keys are the elements' keys as the kernel holds them (addresses and ports in network byte
+	// order), in ascending order; an interval set's keys are its ranges' first keys.
+	Keys [][]byte
+}
+
+// Addrs returns the set's keys that are IPv4 or IPv6 addresses (a set of type ipv4_addr or
+// ipv6_addr holds nothing else).
+func (s NamedSet) Addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, k := range s.Keys {
+		if len(k) == 4 || len(k) == 16 {
+			if a, ok := netip.AddrFromSlice(k); ok {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+// NamedSet returns the set name of the table "FAMILY NAME", or false when there is none.
+func (r *Result) NamedSet(table, name string) (NamedSet, bool) {
+	for _, s := range r.NamedSets {
+		if s.Table == table && s.Name == name {
+			return s, true
+		}
+	}
+	return NamedSet{}, false
 }
 
 // Set returns the rule set of a backend and family, or nil when there is none.
@@ -231,9 +269,11 @@ func fetchOnce(conn *transport) (snap *snapshot, consistent bool, err error) {
 		return nil, false, fmt.Errorf("listing rules: %w", err)
 	}
 	g.observe(snap.Rules)
-	// iptables-nft never uses sets; Istio's native tables do for port lists. Skipping the set
-	// dumps when no rule has a lookup saves a round trip per set on most pods.
-	if slices.ContainsFunc(snap.Rules, func(m []byte) bool { return bytes.Contains(m, lookupExpr) }) {
+	// iptables-nft never uses sets; Istio's native tables do, for port lists and (istio-cni's
+	// host table) probe addresses. Skipping the set dumps when no rule has a lookup and no table
+	// is Istio's saves a round trip per set on most pods.
+	if slices.ContainsFunc(tables, func(t tableInfo) bool { return t.kind == tableNative }) ||
+		slices.ContainsFunc(snap.Rules, func(m []byte) bool { return bytes.Contains(m, lookupExpr) }) {
 		if err := fetchSets(conn, snap, tables, &g); err != nil {
 			return nil, false, err
 		}

@@ -375,7 +375,7 @@ COMMIT
 `
 
 // featuresNative is testdata/features.nft as read, line by line: every native match and
-// statement the decoder knows, and some it does not (log, an address set, dnat), kept visibly.
+// statement the decoder knows, and some it does not (log, an address set), kept visibly.
 const featuresNative = `*filter
 :PREROUTING ACCEPT
 :ISTIO_SUB -
@@ -411,6 +411,6 @@ COMMIT
 :OUTPUT ACCEPT
 46 -A OUTPUT -p tcp -j REDIRECT --to-ports 15001-15002
 46 -A OUTPUT -p tcp -j REDIRECT
-4 -A OUTPUT -d 127.0.0.1/32 -o lo -p tcp --dport 15001 nft nat 0800010000000001080002000000000208000300000000010800040000000001080005000000000208000600000000020800070000000003 -j ?nat
+4 -A OUTPUT -d 127.0.0.1/32 -o lo -p tcp --dport 15001 -j DNAT --to-destination 127.0.0.1:15006
 COMMIT
 `

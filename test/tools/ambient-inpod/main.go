@@ -12,7 +12,10 @@
 // node: Istio's code switches to the host only when ALLOW_SWITCH_TO_HOST_NS is set, and this tool
 // refuses to run then): the rule that SNATs kubelet's probes to 169.254.7.127, and the probe
 // address set (ipset istio-inpod-probes-v4/-v6, or its nftables set) holding --probe-ips, as the
-// agent adds an enrolled pod's addresses.
+// agent adds an enrolled pod's addresses. In native nftables mode the host rule matches kubelet's
+// probes by kubelet's UID, which Istio's code finds in /host/proc; the tool gives it one for the
+// run (a stand-in process named kubelet, as --kubelet-uid, and /host/proc in a private mount
+// namespace: see hostroot.go).
 //
 // It is a module of its own so that meshdoctor itself never depends on istio.io/istio.
 package main
@@ -36,6 +39,9 @@ import (
 )
 
 func main() {
+	if os.Getenv(envKubeletStandIn) != "" {
+		runKubeletStandIn()
+	}
 	netns := flag.String("netns", "", "path of the network namespace this runs in (the agent's pod-scoped xtables lock)")
 	ipv6 := flag.Bool("ipv6", true, "istio-cni's ENABLE_INBOUND_IPV6 (its default is on)")
 	dns := flag.Bool("dns", true, "istio-cni's REDIRECT_DNS (ambient.dnsCapture, on by default)")
@@ -45,9 +51,22 @@ func main() {
 	host := flag.Bool("host", false, "write istio-cni's node-side rules and probe set in this netns instead of in-pod rules")
 	probeIPs := flag.String("probe-ips", "", "with --host: comma-separated pod addresses to add to the probe set")
 	podUID := flag.String("pod-uid", "test-pod-uid", "with --host: the pod UID the agent comments each probe set entry with")
+	kubeletUID := flag.Int("kubelet-uid", 0, "with --host --native-nftables: the UID of the kubelet stand-in, which the host rule matches")
 	flag.Parse()
 	if allow, _ := strconv.ParseBool(os.Getenv("ALLOW_SWITCH_TO_HOST_NS")); allow {
 		fail(fmt.Errorf("ALLOW_SWITCH_TO_HOST_NS is set: Istio's code would write into the real host's netns"))
+	}
+	if *host && *native {
+		root := os.Getenv(envHostRoot)
+		if root == "" {
+			if err := runWithHostRoot(*kubeletUID); err != nil {
+				fail(err)
+			}
+			return
+		}
+		if err := enterHostRoot(root); err != nil {
+			fail(err)
+		}
 	}
 
 	cfg := &config.AmbientConfig{
