@@ -46,6 +46,7 @@ type agentOptions struct {
 	debugAddress    string
 	reportAddress   string
 	recheckInterval time.Duration
+	nodeInterval    time.Duration
 	debounce        time.Duration
 	workers         int
 	perPodMetrics   bool
@@ -85,6 +86,8 @@ container runtime; annotations and events catch up when the API server is back.`
 			"no token is checked (the API server drops the caller's), so bind it to the node's address ($(POD_IP):9811 in the DaemonSet) and grant "+
 			"pods/proxy in the agent's namespace only to those who may read every node's report; empty: off")
 	f.DurationVar(&o.recheckInterval, "recheck-interval", agent.DefaultRecheckInterval, "every pod is re-verified at least this often (with jitter)")
+	f.DurationVar(&o.nodeInterval, "node-check-interval", agent.DefaultNodeInterval,
+		"how often the node checks run (istio-cni's install, netfilter features, the log scan); a change of the CNI config directory runs them at once")
 	f.DurationVar(&o.debounce, "debounce", agent.DefaultDebounce, "how long triggers are gathered before a check")
 	f.IntVar(&o.workers, "workers", agent.DefaultWorkers, "how many pods are checked at once")
 	f.BoolVar(&o.watchNftables, "watch-nftables", true,
@@ -182,6 +185,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		Runner:          &diagnose.Runner{Checks: podChecks, Log: log},
 		NodeChecks:      nodeChecks,
 		RecheckInterval: o.recheckInterval,
+		NodeInterval:    o.nodeInterval,
 		Debounce:        o.debounce,
 		Workers:         o.workers,
 		Log:             log,

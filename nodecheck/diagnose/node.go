@@ -78,12 +78,13 @@ func (r *NodeRunner) Run(ctx context.Context) NodeOutcome {
 			run.Result = "findings"
 		}
 		out.Runs = append(out.Runs, run)
-		if errs[i] != nil {
-			continue
-		}
-		out.Findings = append(out.Findings, results[i].Findings...)
+		// A check that failed keeps the detail it had gathered (the istio-cni check's chain
+		// timeline while the CNI config directory is gone): its findings are not trusted.
 		if results[i].Detail != nil {
 			out.Details[c.Name()] = results[i].Detail
+		}
+		if errs[i] == nil {
+			out.Findings = append(out.Findings, results[i].Findings...)
 		}
 	}
 	out.Err = errors.Join(failed...)

@@ -172,6 +172,9 @@ func (c *Check) nodePath(p string) string {
 // state are the node's.
 func (c *Check) Inspect(ctx context.Context) (*State, error) {
 	st := &State{ConfDir: c.nodePath(c.ConfDir), Readiness: "unknown", Runtime: c.Runtime}
+	if c.Chain != nil {
+		st.ChainTimeline = c.Chain.Changes()
+	}
 	files, err := listConfigFiles(c.ConfDir)
 	if err != nil {
 		return st, err
@@ -202,9 +205,6 @@ func (c *Check) Inspect(ctx context.Context) (*State, error) {
 		} else if hasIstio {
 			st.IstioElsewhere = append(st.IstioElsewhere, c.nodePath(path))
 		}
-	}
-	if c.Chain != nil {
-		st.ChainTimeline = c.Chain.Changes()
 	}
 	st.Binary = c.inspectBinary()
 	st.Kubeconfig = c.inspectKubeconfig(istioPlugin)

@@ -56,6 +56,8 @@ type Scanner struct {
 	last ScanStats
 	// warned holds the read errors of the last pass, so each is logged once, when it appears.
 	warned map[string]bool
+	// saveFailing: the last save failed (warned once).
+	saveFailing bool
 }
 
 // Defaults.
@@ -114,6 +116,9 @@ type ScanStats struct {
 	// Sources lists what was found to read, so "no finding" can be told from "nothing read".
 	Sources []string `json:"sources"`
 	Errors  []string `json:"errors,omitempty"`
+	// StateError is why the state could not be saved in the state dir (full, read-only); the
+	// scan went on from memory.
+	StateError string `json:"stateError,omitempty"`
 }
 
 const maxStatErrors = 20
@@ -137,8 +142,8 @@ type pass struct {
 
 // Scan reads what was added to the node's logs since the last pass (on a first start: the
 // look-back), updates the conditions and, with a state directory, saves where it stopped.
-// Unreadable sources are reported in the stats, not as an error; the error is for a cancelled
-// context or a state that cannot be saved.
+// Unreadable sources and a state that cannot be saved are reported in the stats, not as an
+// error; the error is for a cancelled context.
 func (s *Scanner) Scan(ctx context.Context) (ScanStats, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -175,10 +180,20 @@ func (s *Scanner) Scan(ctx context.Context) (ScanStats, error) {
 	p.expire()
 	s.state = p.next
 	p.stats.Duration = time.Since(start).Round(time.Millisecond).String()
-	s.last = p.stats
 	if err := s.state.save(s.cfg.StateDir, p.now); err != nil {
-		return p.stats, err
+		// A full or read-only state dir loses nothing now: offsets and conditions stay in
+		// memory and the findings are reported. Said once, until it can be saved again.
+		p.stats.StateError = err.Error()
+		if !s.saveFailing {
+			s.cfg.Log.Warn("log scan state cannot be saved; offsets and conditions are kept in memory until it can "+
+				"(a restart meanwhile reads the look-back again)", "dir", s.cfg.StateDir, "err", err)
+		}
+		s.saveFailing = true
+	} else if s.saveFailing {
+		s.cfg.Log.Info("log scan state saved again", "dir", s.cfg.StateDir)
+		s.saveFailing = false
 	}
+	s.last = p.stats
 	return p.stats, nil
 }
 

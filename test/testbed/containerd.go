@@ -335,8 +335,30 @@ state = %s
 	return nil
 }
 
+// Restart kills the daemon as a crash would (SIGKILL: its shims and their pods keep running, as on
+// a node) and starts it again on the same root and state, returning once it serves CRI again.
+func (c *Containerd) Restart(ctx context.Context) error {
+	if c.cmd == nil {
+		return errors.New("testbed: this containerd was not started by this process")
+	}
+	if !c.exitedNow() {
+		_ = c.cmd.Process.Signal(syscall.SIGKILL)
+		select {
+		case <-c.exited:
+		case <-ctx.Done():
+			return fmt.Errorf("testbed: containerd did not exit after SIGKILL: %w", ctx.Err())
+		}
+	}
+	c.exited = make(chan struct{})
+	if err := c.start(); err != nil {
+		return err
+	}
+	return c.waitReady(ctx)
+}
+
 func (c *Containerd) start() error {
-	logFile, err := os.Create(filepath.Join(c.Dir, "containerd.log"))
+	// Appended: a restarted daemon's log follows the one before it.
+	logFile, err := os.OpenFile(filepath.Join(c.Dir, "containerd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("creating containerd log: %w", err)
 	}
