@@ -18,6 +18,9 @@
 #                   FUZZLOG; it goes on past a crash and fails at the end, and runs again once a target
 #                   that failed with no failing input (Go 1.26's coordinator deadline race)
 #   make fuzz-report  make fuzz, then the table of docs/reliability.md from its output
+#   make fault-report  the fault suite (test/agent TestFault*: containerd restarts, API server
+#                   flapping, a full or read-only state dir, log junk, the CNI conf dir removed),
+#                   then the fault table of docs/reliability.md from its output (bin/faults.log)
 #   make manifests  render deploy/kustomize from the Helm chart (after changing the chart)
 
 GO        ?= go
@@ -37,7 +40,7 @@ FUZZLOG   ?= bin/fuzz.log
 # Every test package; the privileged ones skip without root, and fail instead when CI=true.
 TEST_FLAGS ?= -count=1 -timeout 30m
 
-.PHONY: all build image test test-unit test-e2e bench lint fuzz fuzz-report demo setup manifests clean
+.PHONY: all build image test test-unit test-e2e bench lint fuzz fuzz-report fault-report demo setup manifests clean
 
 all: build
 
@@ -88,6 +91,12 @@ fuzz:
 
 fuzz-report: fuzz
 	$(GO) run ./test/cmd/fuzz-report -log $(FUZZLOG) -fuzztime $(FUZZTIME) -flags '$(FUZZFLAGS)' -doc docs/reliability.md
+
+fault-report: setup build
+	@mkdir -p bin
+	MESHDOCTOR_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m -run '^TestFault' -v ./test/agent/ > bin/faults.log 2>&1 || \
+	  { grep -E '^(--- |FAIL|ok)|FAULT-REPORT' bin/faults.log; echo "fault suite failed: bin/faults.log"; exit 1; }
+	$(GO) run ./test/cmd/fault-report -log bin/faults.log -doc docs/reliability.md
 
 manifests:
 	@HELM=$$(bash test/setup.sh)/helm-v3.22.0 deploy/render-kustomize.sh

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -136,34 +135,13 @@ func BenchmarkAgentTriggerLatency(b *testing.B) {
 	node := kubelet.Start(b)
 	ctx, cancel := context.WithTimeout(b.Context(), 20*time.Minute)
 	defer cancel()
-	pods := make([]*kubelet.RunningPod, benchPods)
-	errs := make([]error, benchPods)
-	setup := time.Now()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for i := range pods {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			pods[i], errs[i] = node.RunPod(ctx, kubelet.InjectedPod("bench", "pod-"+strconv.Itoa(i)))
-			if errs[i] == nil && pods[i].ExitCodes["istio-init"] != 0 {
-				errs[i] = fmt.Errorf("istio-init of %s exited %d", pods[i].Name, pods[i].ExitCodes["istio-init"])
-			}
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.Logf("%d pods running in %s", benchPods, time.Since(setup).Round(time.Second))
+	pods := runPods(b, ctx, node, "bench", benchPods, 8)
 	empty := b.TempDir()
+	// Without the nftables watch (TestAgentSeesNftablesChangesAtOnce measures that path): this
+	// measures the runtime-event trigger.
 	a := startBenchAgent(b, "meshdoctor", binary, "agent", "--kubeconfig=none", "--containerd-address", node.Containerd.Address,
 		"--recheck-interval", "1h", "--node-backend", "none", "--node-name", "bench-node", "--state-dir", b.TempDir(),
-		"--cni-conf-dir", empty, "--cni-bin-dir", empty, "--pod-log-dir", node.Containerd.PodLogDir)
+		"--cni-conf-dir", empty, "--cni-bin-dir", empty, "--pod-log-dir", node.Containerd.PodLogDir, "--watch-nftables=false")
 	a.waitReady(b, 2*time.Minute)
 	// Once subscribed, the agent sweeps the node for what it may have missed: the samples start
 	// after that sweep, with every pod ok.
