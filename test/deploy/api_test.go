@@ -187,7 +187,7 @@ func TestManifestsPassServerSideDryRun(t *testing.T) {
 		{"chart, default values", defaults},
 		{"chart, every option", helmTemplate(t, append(everyOption,
 			"agent.debugAddress=0.0.0.0:9810", "runtime.criSocket=/var/run/crio/crio.sock",
-			"agent.perPodMetrics=true", "agent.logRules=rules: []", "admissionPolicy.enabled=true",
+			"agent.perPodMetrics=true", "agent.logRules=rules: []", "admissionPolicy.enabled=true", "netfilter.kernelFiles=true",
 			"extraCapabilities={SYS_PTRACE}", "clusterView.subjects[0].kind=Group", "clusterView.subjects[0].name=sre",
 			"clusterView.subjects[0].apiGroup=rbac.authorization.k8s.io")...)},
 	}
