@@ -117,6 +117,10 @@ type Target struct {
 	// SkipReason, when set, says why the pod is not meant to be captured (no sidecar, not in
 	// ambient, host network): no check runs and the pod's verdict is skipped.
 	SkipReason string
+	// StartingUp, when set, says why the pod's capture cannot be judged yet: it is starting and
+	// the init container that writes its rules (istio-init) has not run to completion. The pod's
+	// verdict is unknown with this reason, never broken; istio-init's exit triggers its check.
+	StartingUp string
 	// CNIExcluded says why istio-cni leaves the pod alone, when it does: its namespace is in the
 	// plugin's exclude_namespaces (discover.ApplyCNIExclusions).
 	CNIExcluded string

@@ -80,6 +80,11 @@ func (r *Runner) checkTarget(ctx context.Context, t nodecheck.Target) Outcome {
 		o.Pod.Verdict, o.Pod.Reason = nodecheck.VerdictSkipped, t.SkipReason
 		return o
 	}
+	if t.StartingUp != "" {
+		// Rules not written yet are no broken capture: judged once its rule writer has run.
+		o.Pod.Verdict, o.Pod.Reason = nodecheck.VerdictUnknown, t.StartingUp
+		return o
+	}
 	var errs []error
 	captureVerified := false
 	for _, c := range r.Checks {

@@ -55,3 +55,21 @@ func TestVerdictFollowsVerifiedCapture(t *testing.T) {
 		})
 	}
 }
+
+// A pod whose istio-init has not run yet is not judged: no check runs, its verdict is unknown
+// with the reason, never broken for rules not written yet.
+func TestStartingPodIsNotJudged(t *testing.T) {
+	calls := 0
+	missing := nodecheck.Result{Capture: &nodecheck.Capture{Mode: "sidecar-redirect", Backend: "none", VerifiedBy: "rules"},
+		Findings: []nodecheck.Finding{{Code: nodecheck.RedirectRulesMissing, Severity: nodecheck.SeverityError}}}
+	r := Runner{Checks: []nodecheck.Check{fixedCheck{res: missing, calls: &calls}}}
+	starting := nodecheck.Target{Name: "p", StartingUp: "the pod is starting: istio-init has not finished (running)"}
+	p := r.Run(t.Context(), []nodecheck.Target{starting})[0].Pod
+	if p.Verdict != nodecheck.VerdictUnknown || p.Reason != starting.StartingUp || calls != 0 || len(p.Findings) != 0 {
+		t.Errorf("starting pod: verdict %s reason %q, %d checks run, findings %+v", p.Verdict, p.Reason, calls, p.Findings)
+	}
+	starting.StartingUp = ""
+	if p := r.Run(t.Context(), []nodecheck.Target{starting})[0].Pod; p.Verdict != nodecheck.VerdictBroken || calls != 1 {
+		t.Errorf("once started: verdict %s, %d checks run", p.Verdict, calls)
+	}
+}

@@ -99,8 +99,37 @@ func Target(s Sandbox, hostRoot string) nodecheck.Target {
 	}
 	if mode, why := istiopod.Expect(t); mode == istiopod.ExpectNone {
 		t.SkipReason = why
+	} else if mode == istiopod.ExpectSidecar {
+		t.StartingUp = startingUp(t)
 	}
 	return t
+}
+
+// startingUp says why a sidecar pod's rules cannot be there yet, or "": its istio-init has not
+// exited on its first attempt, or is not created yet while no other container of the pod has
+// started (a pod whose app runs went through its init containers, whatever the runtime still
+// keeps of them). A restarted istio-init (attempt > 0) is a failure to judge, not a start.
+func startingUp(t nodecheck.Target) string {
+	if t.CNIMode {
+		return "" // istio-cni wrote the rules before any container started
+	}
+	init := t.Container(istiopod.ContainerIstioInit)
+	if init != nil {
+		if (init.State == nodecheck.ContainerCreated || init.State == nodecheck.ContainerRunning) && init.Attempt == 0 {
+			return fmt.Sprintf("the pod is starting: istio-init, which writes its capture rules, has not finished (%s)", init.State)
+		}
+		return ""
+	}
+	status, ok := istiopod.ParseSidecarStatus(t.Annotations)
+	if !ok || !slices.Contains(status.InitContainers, istiopod.ContainerIstioInit) {
+		return ""
+	}
+	for _, c := range t.Containers {
+		if !c.StartedAt.IsZero() || c.State == nodecheck.ContainerRunning || c.State == nodecheck.ContainerExited {
+			return ""
+		}
+	}
+	return "the pod is starting: istio-init, which writes its capture rules, is not created yet"
 }
 
 // SortTargets orders targets by namespace and name, so reports are stable.

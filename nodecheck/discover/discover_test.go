@@ -45,6 +45,7 @@ func TestTarget(t *testing.T) {
 		proxyUser *nodecheck.User
 		initArgs  []string // istio-init's argv, kept
 		problem   bool
+		starting  bool // capture not judged yet: istio-init has not run
 	}{
 		{
 			name: "sidecar pod",
@@ -76,6 +77,35 @@ func TestTarget(t *testing.T) {
 			roles:     map[string]nodecheck.ContainerRole{"istio-validation": nodecheck.RoleInit},
 			cniMode:   true,
 			proxyUser: &nodecheck.User{UID: 1500, GID: -1},
+		},
+		{
+			name: "starting: istio-init running, its first attempt",
+			sandbox: Sandbox{NetnsPath: netns, Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status},
+				Containers: []nodecheck.Container{{Name: "istio-init", State: nodecheck.ContainerRunning, StartedAt: at(1)}}},
+			netns: filepath.Join(root, netns), starting: true,
+		},
+		{
+			name:    "starting: sandbox made, no container yet",
+			sandbox: Sandbox{NetnsPath: netns, Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status}},
+			netns:   filepath.Join(root, netns), starting: true,
+		},
+		{
+			name: "not starting: istio-init restarted (a failure to judge)",
+			sandbox: Sandbox{NetnsPath: netns, Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status},
+				Containers: []nodecheck.Container{{Name: "istio-init", State: nodecheck.ContainerRunning, Attempt: 2, StartedAt: at(5)}}},
+			netns: filepath.Join(root, netns),
+		},
+		{
+			name: "not starting: istio-init exited",
+			sandbox: Sandbox{NetnsPath: netns, Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status},
+				Containers: []nodecheck.Container{{Name: "istio-init", State: nodecheck.ContainerExited, StartedAt: at(1)}}},
+			netns: filepath.Join(root, netns),
+		},
+		{
+			name: "not starting: istio-init's record gone, the app runs",
+			sandbox: Sandbox{NetnsPath: netns, Annotations: map[string]string{istiopod.AnnotationSidecarStatus: status},
+				Containers: []nodecheck.Container{{Name: "app", State: nodecheck.ContainerRunning, StartedAt: at(4)}}},
+			netns: filepath.Join(root, netns),
 		},
 		{
 			name:    "plain pod is skipped",
@@ -150,6 +180,9 @@ func TestTarget(t *testing.T) {
 				if ct.Name == "app" && ct.Env != nil {
 					t.Errorf("app's environment kept: %q", ct.Env)
 				}
+			}
+			if c.netns != "" && !strings.Contains(c.name, "gone") && (tg.StartingUp != "") != c.starting {
+				t.Errorf("starting up %q, want %v", tg.StartingUp, c.starting)
 			}
 			if (tg.DiscoveryError != "") != c.problem {
 				t.Errorf("discovery error %q, want problem=%v", tg.DiscoveryError, c.problem)
