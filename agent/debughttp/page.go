@@ -3,6 +3,7 @@ package debughttp
 import (
 	"html/template"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/agent"
@@ -11,15 +12,17 @@ import (
 
 // page is the node at a glance: counts by verdict, node findings, then one row per pod, broken
 // first, with its findings and remedies. No script, no external resources: it must work through
-// `kubectl port-forward` on an air-gapped cluster.
-var page = template.Must(template.New("page").Funcs(template.FuncMap{
-	"ago": func(t time.Time) string {
-		if t.IsZero() {
-			return "never"
-		}
-		return time.Since(t).Round(time.Second).String() + " ago"
-	},
-}).Parse(`<!doctype html>
+// `kubectl port-forward` on an air-gapped cluster. It is parsed on first use, not at process
+// start: every meshdoctor command links this package, and `check` never serves the page.
+var page = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("page").Funcs(template.FuncMap{
+		"ago": func(t time.Time) string {
+			if t.IsZero() {
+				return "never"
+			}
+			return time.Since(t).Round(time.Second).String() + " ago"
+		},
+	}).Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>meshdoctor · {{.Node}}</title>
 <meta http-equiv="refresh" content="30">
 <style>
@@ -47,6 +50,7 @@ th{background:#f4f4f4} td.v{font-weight:600;white-space:nowrap}
 {{else}}<tr><td colspan="5">no pods seen yet</td></tr>{{end}}
 </tbody></table></body></html>
 `))
+})
 
 type pageCount struct {
 	Verdict nodecheck.Verdict
@@ -72,7 +76,7 @@ func writePage(w io.Writer, src Source) error {
 	for _, v := range []nodecheck.Verdict{nodecheck.VerdictBroken, nodecheck.VerdictUnknown, nodecheck.VerdictOK, nodecheck.VerdictSkipped} {
 		counts = append(counts, pageCount{v, n[v]})
 	}
-	return page.Execute(w, struct {
+	return page().Execute(w, struct {
 		Node         string
 		LastSweep    time.Time
 		Counts       []pageCount

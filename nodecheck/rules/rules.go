@@ -8,8 +8,9 @@
 package rules
 
 import (
+	"cmp"
 	"fmt"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -126,7 +127,9 @@ type Rule struct {
 // Normalize sorts the matches into their canonical order and drops duplicates, so that rules with
 // the same meaning render to the same text.
 func (r *Rule) Normalize() {
-	sort.SliceStable(r.Matches, func(i, j int) bool { return r.Matches[i].Kind < r.Matches[j].Kind })
+	// slices rather than sort: sort.SliceStable allocates a swapper on every call, and every
+	// decoded rule comes through here.
+	slices.SortStableFunc(r.Matches, func(a, b Match) int { return cmp.Compare(a.Kind, b.Kind) })
 	out := r.Matches[:0]
 	for i, m := range r.Matches {
 		// Unknown words are kept as they came, repeated or not.

@@ -211,3 +211,34 @@ func BenchmarkListeners(b *testing.B) {
 	}
 	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 }
+
+// The single RTM_GETRULE dump of every family must give what one dump per family gave: the
+// fwmark rules of both families, IPv4 first, each with whether its table routes all locally, and
+// nothing of the other families the kernel dumps with them.
+func TestMarkRoutesBothFamilies(t *testing.T) {
+	ctx := context.Background()
+	n := testbed.NewNetns(t)
+	for _, args := range [][]string{
+		{"-6", "rule", "add", "fwmark", "0x539/0xfff", "lookup", "134"},
+		{"-6", "route", "add", "local", "default", "dev", "lo", "table", "134"},
+		{"-4", "rule", "add", "fwmark", "0x539", "lookup", "133"},
+		{"-4", "route", "add", "local", "default", "dev", "lo", "table", "133"},
+		{"-4", "rule", "add", "fwmark", "0x2", "lookup", "135"},
+	} {
+		if out, err := n.Exec(ctx, "ip", args...); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	snap, err := Reader{}.ReadRules(ctx, n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []rules.MarkRoute{
+		{Family: rules.IPv4, Mark: 0x2, Mask: 0xffffffff, Table: 135},
+		{Family: rules.IPv4, Mark: 0x539, Mask: 0xffffffff, Table: 133, LocalDefault: true},
+		{Family: rules.IPv6, Mark: 0x539, Mask: 0xfff, Table: 134, LocalDefault: true},
+	}
+	if fmt.Sprint(snap.Routing) != fmt.Sprint(want) {
+		t.Errorf("mark routes:\n got %+v\nwant %+v", snap.Routing, want)
+	}
+}
