@@ -346,6 +346,28 @@ func TestDebugPageInChromium(t *testing.T) {
 // is counted in meshdoctor_log_matches_total and shown as IstiodAPIServerUnreachable; an agent
 // restarted on the same --state-dir resumes after what it read (nothing counted twice) and still
 // holds the condition; a line logged after the restart is counted once.
+// istiodLine is a line of istiod's losing the API server, in the CRI log format kubelet writes
+// (timestamp, stream, tag, message), at the given time.
+func istiodLine(at time.Time) string {
+	ts := at.UTC().Format(time.RFC3339Nano)
+	return ts + " stderr F " + ts + "\terror\tklog\tk8s.io/client-go@v0.21.2/tools/cache/reflector.go:167: " +
+		"Failed to watch *v1.ConfigMap: failed to list *v1.ConfigMap: Get \"https://10.96.0.1:443/api/v1/configmaps\": " +
+		"dial tcp 10.96.0.1:443: connect: connection refused\n"
+}
+
+// appendIstiodLine appends istiodLine(at) to a pod log file.
+func appendIstiodLine(t *testing.T, logFile string, at time.Time) {
+	t.Helper()
+	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(istiodLine(at)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestAgentLogEvidenceResumes(t *testing.T) {
 	testbed.RequirePrivileged(t)
 	podLogs, state := t.TempDir(), t.TempDir()
@@ -354,21 +376,7 @@ func TestAgentLogEvidenceResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A line of istiod's, in the CRI log format kubelet writes (timestamp, stream, tag, message).
-	appendLine := func(at time.Time) {
-		t.Helper()
-		f, err := os.OpenFile(logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		ts := at.UTC().Format(time.RFC3339Nano)
-		line := ts + " stderr F " + ts + "\terror\tklog\tk8s.io/client-go@v0.21.2/tools/cache/reflector.go:167: " +
-			"Failed to watch *v1.ConfigMap: failed to list *v1.ConfigMap: Get \"https://10.96.0.1:443/api/v1/configmaps\": " +
-			"dial tcp 10.96.0.1:443: connect: connection refused\n"
-		if _, err := f.WriteString(line); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendLine := func(at time.Time) { appendIstiodLine(t, logFile, at) }
 	const matches = `meshdoctor_log_matches_total{rule="istiod-apiserver-unreachable"}`
 	const condition = `meshdoctor_findings{code="IstiodAPIServerUnreachable",severity="warning"}`
 	appendLine(time.Now().Add(-time.Minute))

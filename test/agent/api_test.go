@@ -28,6 +28,37 @@ func apiPod(ns, name string) *corev1.Pod {
 	}
 }
 
+// apiPods makes this node, namespace shop and its service account on the API server, and for each
+// name a Pod object bound to the node with the same pod run as a real CRI sandbox; it returns
+// each pod's netns.
+func apiPods(t *testing.T, ctx context.Context, kc kubernetes.Interface, node *kubelet.Node, names ...string) map[string]string {
+	t.Helper()
+	must := func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(kc.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "test-node"}}, metav1.CreateOptions{}))
+	must(kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}))
+	must(kc.CoreV1().ServiceAccounts("shop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}))
+	netns := map[string]string{}
+	for _, name := range names {
+		p, err := kc.CoreV1().Pods("shop").Create(ctx, apiPod("shop", name), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := kubelet.InjectedPod("shop", name)
+		pod.UID = string(p.UID)
+		rp, err := node.RunPod(ctx, pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		netns[name] = rp.Netns
+	}
+	return netns
+}
+
 // TestAgentReportsToAPIServer: Pod objects matching real CRI sandboxes; a pod's rules broken and
 // restored show in its annotations, events and the metrics; the API server taken away and brought
 // back, annotations converge; once converged the agent writes nothing.
@@ -41,29 +72,7 @@ func TestAgentReportsToAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	kc := kubernetes.NewForConfigOrDie(cfg)
-	must := func(_ any, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(kc.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "test-node"}}, metav1.CreateOptions{}))
-	must(kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}))
-	must(kc.CoreV1().ServiceAccounts("shop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}))
-	netns := map[string]string{}
-	for _, name := range []string{"cart", "pay"} {
-		p, err := kc.CoreV1().Pods("shop").Create(ctx, apiPod("shop", name), metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pod := kubelet.InjectedPod("shop", name)
-		pod.UID = string(p.UID)
-		rp, err := node.RunPod(ctx, pod)
-		if err != nil {
-			t.Fatal(err)
-		}
-		netns[name] = rp.Netns
-	}
+	netns := apiPods(t, ctx, kc, node, "cart", "pay")
 	a := startAgent(t, "--kubeconfig", api.Kubeconfig, "--containerd-address", node.Containerd.Address,
 		"--recheck-interval", "3s", "--debounce", "200ms")
 

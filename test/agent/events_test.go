@@ -32,15 +32,7 @@ func TestAgentChecksOnRuntimeEvents(t *testing.T) {
 		}
 		return nil
 	})
-	verdicts := func(ok, broken float64) func() error {
-		return func() error {
-			o, b := metric(t, a.metrics, `meshdoctor_pods{verdict="ok"}`), metric(t, a.metrics, `meshdoctor_pods{verdict="broken"}`)
-			if o != ok || b != broken {
-				return fmt.Errorf("%v ok, %v broken", o, b)
-			}
-			return nil
-		}
-	}
+	verdicts := func(ok, broken float64) func() error { return podCounts(t, a, ok, broken) }
 	testbed.Eventually(t, 30*time.Second, "the pod ok", verdicts(1, 0))
 
 	breakJump(t, ctx, pod.Netns)
@@ -72,15 +64,7 @@ func TestAgentSeesNftablesChangesAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := startAgent(t, "--kubeconfig=none", "--containerd-address", node.Containerd.Address, "--recheck-interval", "1h")
-	verdicts := func(ok, broken float64) func() error {
-		return func() error {
-			o, b := metric(t, a.metrics, `meshdoctor_pods{verdict="ok"}`), metric(t, a.metrics, `meshdoctor_pods{verdict="broken"}`)
-			if o != ok || b != broken {
-				return fmt.Errorf("%v ok, %v broken", o, b)
-			}
-			return nil
-		}
-	}
+	verdicts := func(ok, broken float64) func() error { return podCounts(t, a, ok, broken) }
 	testbed.Eventually(t, 30*time.Second, "the pod ok", verdicts(1, 0))
 	// The subscription is made after the pod's first check: wait until the agent holds it.
 	testbed.Eventually(t, 10*time.Second, "the pod's nftables watched", func() error {
@@ -103,4 +87,15 @@ func TestAgentSeesNftablesChangesAtOnce(t *testing.T) {
 		t.Errorf("the pod's socket failed:\n%s", a.Logs())
 	}
 	a.stop(t)
+}
+
+// podCounts is a condition for testbed.Eventually: the agent's metrics count ok and broken pods.
+func podCounts(t *testing.T, a *agentProc, ok, broken float64) func() error {
+	return func() error {
+		o, b := metric(t, a.metrics, `meshdoctor_pods{verdict="ok"}`), metric(t, a.metrics, `meshdoctor_pods{verdict="broken"}`)
+		if o != ok || b != broken {
+			return fmt.Errorf("%v ok, %v broken", o, b)
+		}
+		return nil
+	}
 }

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -201,21 +200,7 @@ func TestFaultStateDirFullThenReadOnly(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(logFile), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	appendLine := func() {
-		t.Helper()
-		f, err := os.OpenFile(logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		ts := time.Now().UTC().Format(time.RFC3339Nano)
-		line := ts + " stderr F " + ts + "\terror\tklog\tk8s.io/client-go@v0.21.2/tools/cache/reflector.go:167: " +
-			"Failed to watch *v1.ConfigMap: failed to list *v1.ConfigMap: Get \"https://10.96.0.1:443/api/v1/configmaps\": " +
-			"dial tcp 10.96.0.1:443: connect: connection refused\n"
-		if _, err := f.WriteString(line); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendLine := func() { appendIstiodLine(t, logFile, time.Now()) }
 	const matches = `meshdoctor_log_matches_total{rule="istiod-apiserver-unreachable"}`
 	const condition = `meshdoctor_findings{code="IstiodAPIServerUnreachable",severity="warning"}`
 	const cannotSave = "log scan state cannot be saved"
@@ -290,9 +275,7 @@ func TestFaultLogJunk(t *testing.T) {
 	for i := range 4096 {
 		junk.WriteByte(byte(i*131 + 7)) // binary junk, NULs and newlines included
 	}
-	junk.WriteString("\n" + ts + " stderr F " + ts + "\terror\tklog\tk8s.io/client-go@v0.21.2/tools/cache/reflector.go:167: " +
-		"Failed to watch *v1.ConfigMap: failed to list *v1.ConfigMap: Get \"https://10.96.0.1:443/api/v1/configmaps\": " +
-		"dial tcp 10.96.0.1:443: connect: connection refused\n")
+	junk.WriteString("\n" + istiodLine(time.Now()))
 	if err := os.WriteFile(filepath.Join(pod, "0.log"), junk.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -432,38 +415,7 @@ func TestFaultAPIServerFlapping(t *testing.T) {
 		t.Fatal(err)
 	}
 	kc := kubernetes.NewForConfigOrDie(cfg)
-	for _, obj := range []func() error{
-		func() error {
-			_, err := kc.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "test-node"}}, metav1.CreateOptions{})
-			return err
-		},
-		func() error {
-			_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{})
-			return err
-		},
-		func() error {
-			_, err := kc.CoreV1().ServiceAccounts("shop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
-			return err
-		},
-	} {
-		if err := obj(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	netns := map[string]string{}
-	for _, name := range []string{"cart", "pay"} {
-		p, err := kc.CoreV1().Pods("shop").Create(ctx, apiPod("shop", name), metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pod := kubelet.InjectedPod("shop", name)
-		pod.UID = string(p.UID)
-		rp, err := node.RunPod(ctx, pod)
-		if err != nil {
-			t.Fatal(err)
-		}
-		netns[name] = rp.Netns
-	}
+	netns := apiPods(t, ctx, kc, node, "cart", "pay")
 	a := startAgent(t, "--kubeconfig", api.Kubeconfig, "--containerd-address", node.Containerd.Address,
 		"--recheck-interval", "3s", "--debounce", "200ms")
 	verdict := func(name string) string {

@@ -21,6 +21,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/meshdoctor/meshdoctor/test/cmd/internal/doctable"
 )
 
 const (
@@ -98,13 +100,7 @@ func table(faults []fault, at time.Time) string {
 
 // replaceTable puts the table between the doc's markers.
 func replaceTable(doc []byte, tab string) ([]byte, error) {
-	s := string(doc)
-	i := strings.Index(s, beginMarker)
-	j := strings.Index(s, endMarker)
-	if i < 0 || j < i {
-		return nil, fmt.Errorf("no %s … %s in the doc", beginMarker, endMarker)
-	}
-	return []byte(s[:i+len(beginMarker)] + "\n" + tab + s[j:]), nil
+	return doctable.Replace(doc, beginMarker, endMarker, tab)
 }
 
 func run() error {

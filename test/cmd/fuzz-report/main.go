@@ -26,6 +26,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshdoctor/meshdoctor/test/cmd/internal/doctable"
 )
 
 const (
@@ -133,13 +135,7 @@ func table(targets []*target, fuzztime, flags string, now time.Time) string {
 
 // replaceTable puts the table between the doc's markers.
 func replaceTable(doc []byte, tab string) ([]byte, error) {
-	s := string(doc)
-	i := strings.Index(s, beginMarker)
-	j := strings.Index(s, endMarker)
-	if i < 0 || j < i {
-		return nil, fmt.Errorf("no %s … %s in the doc", beginMarker, endMarker)
-	}
-	return []byte(s[:i+len(beginMarker)] + "\n" + tab + s[j:]), nil
+	return doctable.Replace(doc, beginMarker, endMarker, tab)
 }
 
 func run() error {
