@@ -34,7 +34,7 @@ func Watch(ctx context.Context, address string, trigger Trigger, log *slog.Logge
 	backoff := time.Second
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := watchOnce(ctx, c, trigger)
+		err := watchOnce(ctx, c, trigger, log, address)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -52,7 +52,7 @@ func Watch(ctx context.Context, address string, trigger Trigger, log *slog.Logge
 	return nil
 }
 
-func watchOnce(ctx context.Context, c eventsapi.EventsClient, trigger Trigger) error {
+func watchOnce(ctx context.Context, c eventsapi.EventsClient, trigger Trigger, log *slog.Logger, address string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := c.Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: []string{
@@ -63,7 +63,9 @@ func watchOnce(ctx context.Context, c eventsapi.EventsClient, trigger Trigger) e
 	if err != nil {
 		return fmt.Errorf("subscribing to containerd events: %w", err)
 	}
-	// A new subscription may have missed events: let the agent look at the whole node.
+	// A new subscription may have missed events: let the agent look at the whole node. (Its
+	// sweep may be folded into one already pending, so the subscription says itself.)
+	log.Info("subscribed to containerd's events", "address", address)
 	trigger("", "containerd event subscription (re)started")
 	for {
 		env, err := stream.Recv()

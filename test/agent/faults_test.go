@@ -80,7 +80,7 @@ func TestFaultContainerdRestart(t *testing.T) {
 	}
 	a := startAgent(t, "--kubeconfig=none", "--containerd-address", node.Containerd.Address,
 		"--recheck-interval", "1h", "--debounce", "200ms")
-	const resubscribed = `"why":"containerd event subscription (re)started"`
+	const resubscribed = `"msg":"subscribed to containerd's events"`
 	testbed.Eventually(t, time.Minute, "subscribed to containerd's events", func() error {
 		if strings.Count(a.Logs(), resubscribed) < 1 {
 			return errors.New("not yet")
