@@ -2,6 +2,7 @@ package podreport
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -74,6 +75,17 @@ func TestWritesThroughALaggingCache(t *testing.T) {
 	waitVerdict("broken")
 	r.PodChecked(nil, state(nodecheck.VerdictOK))
 	waitVerdict("ok")
+	// The recovery event is written after the annotation: count from once it is there.
+	testbed.Eventually(t, 10*time.Second, "CaptureRecovered event written", func() error {
+		evs, err := kc.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "reason=CaptureRecovered"})
+		if err != nil {
+			return err
+		}
+		if len(evs.Items) == 0 {
+			return errors.New("no CaptureRecovered event yet")
+		}
+		return nil
+	})
 	// Once the last write is what is wanted, the cache is trusted again: a sync of the pod
 	// (as a resync would queue) writes nothing.
 	writes := r.Writes()
