@@ -13,7 +13,7 @@ import (
 // binary is the cluster command, with its flags and help under kubectl's name.
 func TestKubectlPlugin(t *testing.T) {
 	for _, argv0 := range []string{"kubectl-meshdoctor", "/usr/local/bin/kubectl-meshdoctor"} {
-		root := rootFor(argv0)
+		root := rootFor(argv0, &profiling{})
 		var out bytes.Buffer
 		root.SetOut(&out)
 		root.SetArgs([]string{"--help"})
@@ -25,7 +25,7 @@ func TestKubectlPlugin(t *testing.T) {
 		}
 	}
 	for _, argv0 := range []string{"meshdoctor", filepath.Join(t.TempDir(), "meshdoctor"), "kubectl"} {
-		root := rootFor(argv0)
+		root := rootFor(argv0, &profiling{})
 		if c, _, err := root.Find([]string{"cluster"}); err != nil || c.Name() != "cluster" {
 			t.Errorf("%s: no cluster subcommand (%v)", argv0, err)
 		}
@@ -47,7 +47,7 @@ func TestClusterFlags(t *testing.T) {
 		}
 	}
 	// Every flag says what it is for.
-	c, _, _ := newRootCommand().Find([]string{"cluster"})
+	c, _, _ := newRootCommand(&profiling{}).Find([]string{"cluster"})
 	c.Flags().VisitAll(func(f *pflag.Flag) {
 		if strings.TrimSpace(f.Usage) == "" {
 			t.Errorf("--%s has no help", f.Name)

@@ -53,9 +53,13 @@ func main() {
 // run runs the command line; started as kubectl's plugin (kubectl-meshdoctor), the binary is the
 // cluster command alone.
 func run(ctx context.Context, argv0 string, args []string) int {
-	root := rootFor(argv0)
+	var prof profiling
+	root := rootFor(argv0, &prof)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
+	if perr := prof.stop(); perr != nil {
+		fmt.Fprintln(os.Stderr, "meshdoctor:", perr)
+	}
 	if err == nil {
 		return exitOK
 	}
@@ -71,16 +75,16 @@ func run(ctx context.Context, argv0 string, args []string) int {
 }
 
 // rootFor is the command line's root for the name the binary was started under.
-func rootFor(argv0 string) *cobra.Command {
+func rootFor(argv0 string, prof *profiling) *cobra.Command {
 	if isKubectlPlugin(argv0) {
 		root := newClusterCommand("kubectl meshdoctor")
 		root.SilenceUsage, root.SilenceErrors = true, true
 		return root
 	}
-	return newRootCommand()
+	return newRootCommand(prof)
 }
 
-func newRootCommand() *cobra.Command {
+func newRootCommand(prof *profiling) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "meshdoctor",
 		Short: "Find out why Istio traffic capture is broken on this node",
@@ -90,7 +94,9 @@ IPv6), and names the root cause with its evidence and a remedy. It only reads: n
 lock is ever created in a pod's namespace.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRunE: func(*cobra.Command, []string) error { return prof.start() },
 	}
+	prof.register(root.PersistentFlags())
 	root.AddCommand(newCheckCommand(), newAgentCommand(), newClusterCommand("cluster"), newVersionCommand())
 	return root
 }

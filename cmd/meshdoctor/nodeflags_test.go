@@ -57,7 +57,7 @@ func nodeRoot(t *testing.T) string {
 // runMeshdoctor runs the CLI in-process and returns its stdout and exit code.
 func runMeshdoctor(t *testing.T, args ...string) ([]byte, int) {
 	t.Helper()
-	root := newRootCommand()
+	root := newRootCommand(&profiling{})
 	var out, errOut bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&errOut)
