@@ -3,7 +3,9 @@
 // It lists every CRI pod sandbox (containers labelled io.cri-containerd.kind=sandbox in the
 // k8s.io namespace) with its sandbox metadata extension (io.cri-containerd.sandbox.metadata:
 // netns path, IP, the pod's annotations and labels), its containers with their OCI spec
-// (effective capabilities), and the running tasks. Three requests list the whole node.
+// (effective capabilities), and the running tasks. A few list requests cover the whole node; what
+// cannot have changed since the previous discovery (parsed specs, statuses of running and exited
+// containers, sandbox processes and cgroups) is kept between discoveries (memo.go).
 //
 // # Exited containers
 //
@@ -75,6 +77,9 @@ type Runtime struct {
 	containers containersapi.ContainersClient
 	tasks      tasksapi.TasksClient
 	cri        runtimeapi.RuntimeServiceClient
+	// mu serialises discoveries: they share memo.
+	mu   sync.Mutex
+	memo *memo
 }
 
 // New connects to the containerd at address (a socket path). hostRoot is where the node's
@@ -89,6 +94,7 @@ func New(address, hostRoot string) (*Runtime, error) {
 		containers: containersapi.NewContainersClient(conn),
 		tasks:      tasksapi.NewTasksClient(conn),
 		cri:        runtimeapi.NewRuntimeServiceClient(conn),
+		memo:       newMemo(),
 	}, nil
 }
 
@@ -101,20 +107,27 @@ type record struct {
 	sandboxID string
 }
 
-// Discover lists every ready pod sandbox of the node with its containers.
+// Discover lists every ready pod sandbox of the node with its containers. What cannot have
+// changed since the previous discovery is taken from it (memo.go); calls are serialised.
 func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	// containerd's dialer waits for a missing socket to appear until its timeout; say at once
 	// that nothing listens there.
 	if _, err := os.Stat(r.address); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("no containerd socket at %s (is containerd running, and is this its --containerd-address?): %w", r.address, err)
 	}
-	// The container records and which sandboxes are ready, at the same time.
+	// The container records, which sandboxes are ready and the containers' states, at the same
+	// time.
 	var ready map[string]bool
 	var readyErr error
+	var states map[string]runtimeapi.ContainerState
 	listed := make(chan struct{})
 	go func() {
 		defer close(listed)
-		ready, readyErr = r.readySandboxes(ctx)
+		if ready, readyErr = r.readySandboxes(ctx); readyErr == nil {
+			states = r.listedStates(ctx)
+		}
 	}()
 	all, err := r.listContainers(ctx, `labels."`+labelKind+`"`)
 	<-listed
@@ -140,21 +153,23 @@ func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 	var sandboxes []*discover.Sandbox
 	bySandbox := map[string]*discover.Sandbox{}
 	var recs []record
+	seen := make(map[string]bool, len(all))
 	for _, ctr := range all {
+		seen[ctr.ID] = true
 		switch ctr.Labels[labelKind] {
 		case kindSandbox:
 			if !ready[ctr.ID] {
 				continue // not ready: a stopped sandbox kubelet has not removed yet
 			}
-			var pid uint32
+			pid := r.memo.pids[ctr.ID]
 			if p := procs[ctr.ID]; p != nil {
 				pid = p.Pid
 			}
-			s := sandboxOf(ctr, pid)
+			s := r.memo.sandbox(ctr, pid)
 			sandboxes = append(sandboxes, s)
 			bySandbox[s.ID] = s
 		case kindContainer:
-			recs = append(recs, recordOf(ctr))
+			recs = append(recs, r.memo.record(ctr))
 		}
 	}
 	// Only the containers of ready sandboxes are worth a status request.
@@ -169,8 +184,13 @@ func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 		defer close(pidsDone)
 		r.fillSandboxPids(ctx, sandboxes)
 	}()
-	problems := r.fillStates(ctx, recs, mine, procs, readyErr == nil)
+	problems := r.fillStates(ctx, recs, mine, procs, states, readyErr == nil)
 	<-pidsDone
+	for _, s := range sandboxes {
+		if s.Pid != 0 {
+			r.memo.pids[s.ID] = s.Pid
+		}
+	}
 	for _, i := range mine {
 		s := bySandbox[recs[i].sandboxID]
 		switch p := problems[i]; p {
@@ -186,9 +206,14 @@ func (r *Runtime) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 	cgroups := discover.NewCgroups(r.hostRoot)
 	for _, s := range sandboxes {
 		t := discover.Target(*s, r.hostRoot)
-		cgroups.Assign(&t, s.Pid)
+		if c, ok := r.memo.cgroups[s.ID]; ok && s.Pid != 0 && c.pid == s.Pid {
+			t.Cgroup = c.cgroup
+		} else if cgroups.Assign(&t, s.Pid); t.CgroupError == "" && t.Cgroup != "" {
+			r.memo.cgroups[s.ID] = memoCgroup{pid: s.Pid, cgroup: t.Cgroup}
+		}
 		out = append(out, t)
 	}
+	r.memo.forget(seen)
 	discover.SortTargets(out)
 	return out, nil
 }
@@ -341,7 +366,9 @@ const removed = "\x00removed"
 
 // fillStates asks CRI for the status of the chosen records, in parallel, falling back to the
 // task list when CRI cannot answer. It returns, by record index, what went wrong.
-func (r *Runtime) fillStates(ctx context.Context, recs []record, which []int, procs map[string]*tasktypes.Process, useCRI bool) map[int]string {
+// A status the memo holds for the state CRI's listing gives is not asked for again.
+func (r *Runtime) fillStates(ctx context.Context, recs []record, which []int, procs map[string]*tasktypes.Process,
+	states map[string]runtimeapi.ContainerState, useCRI bool) map[int]string {
 	problems := map[int]string{}
 	var mu sync.Mutex
 	var g errgroup.Group
@@ -350,9 +377,19 @@ func (r *Runtime) fillStates(ctx context.Context, recs []record, which []int, pr
 		g.Go(func() error {
 			c := &recs[i].c
 			if useCRI {
+				mu.Lock()
+				kept := r.memo.status(c.ID, states)
+				mu.Unlock()
+				if kept != nil {
+					discover.ApplyStatus(c, kept)
+					return nil
+				}
 				resp, err := r.cri.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: c.ID})
 				if err == nil && resp.Status != nil {
 					discover.ApplyStatus(c, resp.Status)
+					mu.Lock()
+					r.memo.keepStatus(c.ID, resp.Status)
+					mu.Unlock()
 					return nil
 				}
 				if status.Code(err) == codes.NotFound {
