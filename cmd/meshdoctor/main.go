@@ -92,8 +92,8 @@ func newRootCommand(prof *profiling) *cobra.Command {
 rules Istio should have written there (iptables-nft, iptables-legacy, native nftables; IPv4 and
 IPv6), and names the root cause with its evidence and a remedy. It only reads: no rule, table or
 lock is ever created in a pod's namespace.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
 		PersistentPreRunE: func(*cobra.Command, []string) error { return prof.start() },
 	}
 	prof.register(root.PersistentFlags())

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +79,27 @@ func BenchmarkCheckNode(b *testing.B) {
 		mine = measure(b, func() *exec.Cmd {
 			return exec.CommandContext(ctx, binary, "check", "-o", "json", "--containerd-address", n.Containerd.Address)
 		}, 0)
+	})
+	// With MESHDOCTOR_BENCH_PROFILE_DIR, one more run writes check's CPU and heap profiles there
+	// (go tool pprof -top DIR/check-cpu.pprof): where the whole-node check's time goes.
+	if dir := os.Getenv("MESHDOCTOR_BENCH_PROFILE_DIR"); dir != "" {
+		cpu, heap := filepath.Join(dir, "check-cpu.pprof"), filepath.Join(dir, "check-heap.pprof")
+		out, err := exec.CommandContext(ctx, binary, "check", "-o", "json", "--containerd-address", n.Containerd.Address,
+			"--cpu-profile", cpu, "--heap-profile", heap).CombinedOutput()
+		if err != nil {
+			b.Fatalf("check with profiles: %v\n%s", err, out[max(0, len(out)-2000):])
+		}
+		b.Logf("profiles of one whole-node check: %s, %s", cpu, heap)
+	}
+	// Process start alone: the same binary doing nothing but parse flags and exit, so that the
+	// whole-node figure can be split into start-up and work.
+	b.Run("meshdoctor-process-start", func(b *testing.B) {
+		start := measure(b, func() *exec.Cmd { return exec.CommandContext(ctx, binary, "version") }, 0)
+		if start.runs > 0 && mine.runs > 0 {
+			fmt.Printf("whole node, %d pods: process start %.1f ms CPU, %.1f ms wall of check's %.0f ms CPU, %.0f ms wall "+
+				"(%.2f ms CPU/pod without it)\n", maxPods, start.cpuMsPerPod()*maxPods, start.wallMs(),
+				mine.cpuMsPerPod()*maxPods, mine.wallMs(), mine.cpuMsPerPod()-start.cpuMsPerPod())
+		}
 	})
 	b.Run("baseline-nsenter-iptables-save", func(b *testing.B) {
 		script := `for ns in ` + strings.Join(netns, " ") + `; do nsenter --net="$ns" iptables-save >/dev/null || exit 1; done`
