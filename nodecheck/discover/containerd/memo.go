@@ -104,31 +104,12 @@ func (m *memo) keepStatus(id string, st *runtimeapi.ContainerStatus) {
 
 // forget drops what the listing no longer shows.
 func (m *memo) forget(listed map[string]bool) {
-	for id := range m.records {
-		if !listed[id] {
-			delete(m.records, id)
-		}
-	}
-	for id := range m.sandboxes {
-		if !listed[id] {
-			delete(m.sandboxes, id)
-		}
-	}
-	for id := range m.statuses {
-		if !listed[id] {
-			delete(m.statuses, id)
-		}
-	}
-	for id := range m.pids {
-		if !listed[id] {
-			delete(m.pids, id)
-		}
-	}
-	for id := range m.cgroups {
-		if !listed[id] {
-			delete(m.cgroups, id)
-		}
-	}
+	unlisted := func(id string) bool { return !listed[id] }
+	maps.DeleteFunc(m.records, func(id string, _ memoRecord) bool { return unlisted(id) })
+	maps.DeleteFunc(m.sandboxes, func(id string, _ memoSandbox) bool { return unlisted(id) })
+	maps.DeleteFunc(m.statuses, func(id string, _ *runtimeapi.ContainerStatus) bool { return unlisted(id) })
+	maps.DeleteFunc(m.pids, func(id string, _ uint32) bool { return unlisted(id) })
+	maps.DeleteFunc(m.cgroups, func(id string, _ memoCgroup) bool { return unlisted(id) })
 }
 
 func cloneRecord(r record) record {
