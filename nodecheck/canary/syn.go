@@ -12,11 +12,12 @@ import (
 )
 
 // sendSYN sends one TCP SYN for t from a raw socket made as uid and gid, on the calling thread.
+//
+// The socket is never read, and it gets no filter: while it is open (a few system calls) it is
+// handed a copy of each TCP segment the namespace receives, which its close frees, and that costs
+// far less than attaching a filter, which the kernel compiles for every socket.
 func sendSYN(t ctnetlink.Tuple, uid, gid uint32) error {
-	// The socket would receive a copy of every TCP segment of the namespace while it is open:
-	// a filter that keeps nothing spares that work.
-	dropAll := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
-	fd, err := synSocket(t, uid, gid, dropAll)
+	fd, err := synSocket(t, uid, gid, nil)
 	if err != nil {
 		return err
 	}
@@ -24,8 +25,8 @@ func sendSYN(t ctnetlink.Tuple, uid, gid uint32) error {
 	return sendOn(fd, t)
 }
 
-// synSocket opens the raw socket a SYN for t is sent from, TTL 1, bound to t's source address,
-// keeping only the segments filter accepts; none is queued when it returns.
+// synSocket opens the raw socket a SYN for t is sent from, TTL 1, bound to t's source address.
+// With a filter, it keeps only the segments filter accepts, and none is queued when it returns.
 func synSocket(t ctnetlink.Tuple, uid, gid uint32, filter []unix.SockFilter) (int, error) {
 	af := unix.AF_INET
 	if t.Dst.Addr().Is6() {
@@ -39,15 +40,17 @@ func synSocket(t ctnetlink.Tuple, uid, gid uint32, filter []unix.SockFilter) (in
 		unix.Close(fd)
 		return -1, err
 	}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
-		&unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}); err != nil {
-		return fail(fmt.Errorf("filtering the canary's raw socket: %w", err))
-	}
-	// What came in before the filter was attached is no answer to us.
-	buf := make([]byte, 1)
-	for {
-		if _, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT|unix.MSG_TRUNC); err != nil {
-			break
+	if len(filter) > 0 {
+		if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
+			&unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}); err != nil {
+			return fail(fmt.Errorf("filtering the canary's raw socket: %w", err))
+		}
+		// What came in before the filter was attached is no answer to us.
+		buf := make([]byte, 1)
+		for {
+			if _, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT|unix.MSG_TRUNC); err != nil {
+				break
+			}
 		}
 	}
 	if af == unix.AF_INET {
@@ -79,12 +82,11 @@ func sendOn(fd int, t ctnetlink.Tuple) error {
 func rawSocketAs(af int, uid, gid uint32) (int, error) {
 	prevGID, _ := unix.SetfsgidRetGid(int(gid))
 	prevUID, _ := unix.SetfsuidRetUid(int(uid))
-	// setfsuid answers the previous ID whether or not it changed it; asking again tells.
-	gotUID, _ := unix.SetfsuidRetUid(int(uid))
-	gotGID, _ := unix.SetfsgidRetGid(int(gid))
 	fd, sockErr := unix.Socket(af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-	unix.SetfsuidRetUid(prevUID)
-	unix.SetfsgidRetGid(prevGID)
+	// setfsuid answers the ID it replaces whether or not it changed it: putting the previous
+	// one back tells whether ours had taken.
+	gotUID, _ := unix.SetfsuidRetUid(prevUID)
+	gotGID, _ := unix.SetfsgidRetGid(prevGID)
 	if sockErr != nil {
 		return -1, fmt.Errorf("opening a raw TCP socket (needs CAP_NET_RAW): %w", sockErr)
 	}
