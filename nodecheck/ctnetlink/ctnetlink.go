@@ -13,12 +13,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshdoctor/meshdoctor/nodecheck/procfile"
 )
 
 // ctnetlink's message types and attributes (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
@@ -148,7 +149,7 @@ func OpenWatching(ctx context.Context) (*Conn, error) {
 		return nil, fmt.Errorf("subscribing to conntrack events (needs CAP_NET_ADMIN): %w", err)
 	}
 	// The thread is in the namespace, so /proc/sys/net shows the namespace's own settings.
-	if v, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_events"); err == nil && strings.TrimSpace(string(v)) == "0" {
+	if v, err := procfile.Read("/proc/sys/net/netfilter/nf_conntrack_events"); err == nil && strings.TrimSpace(string(v)) == "0" {
 		c.eventsOff = true
 	}
 	return c, nil

@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshdoctor/meshdoctor/nodecheck/procfile"
+
 	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
@@ -139,7 +141,7 @@ func readRawHere(ctx context.Context, netnsPath string) ([]RawTable, error) {
 // tableNames reads an ip_tables_names file: the tables that exist in the namespace, one a line.
 // The file is missing when the module is not loaded, and then no legacy table can exist.
 func tableNames(path string) ([]string, error) {
-	b, err := os.ReadFile(path)
+	b, err := procfile.Read(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
