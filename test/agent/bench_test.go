@@ -33,14 +33,7 @@ const benchPods = 110
 // go test -run '^$' -bench AgentFootprint ./test/agent/).
 func BenchmarkAgentFootprint(b *testing.B) {
 	testbed.RequirePrivileged(b)
-	window := 10 * time.Minute
-	if w := os.Getenv("MESHDOCTOR_BENCH_WINDOW"); w != "" {
-		d, err := time.ParseDuration(w)
-		if err != nil {
-			b.Fatal(err)
-		}
-		window = d
-	}
+	window := benchDuration(b, "MESHDOCTOR_BENCH_WINDOW", 10*time.Minute)
 	ctx := context.Background()
 	first := testbed.NewNetns(b)
 	if err := first.IstioIptables(ctx, testbed.DefaultSidecarArgs()...); err != nil {
@@ -72,23 +65,7 @@ func BenchmarkAgentFootprint(b *testing.B) {
 	}
 	b.ResetTimer()
 	for range b.N {
-		cpu0 := make([]int64, len(agents))
-		for i, a := range agents {
-			cpu0[i] = cpuTicks(b, a.cmd.Process.Pid)
-		}
-		start := time.Now()
-		time.Sleep(window)
-		elapsed := time.Since(start)
-		use := make([]footprint, len(agents))
-		for i, a := range agents {
-			use[i] = a.footprint(b, cpu0[i], elapsed)
-			b.Logf("%s: %d pods, re-verify every 60s, window %s: %.2f millicores average, peak RSS %.1f MiB, "+
-				"RSS now %.1f MiB (anonymous %.1f, binary and other files %.1f; Go heap in use %.1f)",
-				a.name, benchPods, elapsed.Round(time.Second), use[i].millicores, use[i].peakMiB,
-				use[i].rssMiB, use[i].anonMiB, use[i].fileMiB, use[i].heapMiB)
-			b.ReportMetric(use[i].millicores, a.metricPrefix()+"millicores")
-			b.ReportMetric(use[i].peakMiB, a.metricPrefix()+"peak-RSS-MiB")
-		}
+		use := measureWindow(b, agents, window, fmt.Sprintf("%d pods, re-verify every 60s", benchPods))
 		if len(use) == 2 {
 			b.Logf("meshdoctor / baseline: CPU %.2f×, peak RSS %.2f×", use[0].millicores/use[1].millicores, use[0].peakMiB/use[1].peakMiB)
 		}
@@ -285,6 +262,43 @@ func (a *benchAgent) logTail() string {
 }
 
 // footprint is what the OS and the Go runtime say the agent uses.
+// benchDuration reads a duration of a benchmark from the environment, def without it.
+func benchDuration(b *testing.B, name string, def time.Duration) time.Duration {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		b.Fatalf("%s=%q: want a positive duration", name, v)
+	}
+	return d
+}
+
+// measureWindow takes every agent's average CPU over window, side by side in the same window,
+// and its memory at the end; it logs each one's figures after what, and reports them as the
+// benchmark's metrics.
+func measureWindow(b *testing.B, agents []*benchAgent, window time.Duration, what string) []footprint {
+	cpu0 := make([]int64, len(agents))
+	for i, a := range agents {
+		cpu0[i] = cpuTicks(b, a.cmd.Process.Pid)
+	}
+	start := time.Now()
+	time.Sleep(window)
+	elapsed := time.Since(start)
+	use := make([]footprint, len(agents))
+	for i, a := range agents {
+		use[i] = a.footprint(b, cpu0[i], elapsed)
+		b.Logf("%s: %s, window %s: %.2f millicores average, peak RSS %.1f MiB, "+
+			"RSS now %.1f MiB (anonymous %.1f, binary and other files %.1f; Go heap in use %.1f)",
+			a.name, what, elapsed.Round(time.Second), use[i].millicores, use[i].peakMiB,
+			use[i].rssMiB, use[i].anonMiB, use[i].fileMiB, use[i].heapMiB)
+		b.ReportMetric(use[i].millicores, a.metricPrefix()+"millicores")
+		b.ReportMetric(use[i].peakMiB, a.metricPrefix()+"peak-RSS-MiB")
+	}
+	return use
+}
+
 type footprint struct {
 	millicores                                 float64
 	peakMiB, rssMiB, anonMiB, fileMiB, heapMiB float64

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,19 +12,6 @@ import (
 
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
-
-// benchDuration reads a duration of a benchmark from the environment, def without it.
-func benchDuration(b *testing.B, name string, def time.Duration) time.Duration {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		b.Fatalf("%s=%q: want a positive duration", name, v)
-	}
-	return d
-}
 
 // BenchmarkAgentFootprintCRI measures the agent the way a real node runs it (issue 15): 110 real
 // CRI pod sandboxes injected as Istio does (istio-init writing the rules with pilot-agent, a
@@ -74,25 +62,11 @@ func BenchmarkAgentFootprintCRI(b *testing.B) {
 
 	b.ResetTimer()
 	for range b.N {
-		cpu0 := make([]int64, len(agents))
-		for i, a := range agents {
-			cpu0[i] = cpuTicks(b, a.cmd.Process.Pid)
-		}
-		start := time.Now()
-		time.Sleep(window)
-		elapsed := time.Since(start)
-		use := make([]footprint, len(agents))
-		for i, a := range agents {
-			use[i] = a.footprint(b, cpu0[i], elapsed)
+		use := measureWindow(b, agents, window, fmt.Sprintf("%d real CRI pods, re-verify every 60s, warm-up %s", benchPods, warmup))
+		for _, a := range agents {
 			if v, _ := a.metric(`meshdoctor_pods{verdict="ok"}`); v != benchPods {
 				b.Errorf("%s: %v of %d pods ok at the end of the window", a.name, v, benchPods)
 			}
-			b.Logf("%s: %d real CRI pods, re-verify every 60s, warm-up %s, window %s: %.2f millicores average, "+
-				"peak RSS %.1f MiB, RSS now %.1f MiB (anonymous %.1f, binary and other files %.1f; Go heap in use %.1f)",
-				a.name, benchPods, warmup, elapsed.Round(time.Second), use[i].millicores, use[i].peakMiB,
-				use[i].rssMiB, use[i].anonMiB, use[i].fileMiB, use[i].heapMiB)
-			b.ReportMetric(use[i].millicores, a.metricPrefix()+"millicores")
-			b.ReportMetric(use[i].peakMiB, a.metricPrefix()+"peak-RSS-MiB")
 		}
 		b.Logf("real node / bare --netns (same pods, same window): CPU %.2f×, peak RSS %.2f×",
 			use[0].millicores/use[1].millicores, use[0].peakMiB/use[1].peakMiB)
