@@ -16,8 +16,8 @@ import (
 // maxSize bounds what Read returns: the files it is for hold a few lines.
 const maxSize = 64 << 10
 
-// Read returns the content of the file at path, at most 64 KiB of it. A missing file is an
-// error that errors.Is(err, os.ErrNotExist) matches, as with os.ReadFile.
+// Read returns the content of the file at path; a file larger than 64 KiB is an error. A missing
+// file is an error that errors.Is(err, os.ErrNotExist) matches, as with os.ReadFile.
 func Read(path string) ([]byte, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -25,7 +25,7 @@ func Read(path string) ([]byte, error) {
 	}
 	defer unix.Close(fd)
 	buf := make([]byte, 0, 512)
-	for len(buf) < maxSize {
+	for len(buf) <= maxSize {
 		if len(buf) == cap(buf) {
 			buf = append(buf, make([]byte, cap(buf))...)[:len(buf)]
 		}

@@ -30,6 +30,7 @@ func TestRead(t *testing.T) {
 		{"empty", write("empty", nil), []byte{}, ""},
 		{"one line", write("names", []byte("nat\nfilter\n")), []byte("nat\nfilter\n"), ""},
 		{"larger than one buffer", write("big", big), big, ""},
+		{"exactly the largest", write("full", bytes.Repeat([]byte("x"), 64<<10)), bytes.Repeat([]byte("x"), 64<<10), ""},
 		{"too large", write("huge", bytes.Repeat([]byte("x"), 64<<10+1)), nil, "larger than 65536 bytes"},
 		{"a directory", dir, nil, "is a directory"},
 		// A file of /proc whose size is 0 until read.

@@ -11,9 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/meshdoctor/meshdoctor/nodecheck/procfile"
-
 	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
+	"github.com/meshdoctor/meshdoctor/nodecheck/procfile"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 )
 
