@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sync"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -45,23 +46,21 @@ func Do(ctx context.Context, path string, fn func() error) error {
 		// the original namespace is it unlocked and handed back to the scheduler; otherwise
 		// the goroutine exits still locked and Go terminates the thread.
 		runtime.LockOSThread()
-		// Every descriptor is closed before the result is sent: Do's caller sees none of ours.
-		orig, err := netns.Get()
+		// Every descriptor of this call is closed before the result is sent: Do's caller sees
+		// none of ours, only the process's own namespace stays open (home).
+		orig, err := home.get()
 		if err != nil {
 			runtime.UnlockOSThread()
 			done <- fmt.Errorf("reading the agent's own network namespace: %w", err)
 			return
 		}
 		if err := netns.Set(target); err != nil {
-			orig.Close()
 			runtime.UnlockOSThread()
 			done <- fmt.Errorf("entering network namespace %s: %w", path, err)
 			return
 		}
 		fnErr := fn()
-		err = netns.Set(orig)
-		orig.Close()
-		if err != nil {
+		if err := netns.Set(orig); err != nil {
 			done <- errors.Join(fnErr, fmt.Errorf("returning from network namespace %s (thread discarded): %w", path, err))
 			return
 		}
@@ -69,6 +68,35 @@ func Do(ctx context.Context, path string, fn func() error) error {
 		done <- fnErr
 	}()
 	return <-done
+}
+
+// home is the process's own network namespace, the one every thread runs in while no Do holds
+// it: Do returns a thread to Go's pool only once it is back there, and Go starts new threads from
+// a clean template thread, never from a locked one. It is opened once, from a thread that has just
+// been locked and not yet moved (so it is in that namespace), and kept for the process's life:
+// reading it again on every visit cost four system calls and a walk of /proc. An error is not
+// kept: the next Do tries again.
+var home homeNetns
+
+type homeNetns struct {
+	mu sync.Mutex
+	h  netns.NsHandle
+	ok bool
+}
+
+// get must be called on a locked thread that is still in the process's own namespace.
+func (n *homeNetns) get() (netns.NsHandle, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ok {
+		return n.h, nil
+	}
+	h, err := netns.Get()
+	if err != nil {
+		return netns.None(), err
+	}
+	n.h, n.ok = h, true
+	return h, nil
 }
 
 // Open returns a file descriptor for the network namespace at path, for APIs that take one
