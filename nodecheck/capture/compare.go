@@ -146,7 +146,7 @@ func diffChain(table, chain string, want []ExpectedRule, actual *rules.RuleSet) 
 			d.Absent = true
 			for _, w := range want {
 				if !w.Optional {
-					d.Missing = append(d.Missing, w.Rule.Spec())
+					d.Missing = append(d.Missing, w.text())
 				}
 			}
 		}
@@ -157,7 +157,7 @@ func diffChain(table, chain string, want []ExpectedRule, actual *rules.RuleSet) 
 	wantSpecs := make([]string, len(want))
 	optional := map[string]bool{}
 	for i, w := range want {
-		wantSpecs[i] = w.Rule.Spec()
+		wantSpecs[i] = w.text()
 		if w.Optional {
 			optional[wantSpecs[i]] = true
 		}

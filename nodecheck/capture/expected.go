@@ -31,6 +31,21 @@ type ExpectedRule struct {
 	// Optional rules are not required and not flagged when present: their exact form depends on
 	// what the node cannot see (the pod's resolv.conf for DNS capture).
 	Optional bool
+	// spec is Rule's canonical text, rendered once when the expectation is built (expectations
+	// are cached and compared on every check).
+	spec string
+}
+
+func expectedRule(r rules.Rule, optional bool) ExpectedRule {
+	return ExpectedRule{Rule: r, Optional: optional, spec: r.Spec()}
+}
+
+// text is the rule's canonical text, as Compare matches it.
+func (w ExpectedRule) text() string {
+	if w.spec != "" {
+		return w.spec
+	}
+	return w.Rule.Spec()
 }
 
 // Expected is the rule set a pod's configuration calls for in one family: table → chain → rules.
@@ -80,7 +95,7 @@ func (e *Expected) chain(table, chain string) []ExpectedRule {
 
 func (e *Expected) add(table, chain string, optional bool, spec string, args ...any) {
 	r := rules.MustParseRuleSpec(fmt.Sprintf(spec, args...))
-	e.Tables[table][chain] = append(e.chain(table, chain), ExpectedRule{Rule: r, Optional: optional})
+	e.Tables[table][chain] = append(e.chain(table, chain), expectedRule(r, optional))
 }
 
 func (e *Expected) append(table, chain, spec string, args ...any) {
@@ -89,7 +104,7 @@ func (e *Expected) append(table, chain, spec string, args ...any) {
 
 // insert places a rule at 1-based position pos, as `iptables -I CHAIN pos` does.
 func (e *Expected) insert(table, chain string, pos int, spec string, args ...any) {
-	r := ExpectedRule{Rule: rules.MustParseRuleSpec(fmt.Sprintf(spec, args...))}
+	r := expectedRule(rules.MustParseRuleSpec(fmt.Sprintf(spec, args...)), false)
 	cur := e.chain(table, chain)
 	i := min(max(pos-1, 0), len(cur))
 	cur = append(cur[:i], append([]ExpectedRule{r}, cur[i:]...)...)
