@@ -107,8 +107,9 @@ type Conn struct {
 	fd, events int // events is -1 when not watching
 	seq        uint32
 	buf        []byte
-	// eventsOff: the namespace's nf_conntrack_events is 0, so no creation is announced.
-	eventsOff bool
+	// eventsOff: the namespace's nf_conntrack_events is 0, so no creation is announced; read
+	// once, when first asked (eventsRead), since only an entry that cannot be found needs it.
+	eventsOff, eventsRead bool
 	// lost: the event socket overflowed since the last drain, so an event may be missing.
 	lost bool
 }
@@ -148,16 +149,27 @@ func OpenWatching(ctx context.Context) (*Conn, error) {
 		c.Close()
 		return nil, fmt.Errorf("subscribing to conntrack events (needs CAP_NET_ADMIN): %w", err)
 	}
-	// The thread is in the namespace, so /proc/sys/net shows the namespace's own settings.
-	if v, err := procfile.Read("/proc/sys/net/netfilter/nf_conntrack_events"); err == nil && strings.TrimSpace(string(v)) == "0" {
-		c.eventsOff = true
-	}
 	return c, nil
 }
 
 // EventsUnreliable says that a creation may have gone unannounced since the last DrainEvents:
-// the namespace's nf_conntrack_events is 0, or the event socket overflowed.
-func (c *Conn) EventsUnreliable() bool { return c.eventsOff || c.lost }
+// the namespace's nf_conntrack_events is 0, or the event socket overflowed. Like OpenWatching, it
+// must be called on the thread that is in the connection's namespace: the first call reads the
+// namespace's setting from /proc/sys/net, which shows the calling thread's namespace (a sysctl
+// lookup costs more than the whole probe's netlink traffic, so only a probe whose entry cannot be
+// found pays it).
+func (c *Conn) EventsUnreliable() bool {
+	if c.lost {
+		return true
+	}
+	if !c.eventsRead {
+		c.eventsRead = true
+		if v, err := procfile.Read("/proc/sys/net/netfilter/nf_conntrack_events"); err == nil && strings.TrimSpace(string(v)) == "0" {
+			c.eventsOff = true
+		}
+	}
+	return c.eventsOff
+}
 
 // Close closes the sockets.
 func (c *Conn) Close() {
