@@ -13,6 +13,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/canary"
 	"github.com/meshdoctor/meshdoctor/nodecheck/capture"
+	"github.com/meshdoctor/meshdoctor/nodecheck/istiopod"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
@@ -152,5 +153,51 @@ func storeAmbientNftCase(t *testing.T, ctx context.Context, c ambientNftCase, n 
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// An ambient pod whose native nftables rules istio-cni wrote and which ztunnel serves, but whose
+// TCP another owner untracks, in another nft table or in the legacy backend: every Istio rule
+// reads right, and only the canary sees that nothing is captured. (Not in ambientNftCases: those
+// are stored as captures of Istio's tables alone.)
+func TestAmbientNftablesCaptureBypassed(t *testing.T) {
+	writer := testbed.AmbientInpod(t)
+	enrolled := map[string]string{istiopod.AnnotationAmbientRedirection: "enabled"}
+	for _, c := range []struct {
+		name    string
+		opts    []testbed.Option
+		breakIt func(context.Context, *testbed.Netns) error
+	}{
+		{name: "another owner's nft table untracks TCP", opts: []testbed.Option{testbed.IPv4Only()},
+			breakIt: nftScript("table inet other {\n chain out {\n  type filter hook output priority raw\n  meta l4proto tcp notrack\n }\n}")},
+		{name: "the legacy backend untracks TCP", opts: []testbed.Option{testbed.IPv4Only()},
+			breakIt: func(ctx context.Context, n *testbed.Netns) error {
+				return n.Iptables(ctx, testbed.Legacy, testbed.IPv4, "-t", "raw", "-A", "OUTPUT", "-p", "tcp", "-j", "NOTRACK")
+			}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			n := testbed.NewNetns(t, c.opts...)
+			if err := n.AmbientRules(ctx, writer, "--native-nftables"); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.breakIt(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+			testbed.ZtunnelStandIn(t, n.Path())
+			var res nodecheck.Result
+			n.Unchanged(ctx, t, "the check", func() {
+				var err error
+				res, err = (&capture.Check{Reader: nsread.Reader{}, Traffic: canary.Prober{}}).Check(ctx, nodecheck.Target{Netns: n.Path(), Annotations: enrolled})
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
+			checkAmbientNftResult(t, ambientNftCase{name: c.name, args: []string{}, codes: []nodecheck.Code{nodecheck.CaptureBypassed},
+				contains: "not tracked by conntrack"}, res)
+			checkVerifiedByTraffic(t, res)
+		})
 	}
 }

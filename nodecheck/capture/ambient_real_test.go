@@ -88,6 +88,11 @@ func TestAmbientRulesFromIstiosWriter(t *testing.T) {
 		{name: "rules verify, ztunnel listens, another owner's nft table untracks TCP", args: []string{}, annotations: enrolled,
 			breakIt: nftScript("table inet other {\n chain out {\n  type filter hook output priority raw\n  meta l4proto tcp notrack\n }\n}"),
 			codes:   []nodecheck.Code{nodecheck.CaptureBypassed, nodecheck.CaptureBypassed}, contains: "not tracked by conntrack"},
+		{name: "rules verify, ztunnel listens, the legacy backend untracks IPv4 TCP", args: []string{}, annotations: enrolled,
+			breakIt: func(ctx context.Context, n *testbed.Netns) error {
+				return n.Iptables(ctx, testbed.Legacy, testbed.IPv4, "-t", "raw", "-A", "OUTPUT", "-p", "tcp", "-j", "NOTRACK")
+			},
+			codes: []nodecheck.Code{nodecheck.CaptureBypassed}, contains: "not tracked by conntrack"},
 		{name: "written for ingress mode, pod not in it", args: []string{"--ingress"}, annotations: enrolled,
 			codes: []nodecheck.Code{nodecheck.RedirectRulesIncomplete}, contains: "ISTIO_PRERT"},
 	}

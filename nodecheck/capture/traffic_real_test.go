@@ -61,6 +61,17 @@ func TestSidecarCaptureProvenByTraffic(t *testing.T) {
 		{name: "the other backend untracks TCP", args: sidecar,
 			legacy: []string{"-t", "raw", "-A", "OUTPUT", "-p", "tcp", "-j", "NOTRACK"},
 			codes:  []nodecheck.Code{nodecheck.CaptureBypassed}, contains: "not tracked by conntrack"},
+		// The same defeat under each of Istio's other writers: the canary judges the packet, not
+		// the backend or the mode that wrote the rules.
+		{name: "iptables-legacy, another owner's nft table untracks TCP", args: append(slices.Clone(sidecar), "--force-iptables-binary", "legacy"),
+			defeat: "table inet other {\n chain out {\n  type filter hook output priority raw\n  meta l4proto tcp notrack\n }\n}",
+			codes:  []nodecheck.Code{nodecheck.CaptureBypassed}, contains: "not tracked by conntrack"},
+		{name: "tproxy, another owner's nft table untracks TCP", args: tproxy,
+			defeat: "table inet other {\n chain out {\n  type filter hook output priority raw\n  meta l4proto tcp notrack\n }\n}",
+			codes:  []nodecheck.Code{nodecheck.CaptureBypassed}, contains: "not tracked by conntrack"},
+		{name: "native nftables, the legacy backend untracks TCP", args: append(slices.Clone(sidecar), "--native-nftables"),
+			legacy: []string{"-t", "raw", "-A", "OUTPUT", "-p", "tcp", "-j", "NOTRACK"},
+			codes:  []nodecheck.Code{nodecheck.CaptureBypassed}, contains: "not tracked by conntrack"},
 		{name: "native nftables, another owner's nat chain first", args: append(slices.Clone(sidecar), "--native-nftables"),
 			defeat: "table ip other {\n chain out {\n  type nat hook output priority -110\n  tcp dport 80 dnat to 192.0.2.1\n }\n}",
 			codes:  []nodecheck.Code{nodecheck.CaptureBypassed}, contains: "was not redirected"},
