@@ -24,10 +24,15 @@ func (s targetSocket) String() string { return fmt.Sprintf("%s/%d", s.proto, s.p
 // listeners found) and the ones missing: a socket of the protocol bound to the port, on any
 // address of either family. Which address the owner binds (wildcard or loopback, one family or
 // both) is its choice and varies with its settings; the port is what the rules name, so the port
-// is what is judged.
-func listening(want []targetSocket, listeners []rules.Listener) (found, missing []string) {
+// is what is judged. A UDP socket is neither found nor missing when the reader did not list UDP
+// (snap.UDPNotListed: no rule sends UDP anywhere, so no UDP socket is a redirect's target).
+func listening(want []targetSocket, snap rules.Snapshot) (found, missing []string) {
 	found = []string{}
+	listeners := snap.Listeners
 	for _, w := range want {
+		if w.proto == rules.UDP && snap.UDPNotListed {
+			continue
+		}
 		n := len(found)
 		for _, l := range listeners {
 			if l.Proto == w.proto && l.Addr.Port() == w.port {
@@ -81,7 +86,7 @@ func redirectsTo(sets []*rules.RuleSet, port int) bool {
 // ambientListeners checks that ztunnel listens in the pod behind the rules. Only meaningful once
 // the rules verify; when they do not, the rule findings already say why traffic is lost.
 func ambientListeners(cfg intent.AmbientConfig, snap rules.Snapshot) (nodecheck.Finding, bool) {
-	found, missing := listening(ztunnelSockets(cfg, snap.Sets), snap.Listeners)
+	found, missing := listening(ztunnelSockets(cfg, snap.Sets), snap)
 	if len(missing) == 0 {
 		return nodecheck.Finding{}, false
 	}

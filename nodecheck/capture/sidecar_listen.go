@@ -58,7 +58,7 @@ func sidecarListeners(ctx context.Context, ready ProxyReadiness, t nodecheck.Tar
 	if len(want) == 0 {
 		return nil, nodecheck.Finding{}, false, nil
 	}
-	found, missing := listening(want, snap.Listeners)
+	found, missing := listening(want, snap)
 	proof := &ListenerProof{Missing: missing, Found: found}
 	if len(missing) == 0 {
 		return proof, nodecheck.Finding{}, false, nil

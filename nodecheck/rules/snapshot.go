@@ -3,6 +3,7 @@ package rules
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 )
 
 // Snapshot is what a reader of capture rules saw in one network namespace.
@@ -18,6 +19,29 @@ type Snapshot struct {
 	// Listeners are the namespace's listening TCP and bound UDP sockets, both families: what
 	// the rules' redirect targets need (ztunnel listens inside an ambient pod's namespace).
 	Listeners []Listener
+	// UDPNotListed is true when the UDP sockets were not listed, because no rule read sends UDP
+	// anywhere (most pods: DNS capture is off): each UDP listing walks the kernel's whole UDP
+	// hash table, shared by every namespace. A UDP socket is then neither found nor missing.
+	UDPNotListed bool
+}
+
+// RedirectsUDP reports whether any rule of sets matches UDP: only then can a UDP socket be the
+// target of a redirect (DNS capture), so only then are UDP listeners worth listing.
+func RedirectsUDP(sets []*RuleSet) bool {
+	for _, s := range sets {
+		for _, t := range s.Tables {
+			for _, c := range t.Chains {
+				for _, r := range c.Rules {
+					for _, m := range r.Matches {
+						if (m.Kind == MatchProtocol || m.Kind == MatchOther) && strings.Contains(m.Value, "udp") {
+							return true
+						}
+					}
+				}
+			}
+		}
+	}
+	return false
 }
 
 // MarkRoute is one `ip rule fwmark MARK lookup TABLE` and what TABLE holds.

@@ -29,8 +29,10 @@ const (
 	sizeofInetDiagMsg   = 72
 )
 
-// listenersHere lists the listening TCP sockets and the bound, unconnected UDP sockets of the
-// calling thread's namespace, IPv4 and IPv6, with sock_diag: one dump per protocol and family,
+// listenersHere lists the listening TCP sockets and, when udp is set, the bound, unconnected UDP
+// sockets of the calling thread's namespace, IPv4 and IPv6, with sock_diag: one dump per protocol
+// and family (a UDP dump walks the kernel's whole UDP hash table, about as long as both TCP dumps
+// together, BenchmarkListeners),
 // each asking the kernel only for the state wanted, so a pod's established connections are
 // never walked. The socket is opened on this thread (so in its namespace) and closed here.
 //
@@ -39,7 +41,7 @@ const (
 // the kernel takes. Through a netlink library's poller-driven connection every reply parked the
 // locked thread and woke it again, ten times the cost of the dump itself (measured, BenchmarkListeners).
 // A receive timeout bounds each read by ctx's deadline nevertheless.
-func listenersHere(ctx context.Context, where string) ([]rules.Listener, error) {
+func listenersHere(ctx context.Context, where string, udp bool) ([]rules.Listener, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -70,6 +72,9 @@ func listenersHere(ctx context.Context, where string) ([]rules.Listener, error) 
 		{rules.UDP, unix.IPPROTO_UDP, unix.AF_INET, tcpClose, false},
 		{rules.UDP, unix.IPPROTO_UDP, unix.AF_INET6, tcpClose, true},
 	} {
+		if q.proto == rules.UDP && !udp {
+			continue
+		}
 		msgs, err := inetDiagDump(fd, buf, uint32(i+1), inetDiagRequest(q.family, q.ipproto, q.state))
 		if err != nil {
 			if q.optional && errors.Is(err, unix.ENOENT) {

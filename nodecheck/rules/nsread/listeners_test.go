@@ -14,7 +14,8 @@ import (
 )
 
 // The reader lists exactly the namespace's listening TCP and bound UDP sockets, both families,
-// and neither a connection nor the host's own listeners; it leaves no descriptor open.
+// and neither a connection nor the host's own listeners; UDP only once a rule matches UDP; it
+// leaves no descriptor open.
 func TestReadListeners(t *testing.T) {
 	ctx := context.Background()
 	n := testbed.NewNetns(t)
@@ -57,6 +58,31 @@ func TestReadListeners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	want := []rules.Listener{
+		{Proto: rules.TCP, Addr: netip.MustParseAddrPort("127.0.0.1:15001")},
+		{Proto: rules.TCP, Addr: netip.MustParseAddrPort("[::]:15006")},
+		{Proto: rules.TCP, Addr: netip.MustParseAddrPort("[::]:15008")},
+		{Proto: rules.UDP, Addr: netip.MustParseAddrPort("127.0.0.1:15053")},
+		{Proto: rules.UDP, Addr: netip.MustParseAddrPort("[::1]:15053")},
+	}
+	// No rule sends UDP anywhere: the UDP sockets are not listed, and the snapshot says so.
+	snap := readListeners(t, ctx, n)
+	if !snap.UDPNotListed || !slices.Equal(sortedListeners(snap), want[:3]) {
+		t.Errorf("without a UDP rule: listeners %v (UDP not listed: %v), want %v and UDP not listed", snap.Listeners, snap.UDPNotListed, want[:3])
+	}
+	// Once a rule redirects DNS over UDP, the UDP sockets are listed too.
+	if err := n.Iptables(ctx, testbed.Nft, testbed.IPv4, "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "53", "-j", "REDIRECT", "--to-ports", "15053"); err != nil {
+		t.Fatal(err)
+	}
+	snap = readListeners(t, ctx, n)
+	if snap.UDPNotListed || !slices.Equal(sortedListeners(snap), want) {
+		t.Errorf("with a UDP redirect: listeners %v (UDP not listed: %v), want %v", snap.Listeners, snap.UDPNotListed, want)
+	}
+}
+
+// readListeners reads n and checks that the read left no descriptor open.
+func readListeners(t *testing.T, ctx context.Context, n *testbed.Netns) rules.Snapshot {
+	t.Helper()
 	fdsBefore := openFDs(t)
 	snap, err := Reader{}.ReadRules(ctx, n.Path())
 	if err != nil {
@@ -67,13 +93,10 @@ func TestReadListeners(t *testing.T) {
 			t.Errorf("descriptor %s (%s) open after the read, not before", fd, target)
 		}
 	}
-	want := []rules.Listener{
-		{Proto: rules.TCP, Addr: netip.MustParseAddrPort("127.0.0.1:15001")},
-		{Proto: rules.TCP, Addr: netip.MustParseAddrPort("[::]:15006")},
-		{Proto: rules.TCP, Addr: netip.MustParseAddrPort("[::]:15008")},
-		{Proto: rules.UDP, Addr: netip.MustParseAddrPort("127.0.0.1:15053")},
-		{Proto: rules.UDP, Addr: netip.MustParseAddrPort("[::1]:15053")},
-	}
+	return snap
+}
+
+func sortedListeners(snap rules.Snapshot) []rules.Listener {
 	got := slices.Clone(snap.Listeners)
 	slices.SortFunc(got, func(a, b rules.Listener) int {
 		if a.Proto != b.Proto {
@@ -81,9 +104,7 @@ func TestReadListeners(t *testing.T) {
 		}
 		return a.Addr.Compare(b.Addr)
 	})
-	if !slices.Equal(got, want) {
-		t.Errorf("listeners %v, want %v", got, want)
-	}
+	return got
 }
 
 // openFDs maps this process's open descriptors to what they are ("socket:[inode]"); other

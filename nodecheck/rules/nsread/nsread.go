@@ -54,7 +54,8 @@ func (Reader) ReadRules(ctx context.Context, netnsPath string) (rules.Snapshot, 
 		if snap.Routing, err = markRoutes(h); err != nil {
 			return fmt.Errorf("reading policy routing in %s: %w", netnsPath, err)
 		}
-		snap.Listeners, err = listenersHere(ctx, netnsPath)
+		snap.UDPNotListed = !rules.RedirectsUDP(snap.Sets)
+		snap.Listeners, err = listenersHere(ctx, netnsPath, !snap.UDPNotListed)
 		return err
 	})
 	return snap, err

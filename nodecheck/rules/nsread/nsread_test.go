@@ -196,7 +196,7 @@ func BenchmarkListeners(b *testing.B) {
 		start = cpuTime()
 		b.ResetTimer()
 		for b.Loop() {
-			ls, err := listenersHere(context.Background(), n.Path())
+			ls, err := listenersHere(context.Background(), n.Path(), true)
 			if err != nil {
 				return err
 			}
