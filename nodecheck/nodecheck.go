@@ -108,6 +108,10 @@ type Target struct {
 	SandboxID string
 	// IP is the pod's primary IP as the runtime reports it.
 	IP string
+	// IPs are all the pod's IPs as the runtime reports them, IP first (a dual-stack pod has one of
+	// each family). They are the addresses of the pod's primary network only: an interface that
+	// multus or another meta-plugin attached besides it carries addresses the runtime never lists.
+	IPs []string
 	// HostNetwork is true for a pod in the node's network namespace (never captured by Istio).
 	HostNetwork bool
 	// Labels are the pod's labels (istio.io/dataplane-mode enrols a pod in ambient).

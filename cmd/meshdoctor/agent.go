@@ -125,8 +125,8 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 	o.node.stateDir = o.stateDir
 	o.node.onLogMatch = func(match logscan.Match) { m.LogMatch(match.Rule) }
 	// The CNI chain's history: what the files' modification times tell, then the watch (below).
-	confDir, _ := o.node.confDir(o.hostRoot, log)
-	if o.node.chain = chainHistory(confDir, log); o.node.chain == nil {
+	confDir, runtimeCNI := o.node.confDir(o.hostRoot, log)
+	if o.node.chain = chainHistory(confDir, runtimeCNI.Loads(), log); o.node.chain == nil {
 		o.node.chain = cnichain.NewTimeline(0)
 	}
 	nodeChecks, closeNode, err := o.node.checks(o.hostRoot, nil, log)
@@ -170,7 +170,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		if err != nil {
 			return &exitError{code: exitCannot, err: err}
 		}
-		runtime, closeRuntime = cniExcluding{Runtime: rt, confDir: confDir, chain: o.node.chain, log: log}, rt.Close
+		runtime, closeRuntime = cniExcluding{Runtime: rt, confDir: confDir, loads: runtimeCNI.Loads(), chain: o.node.chain, log: log}, rt.Close
 		log.Info("discovering pods", "through", where)
 	}
 	if closeRuntime != nil {
@@ -221,7 +221,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		}
 	}
 	run("CNI config watch", func(ctx context.Context) error {
-		w := &cnichain.Watcher{Dir: confDir, Inspect: istiocni.ChainInUse, Timeline: o.node.chain, Log: log,
+		w := &cnichain.Watcher{Dir: confDir, Inspect: istiocni.ChainInUseLoading(runtimeCNI.Loads()), Timeline: o.node.chain, Log: log,
 			OnChange: func(c cnichain.Change) {
 				why := fmt.Sprintf("CNI config %s (%s)", c.Event, c.Chain)
 				a.CheckNodeNow(why)

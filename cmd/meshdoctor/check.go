@@ -77,8 +77,8 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 
 	if len(o.paths) == 0 {
-		confDir, _ := o.node.confDir(o.hostRoot, log)
-		o.node.chain = chainHistory(confDir, log)
+		confDir, runtimeCNI := o.node.confDir(o.hostRoot, log)
+		o.node.chain = chainHistory(confDir, runtimeCNI.Loads(), log)
 	}
 	targets := netnsTargets
 	if !o.node.nodeOnly && targets == nil {

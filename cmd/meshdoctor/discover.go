@@ -39,8 +39,8 @@ func discoverTargets(ctx context.Context, o checkOptions, log *slog.Logger) ([]n
 		return nil, err
 	}
 	defer rt.Close()
-	confDir, _ := o.node.confDir(o.hostRoot, log)
-	rt = cniExcluding{Runtime: rt, confDir: confDir, chain: o.node.chain, log: log}
+	confDir, runtimeCNI := o.node.confDir(o.hostRoot, log)
+	rt = cniExcluding{Runtime: rt, confDir: confDir, loads: runtimeCNI.Loads(), chain: o.node.chain, log: log}
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
 	start := time.Now()
@@ -65,6 +65,7 @@ func discoverTargets(ctx context.Context, o checkOptions, log *slog.Logger) ([]n
 type cniExcluding struct {
 	discover.Runtime
 	confDir string
+	loads   int // the config files the runtime loads (istiocni.RuntimeCNI.Loads)
 	chain   *cnichain.Timeline
 	log     *slog.Logger
 }
@@ -88,7 +89,7 @@ func (r cniExcluding) Discover(ctx context.Context) ([]nodecheck.Target, error) 
 			}
 		}
 	}
-	ex, err := istiocni.ReadExclusions(r.confDir)
+	ex, err := istiocni.ReadExclusions(r.confDir, r.loads)
 	if err != nil {
 		r.log.Debug("istio-cni's excluded namespaces not read", "err", err)
 		return ts, nil

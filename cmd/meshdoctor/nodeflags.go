@@ -73,10 +73,11 @@ func (n *nodeOptions) confDir(hostRoot string, log *slog.Logger) (string, *istio
 	return n.path(n.cniConfDir, hostRoot, "etc/cni/net.d"), runtime
 }
 
-// chainHistory rebuilds the CNI chain's history of confDir from its files' modification times;
-// nil, said in the log, when the directory cannot be read (the istio-cni check says why).
-func chainHistory(confDir string, log *slog.Logger) *cnichain.Timeline {
-	tl, err := cnichain.FromMtimes(confDir, istiocni.ChainInUse, 0)
+// chainHistory rebuilds the CNI chain's history of confDir, whose first loads files the runtime
+// loads (0: all), from its files' modification times; nil, said in the log, when the directory
+// cannot be read (the istio-cni check says why).
+func chainHistory(confDir string, loads int, log *slog.Logger) *cnichain.Timeline {
+	tl, err := cnichain.FromMtimes(confDir, istiocni.ChainInUseLoading(loads), 0)
 	if err != nil {
 		log.Debug("CNI chain history not rebuilt", "err", err)
 		return nil

@@ -159,7 +159,7 @@ func (c *Check) checkAmbient(ctx context.Context, t nodecheck.Target, cfg intent
 	}
 	if !hasSeverity(res.Findings, nodecheck.SeverityError) {
 		var host []nodecheck.Finding
-		detail.Host, host = c.ambientHostFindings(ctx, snap.Addrs, nativeAmbient(snap.Sets))
+		detail.Host, host = c.ambientHostFindings(ctx, probedAddrs(t, snap.Addrs), nativeAmbient(snap.Sets))
 		res.Findings = append(res.Findings, host...)
 		res.Detail = detail
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/ambienthost"
@@ -42,7 +43,8 @@ var (
 )
 
 // ambientHostFindings judges an enrolled ambient pod's node side: the probe set of each family the
-// pod has an address of must hold it (AmbientProbeSetMissingPod), and the host rule that SNATs
+// pod has an IP of must hold it (AmbientProbeSetMissingPod; the pod's IPs, not every address of its
+// netns, see probedAddrs), and the host rule that SNATs
 // kubelet's probes must exist (AmbientHostRulesMissing). Without either, kubelet's probes of the
 // pod go through ztunnel, which refuses them, and the pod turns unready.
 //
@@ -51,7 +53,7 @@ var (
 // in-pod rules tell the setting (native says whether they are native nftables): the agent writes
 // both with it. With both found (leftovers of a switch of the setting), a pod that either covers is
 // fine, and one that neither covers is not judged: which form the agent keeps is not known.
-func (c *Check) ambientHostFindings(ctx context.Context, addrs []netip.Addr, native bool) (*HostProof, []nodecheck.Finding) {
+func (c *Check) ambientHostFindings(ctx context.Context, addrs probeAddrs, native bool) (*HostProof, []nodecheck.Finding) {
 	if c.AmbientHost == nil {
 		return nil, nil
 	}
@@ -60,16 +62,14 @@ func (c *Check) ambientHostFindings(ctx context.Context, addrs []netip.Addr, nat
 		return &HostProof{NotJudged: err.Error()}, nil
 	}
 	proof := &HostProof{State: &st}
-	addrs = probed(addrs)
 	switch {
 	case st.IPTables.Found && st.Nftables.Found:
-		for _, a := range addrs {
-			if !st.IPTables.Of(a).Covers(a) && !st.Nftables.Of(a).Covers(a) {
-				proof.NotJudged = fmt.Sprintf("istio-cni's node side exists in both forms (iptables: ipsets and nat %s; nftables: table %s), "+
-					"as a switch of its native nftables setting leaves them, and neither SNATs kubelet's probes to %s: which one the agent keeps is not known",
-					ambienthost.HostChain, ambienthost.NftTable, a)
-				return proof, nil
-			}
+		either := func(a netip.Addr) bool { return st.IPTables.Of(a).Covers(a) || st.Nftables.Of(a).Covers(a) }
+		if miss := addrs.uncovered(either); len(miss) > 0 {
+			proof.NotJudged = fmt.Sprintf("istio-cni's node side exists in both forms (iptables: ipsets and nat %s; nftables: table %s), "+
+				"as a switch of its native nftables setting leaves them, and neither SNATs kubelet's probes to %s: which one the agent keeps is not known",
+				ambienthost.HostChain, ambienthost.NftTable, miss[0])
+			return proof, nil
 		}
 		proof.Why = "both forms exist (a switch of istio-cni's native nftables setting leaves them); one of them SNATs kubelet's probes to each of the pod's addresses"
 		return proof, nil
@@ -88,6 +88,37 @@ func (c *Check) ambientHostFindings(ctx context.Context, addrs []netip.Addr, nat
 	}
 }
 
+// probedAddrs are the addresses of the pod that istio-cni puts in the host probe sets: the pod's
+// IPs as the runtime reports them (istio-cni takes them from the pod's primary network, never
+// from an interface multus or another meta-plugin adds, such as a net1 on a storage network).
+// Those that do not parse are left out; the netns check already names a bad primary IP.
+// Without the runtime's IPs (a bare --netns), which of the namespace's addresses are the pod's
+// is not known: then each family's addresses are one alternative set (see judgeSide).
+func probedAddrs(t nodecheck.Target, netnsAddrs []netip.Addr) probeAddrs {
+	ips := t.IPs
+	if len(ips) == 0 && t.IP != "" {
+		ips = []string{t.IP}
+	}
+	var runtime []netip.Addr
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(strings.TrimSpace(s)); err == nil && !slices.Contains(runtime, a.Unmap()) {
+			runtime = append(runtime, a.Unmap())
+		}
+	}
+	if len(runtime) > 0 {
+		return probeAddrs{addrs: probed(runtime), fromRuntime: true}
+	}
+	return probeAddrs{addrs: probed(netnsAddrs)}
+}
+
+// probeAddrs are the addresses judged against the probe sets. When fromRuntime is false they are
+// every address of the pod's netns, and a family is covered when the set holds any one of them:
+// an extra interface's address is not expected in it.
+type probeAddrs struct {
+	addrs       []netip.Addr
+	fromRuntime bool
+}
+
 // probed are the pod's addresses kubelet probes: not link-local or loopback ones.
 func probed(addrs []netip.Addr) []netip.Addr {
 	var out []netip.Addr
@@ -99,8 +130,41 @@ func probed(addrs []netip.Addr) []netip.Addr {
 	return out
 }
 
+// uncovered are the addresses the node side should cover and does not, covered saying which it
+// does. With the runtime's IPs every one of them counts; with only the netns's addresses, a family
+// counts once (its first address, in the kernel's order) and only when none of its addresses is
+// covered.
+func (p probeAddrs) uncovered(covered func(netip.Addr) bool) []netip.Addr {
+	var out []netip.Addr
+	if p.fromRuntime {
+		for _, a := range p.addrs {
+			if !covered(a) {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
+	for _, is4 := range []bool{true, false} {
+		var first netip.Addr
+		held := false
+		for _, a := range p.addrs {
+			if a.Is4() != is4 {
+				continue
+			}
+			if !first.IsValid() {
+				first = a
+			}
+			held = held || covered(a)
+		}
+		if first.IsValid() && !held {
+			out = append(out, first)
+		}
+	}
+	return out
+}
+
 // judgeSide judges the pod's addresses against one form of the node side.
-func judgeSide(side ambienthost.Side, form hostForm, addrs []netip.Addr) []nodecheck.Finding {
+func judgeSide(side ambienthost.Side, form hostForm, p probeAddrs) []nodecheck.Finding {
 	if form.name == "nftables" && !side.Found {
 		// The table holds both the rule and the sets: one finding says it all.
 		return []nodecheck.Finding{hostRulesMissing(form, []string{"ipv4", "ipv6"}, fmt.Sprintf(
@@ -108,22 +172,31 @@ func judgeSide(side ambienthost.Side, form hostForm, addrs []netip.Addr) []nodec
 			ambienthost.NftTable, ambienthost.ProbeSNATv4))}
 	}
 	var noRule []string
-	var missing []map[string]any
-	for _, a := range addrs {
-		fam, snat, family := side.Of(a), ambienthost.ProbeSNATv4, "ipv4"
+	judged := probeAddrs{fromRuntime: p.fromRuntime}
+	for _, a := range p.addrs {
+		fam, family := side.Of(a), "ipv4"
 		if !a.Is4() {
-			snat, family = ambienthost.ProbeSNATv6, "ipv6"
+			family = "ipv6"
 			if !fam.SetFound && fam.SNATRule == "" {
 				continue // istio-cni's IPv6 support off: it writes neither
 			}
 		}
+		judged.addrs = append(judged.addrs, a)
 		if fam.SNATRule == "" && !slices.Contains(noRule, family) {
 			noRule = append(noRule, family)
 		}
-		if !fam.SetFound || !slices.Contains(fam.Members, a) {
-			missing = append(missing, map[string]any{"address": a.String(), "set": fam.Set, "setFound": fam.SetFound,
-				"members": len(fam.Members), "snatTo": snat})
+	}
+	var missing []map[string]any
+	for _, a := range judged.uncovered(func(a netip.Addr) bool { fam := side.Of(a); return fam.SetFound && slices.Contains(fam.Members, a) }) {
+		fam, snat := side.Of(a), ambienthost.ProbeSNATv4
+		if !a.Is4() {
+			snat = ambienthost.ProbeSNATv6
 		}
+		m := map[string]any{"address": a.String(), "set": fam.Set, "setFound": fam.SetFound, "members": len(fam.Members), "snatTo": snat}
+		if !p.fromRuntime {
+			m["addressFrom"] = "netns" // no runtime IP: none of the namespace's addresses of this family is in the set
+		}
+		missing = append(missing, m)
 	}
 	var out []nodecheck.Finding
 	if len(noRule) > 0 {

@@ -382,9 +382,15 @@ func notInChain(t nodecheck.Target, cfg intent.Config, findings []nodecheck.Find
 // createdBeforeIstioCNI is PodCreatedBeforeIstioCNI for a CNI-mode pod whose rules are missing and
 // whose network was set up while istio-cni was not in the node's CNI chain: in a window of the
 // chain's history without it (another CNI rewrote the primary config), or before the node's
-// istio-cni-node came up (the boot race of new and autoscaled nodes).
+// istio-cni-node came up (the boot race of new and autoscaled nodes). A pod whose missing rules
+// another cause already explains is not said to be one: istio-cni skips a pod of a namespace it
+// excludes, and never runs for one multus does not attach it to (IstioCNINotInChain), however
+// late they were networked, so restarting the pod, this finding's remedy, would not help them.
 func createdBeforeIstioCNI(t nodecheck.Target, cfg intent.Config, findings []nodecheck.Finding) (nodecheck.Finding, bool) {
 	if !cfg.CNIMode || !slices.ContainsFunc(findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.RedirectRulesMissing }) {
+		return nodecheck.Finding{}, false
+	}
+	if t.CNIExcluded != "" || slices.ContainsFunc(findings, func(f nodecheck.Finding) bool { return f.Code == nodecheck.IstioCNINotInChain }) {
 		return nodecheck.Finding{}, false
 	}
 	networked, ok := istiocni.NetworkedAt(t)

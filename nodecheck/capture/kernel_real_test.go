@@ -170,7 +170,9 @@ func TestCNIModePodNotInMultusChain(t *testing.T) {
 
 // A CNI-mode pod without rules in its real netns, networked before the node's istio-cni-node came
 // up, or in a window of the CNI chain's history without istio-cni: PodCreatedBeforeIstioCNI with
-// the times; networked after it, outside the window, or with neither known, it is not said.
+// the times; networked after it, outside the window, or with neither known, it is not said. Nor is
+// it when another cause explains the missing rules (istio-cni excludes the pod's namespace, or
+// multus does not attach istio-cni to it): then that cause alone is named.
 func TestPodCreatedBeforeIstioCNI(t *testing.T) {
 	testbed.RequirePrivileged(t)
 	n := testbed.NewNetns(t)
@@ -183,17 +185,31 @@ func TestPodCreatedBeforeIstioCNI(t *testing.T) {
 		gap      *nodecheck.CNIChainGap
 		want     []string // in the message; nil: no finding
 		evidence string
+		excluded string         // Target.CNIExcluded
+		notChain string         // Target.CNINotInChain
+		instead  nodecheck.Code // the cause named instead, when want is nil
 	}{
-		{"before istio-cni-node came up", created.Add(4 * time.Second), nil, []string{"2026-12-07T10:00:01Z", "2026-12-07T10:00:05Z"}, "istioCNIStartedAt"},
-		{"after istio-cni-node came up", created.Add(-time.Minute), nil, nil, ""},
-		{"neither known", time.Time{}, nil, nil, ""},
+		{"before istio-cni-node came up", created.Add(4 * time.Second), nil, []string{"2026-12-07T10:00:01Z", "2026-12-07T10:00:05Z"}, "istioCNIStartedAt", "", "", ""},
+		{"after istio-cni-node came up", created.Add(-time.Minute), nil, nil, "", "", "", ""},
+		{"neither known", time.Time{}, nil, nil, "", "", "", ""},
 		{"in a chain gap", created.Add(-time.Hour), gap,
-			[]string{"05-cilium.conflist did not chain it from 2026-12-07T09:59:01Z until 2026-12-07T10:01:01Z", "seen by meshdoctor's agent"}, "chainGap"},
+			[]string{"05-cilium.conflist did not chain it from 2026-12-07T09:59:01Z until 2026-12-07T10:01:01Z", "seen by meshdoctor's agent"}, "chainGap", "", "", ""},
 		{"in a gap still open, known from mtimes", time.Time{}, &nodecheck.CNIChainGap{From: created.Add(-time.Second), Source: "mtime"},
-			[]string{"the CNI config in use did not chain it from 2026-12-07T10:00:00Z and still does not", "modification times"}, "chainGap"},
+			[]string{"the CNI config in use did not chain it from 2026-12-07T10:00:00Z and still does not", "modification times"}, "chainGap", "", "", ""},
+		{name: "before istio-cni-node came up, in a namespace istio-cni excludes", istioCNI: created.Add(4 * time.Second),
+			excluded: "istio-cni excludes namespace shop (exclude_namespaces in /etc/cni/net.d/10-calico.conflist)", instead: nodecheck.RedirectRulesMissing},
+		{name: "in a chain gap, in a namespace istio-cni excludes", gap: gap,
+			excluded: "istio-cni excludes namespace shop (exclude_namespaces in /etc/cni/net.d/10-calico.conflist)", instead: nodecheck.RedirectRulesMissing},
+		{name: "before istio-cni-node came up, not attached by multus", istioCNI: created.Add(4 * time.Second),
+			notChain: "the node networks pods through multus (/etc/cni/net.d/00-multus.conf), and the pod has no k8s.v1.cni.cncf.io/networks annotation",
+			instead:  nodecheck.IstioCNINotInChain},
+		{name: "in a chain gap, not attached by multus", gap: gap,
+			notChain: "the node networks pods through multus (/etc/cni/net.d/00-multus.conf), and the pod has no k8s.v1.cni.cncf.io/networks annotation",
+			instead:  nodecheck.IstioCNINotInChain},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			target := nodecheck.Target{Namespace: "shop", Name: "cart", Netns: n.Path(), CNIMode: true, IstioCNIStartedAt: c.istioCNI, CNIChainGap: c.gap,
+				CNIExcluded: c.excluded, CNINotInChain: c.notChain,
 				Annotations: map[string]string{istiopod.AnnotationSidecarStatus: `{"initContainers":["istio-validation"],"containers":["istio-proxy"]}`},
 				Containers: []nodecheck.Container{{Name: istiopod.ContainerIstioValidation, Role: nodecheck.RoleInit, State: nodecheck.ContainerExited,
 					CreatedAt: created}}}
@@ -206,6 +222,12 @@ func TestPodCreatedBeforeIstioCNI(t *testing.T) {
 				t.Fatalf("findings %+v", res.Findings)
 			}
 			if i < 0 {
+				if c.instead != "" && !slices.ContainsFunc(res.Findings, func(f nodecheck.Finding) bool { return f.Code == c.instead }) {
+					t.Errorf("findings %+v lack %s, the cause named instead", res.Findings, c.instead)
+				}
+				if c.excluded != "" && !slices.ContainsFunc(res.Findings, func(f nodecheck.Finding) bool { return strings.Contains(f.Message, "excludes namespace shop") }) {
+					t.Errorf("no finding names the exclusion: %+v", res.Findings)
+				}
 				return
 			}
 			f := res.Findings[i]

@@ -54,11 +54,14 @@ type Sandbox struct {
 	// NetnsPath is the network namespace as the runtime reports it, in the host's view.
 	NetnsPath string
 	// Pid is the sandbox process (0 when unknown): /proc/PID/ns/net is the fallback netns.
-	Pid         uint32
-	IP          string
-	Labels      map[string]string
-	Annotations map[string]string
-	HostNetwork bool
+	Pid uint32
+	IP  string
+	// AdditionalIPs are the pod's other IPs, as the runtime reports them (the other family's of a
+	// dual-stack pod).
+	AdditionalIPs []string
+	Labels        map[string]string
+	Annotations   map[string]string
+	HostNetwork   bool
 	// Containers are every container record of the sandbox, all attempts.
 	Containers []nodecheck.Container
 	// Problems are what could not be read about the pod.
@@ -75,6 +78,7 @@ func Target(s Sandbox, hostRoot string) nodecheck.Target {
 		UID:         s.UID,
 		SandboxID:   s.ID,
 		IP:          s.IP,
+		IPs:         podIPs(s.IP, s.AdditionalIPs),
 		HostNetwork: s.HostNetwork,
 		Labels:      s.Labels,
 		Annotations: s.Annotations,
@@ -321,3 +325,14 @@ func ApplyMultusAttachment(ts []nodecheck.Target, source string, attaches func(a
 // AnnotationMultusNetworks is the annotation multus reads a pod's extra networks from; Istio's
 // injector appends default/istio-cni to it in multus provider mode.
 const AnnotationMultusNetworks = "k8s.v1.cni.cncf.io/networks"
+
+// podIPs lists the runtime's IPs of a pod, the primary first, without empty ones.
+func podIPs(primary string, additional []string) []string {
+	var out []string
+	for _, ip := range append([]string{primary}, additional...) {
+		if ip = strings.TrimSpace(ip); ip != "" {
+			out = append(out, ip)
+		}
+	}
+	return out
+}

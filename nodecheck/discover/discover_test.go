@@ -191,6 +191,29 @@ func TestTarget(t *testing.T) {
 	}
 }
 
+// The runtime's IPs of a pod, primary first: what ambient's probe set is judged against.
+func TestTargetIPs(t *testing.T) {
+	cases := []struct {
+		name       string
+		ip         string
+		additional []string
+		want       []string
+	}{
+		{name: "none (a sandbox without network yet)"},
+		{name: "single stack", ip: "10.244.0.7", want: []string{"10.244.0.7"}},
+		{name: "dual stack", ip: "10.244.0.7", additional: []string{"fd00:10:244::7"}, want: []string{"10.244.0.7", "fd00:10:244::7"}},
+		{name: "empty entries dropped", ip: "", additional: []string{"", " fd00:10:244::7 "}, want: []string{"fd00:10:244::7"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := Target(Sandbox{IP: c.ip, AdditionalIPs: c.additional, HostNetwork: true}, "/").IPs
+			if !slices.Equal(got, c.want) {
+				t.Errorf("IPs %q, want %q", got, c.want)
+			}
+		})
+	}
+}
+
 func TestLatestAttempts(t *testing.T) {
 	got := LatestAttempts([]nodecheck.Container{
 		{Name: "istio-init", Attempt: 0, CreatedAt: at(1), ExitCode: 1},

@@ -69,40 +69,50 @@ func AttachesIstioCNI(networks []string) bool {
 	})
 }
 
-// ReadExclusions reads exclude_namespaces of the istio-cni plugin in the CNI config the runtime
-// uses (the first of confDir in name order). Empty without error when istio-cni is not chained
-// there; an error when the directory cannot be read.
-func ReadExclusions(confDir string) (Exclusions, error) {
+// ReadExclusions reads exclude_namespaces of the istio-cni plugin in the CNI configs the runtime
+// loads: the first loads of confDir in name order (RuntimeCNI.Loads; 0: all), the first of them
+// that chains istio-cni. Empty without error when istio-cni is not chained there; an error when
+// the directory cannot be read.
+func ReadExclusions(confDir string, loads int) (Exclusions, error) {
 	files, err := listConfigFiles(confDir)
 	if err != nil {
 		return Exclusions{}, err
 	}
-	if len(files) == 0 {
-		return Exclusions{}, nil
+	inUse, _ := loaded(files, loads)
+	for i, f := range inUse {
+		cf, plugins := readConfigFile(f)
+		if cf.Error != "" {
+			return Exclusions{}, nil // the istio-cni check reports the broken config
+		}
+		if i == 0 && slices.ContainsFunc(plugins, func(p map[string]any) bool { return p["type"] == "multus" }) {
+			return Exclusions{File: f, Multus: true}, nil
+		}
+		if ex, ok, err := exclusionsOf(f, plugins); ok || err != nil {
+			return ex, err
+		}
 	}
-	cf, plugins := readConfigFile(files[0])
-	if cf.Error != "" {
-		return Exclusions{}, nil // the istio-cni check reports the broken primary config
-	}
-	if slices.ContainsFunc(plugins, func(p map[string]any) bool { return p["type"] == "multus" }) {
-		return Exclusions{File: files[0], Multus: true}, nil
-	}
+	return Exclusions{}, nil
+}
+
+// exclusionsOf reads exclude_namespaces of the istio-cni plugin among plugins, the config file's;
+// false when none of them is istio-cni.
+func exclusionsOf(file string, plugins []map[string]any) (Exclusions, bool, error) {
 	for _, p := range plugins {
 		if t, _ := p["type"].(string); t != PluginType {
 			continue
 		}
 		list, _ := p["exclude_namespaces"].([]any)
-		ex := Exclusions{File: files[0]}
+		ex := Exclusions{File: file}
 		for _, v := range list {
 			s, ok := v.(string)
 			if !ok {
-				return Exclusions{}, fmt.Errorf("%s: exclude_namespaces holds %v, not a namespace", files[0], v)
+				return Exclusions{}, true, fmt.Errorf("%s: exclude_namespaces holds %v, not a namespace", file, v)
 			}
 			if s = strings.TrimSpace(s); s != "" {
 				ex.Namespaces = append(ex.Namespaces, s)
 			}
 		}
-		return ex, nil
+		return ex, true, nil
 	}
-	return Exclusions{}, nil
+	return Exclusions{}, false, nil
 }

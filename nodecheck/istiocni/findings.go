@@ -31,9 +31,15 @@ const (
 // Findings turns an inspected state into findings.
 func Findings(st *State) []nodecheck.Finding {
 	var out []nodecheck.Finding
-	primaryBroken := ""
+	primaryBroken, broken := "", ""
 	if len(st.ConfigFiles) > 0 && st.ConfigFiles[0].Error != "" {
-		primaryBroken = st.ConfigFiles[0].Error
+		primaryBroken, broken = st.ConfigFiles[0].Error, st.ConfigFiles[0].File
+	}
+	// go-cni refuses every file it loads when one of them does not load.
+	for _, cf := range st.ConfigFiles {
+		if primaryBroken == "" && cf.Error != "" && slices.Contains(st.InUse, cf.File) {
+			primaryBroken, broken = cf.Error, cf.File
+		}
 	}
 	anyPart := st.Chained || len(st.IstioElsewhere) > 0 || st.Binary.Present || st.Kubeconfig.Present ||
 		st.Agent != nil && st.Agent.Found
@@ -54,16 +60,28 @@ func Findings(st *State) []nodecheck.Finding {
 		out = append(out, nodecheck.Finding{Code: nodecheck.IstioCNINotInstalled, Severity: sev, Message: msg, Remedy: remedy, Evidence: ev})
 	default:
 		var missing []string
-		if primaryBroken != "" {
+		switch {
+		case primaryBroken != "" && broken == st.Primary:
 			missing = append(missing, fmt.Sprintf("the primary CNI config %s is unreadable (%s): containerd refuses to load the CNI config, and istio-cni's installer cannot chain into it",
 				filepath.Base(st.Primary), primaryBroken))
-		} else if !st.Chained && !st.Multus {
+		case primaryBroken != "":
+			missing = append(missing, fmt.Sprintf("the CNI config %s, one of the %s containerd loads (max_conf_num %d), is unreadable (%s): containerd refuses to load any of them",
+				filepath.Base(broken), baseNames(st.InUse), st.Runtime.MaxConfNum, primaryBroken))
+		case !st.Chained && !st.Multus:
 			m := fmt.Sprintf("the primary CNI config %s does not chain the istio-cni plugin", filepath.Base(st.Primary))
+			if len(st.InUse) > 1 {
+				m = fmt.Sprintf("none of the CNI configs the runtime loads (%s: containerd's max_conf_num is %d) chains the istio-cni plugin",
+					baseNames(st.InUse), st.Runtime.MaxConfNum)
+			}
 			if st.Primary == "" {
 				m = "there is no CNI config in " + st.ConfDir
 			}
-			if len(st.IstioElsewhere) > 0 {
+			switch {
+			case len(st.IstioElsewhere) == 0:
+			case st.Runtime.Loads() == 1:
 				m += fmt.Sprintf(" (it is in %s, which the runtime does not use: only the first file in name order is)", baseNames(st.IstioElsewhere))
+			default:
+				m += fmt.Sprintf(" (it is in %s, which the runtime does not use: only the first %d files in name order are)", baseNames(st.IstioElsewhere), st.Runtime.Loads())
 			}
 			missing = append(missing, m)
 		}
@@ -174,6 +192,12 @@ func evidence(st *State) map[string]any {
 	}
 	if len(st.IstioElsewhere) > 0 {
 		ev["istioElsewhere"] = st.IstioElsewhere
+	}
+	if len(st.InUse) > 0 {
+		ev["inUse"] = st.InUse
+	}
+	if st.ChainedIn != "" {
+		ev["chainedIn"] = st.ChainedIn
 	}
 	if st.Multus {
 		ev["multus"] = true

@@ -98,11 +98,17 @@ type State struct {
 	Runtime *RuntimeCNI `json:"runtime,omitempty"`
 	// ConfigFiles are the CNI config files in the order the runtime reads them.
 	ConfigFiles []ConfigFile `json:"configFiles"`
-	// Primary is the file the runtime uses: the first one in name order.
+	// Primary is the file of the pod's default network: the first one in name order.
 	Primary string `json:"primary,omitempty"`
-	// Chained says the primary config lists the istio-cni plugin.
+	// InUse are the files the runtime loads, Primary first, when it loads more than Primary
+	// (containerd's max_conf_num, RuntimeCNI.Loads); at most maxConfigFilesShown of them.
+	InUse []string `json:"inUse,omitempty"`
+	// Chained says a config the runtime loads lists the istio-cni plugin: the primary one, or the
+	// one ChainedIn names.
 	Chained bool `json:"chained"`
-	// IstioElsewhere lists other config files that mention istio-cni (not used by the runtime).
+	// ChainedIn is the file that chains istio-cni when it is a loaded file other than Primary.
+	ChainedIn string `json:"chainedIn,omitempty"`
+	// IstioElsewhere lists other config files that mention istio-cni (not loaded by the runtime).
 	IstioElsewhere []string `json:"istioElsewhere,omitempty"`
 	// Multus is set when the primary config is multus: istio-cni is then configured in
 	// NetworkAttachmentDefinitions, which this check does not read.
@@ -179,6 +185,8 @@ func (c *Check) Inspect(ctx context.Context) (*State, error) {
 	if err != nil {
 		return st, err
 	}
+	loads := c.Runtime.Loads()
+	inUse, _ := loaded(files, loads)
 	var istioPlugin map[string]any
 	for i, path := range files {
 		if err := ctx.Err(); err != nil {
@@ -198,12 +206,20 @@ func (c *Check) Inspect(ctx context.Context) (*State, error) {
 				}
 			}
 		}
-		if i == 0 {
+		switch {
+		case i == 0:
 			st.Primary = c.nodePath(path)
 			st.Chained = hasIstio
 			st.Multus = slices.ContainsFunc(plugins, func(p map[string]any) bool { return p["type"] == "multus" })
-		} else if hasIstio {
+		case i < len(inUse):
+			if hasIstio && !st.Chained {
+				st.Chained, st.ChainedIn = true, c.nodePath(path)
+			}
+		case hasIstio:
 			st.IstioElsewhere = append(st.IstioElsewhere, c.nodePath(path))
+		}
+		if len(inUse) > 1 && i < len(inUse) && i < maxConfigFilesShown {
+			st.InUse = append(st.InUse, c.nodePath(path))
 		}
 	}
 	st.Binary = c.inspectBinary()
@@ -229,10 +245,19 @@ func (c *Check) Inspect(ctx context.Context) (*State, error) {
 	return st, nil
 }
 
-// ChainInUse reads which config of dir the runtime uses and whether it chains istio-cni: the
-// cnichain.Inspector of this node. An unreadable primary, and multus (istio-cni attached per pod),
-// are cnichain.Unknown.
-func ChainInUse(dir string) (cnichain.Snapshot, error) {
+// ChainInUse reads which config of dir the runtime uses and whether it chains istio-cni, for a
+// runtime that loads one file (RuntimeCNI.Loads): the cnichain.Inspector of a node whose runtime
+// config says no more. An unreadable primary, and multus (istio-cni attached per pod), are
+// cnichain.Unknown.
+func ChainInUse(dir string) (cnichain.Snapshot, error) { return chainInUse(dir, 1) }
+
+// ChainInUseLoading is ChainInUse for a runtime that loads the first loads files of dir (0: all),
+// as RuntimeCNI.Loads says: istio-cni chained in any of them runs for every pod.
+func ChainInUseLoading(loads int) cnichain.Inspector {
+	return func(dir string) (cnichain.Snapshot, error) { return chainInUse(dir, loads) }
+}
+
+func chainInUse(dir string, loads int) (cnichain.Snapshot, error) {
 	files, err := listConfigFiles(dir)
 	if err != nil {
 		return cnichain.Snapshot{Chain: cnichain.Unknown}, err
@@ -241,15 +266,20 @@ func ChainInUse(dir string) (cnichain.Snapshot, error) {
 		// No config at all: the runtime networks no pod, so no pod can miss istio-cni then.
 		return cnichain.Snapshot{Chain: cnichain.Unknown}, nil
 	}
-	cf, plugins := readConfigFile(files[0])
+	inUse, _ := loaded(files, loads)
 	snap := cnichain.Snapshot{Primary: files[0], Chain: cnichain.Unchained}
-	switch {
-	case cf.Error != "":
-		return cnichain.Snapshot{Primary: files[0], Chain: cnichain.Unknown}, fmt.Errorf("reading %s: %s", files[0], cf.Error)
-	case slices.ContainsFunc(plugins, func(p map[string]any) bool { return p["type"] == "multus" }):
-		snap.Chain = cnichain.Unknown
-	case slices.ContainsFunc(plugins, func(p map[string]any) bool { return p["type"] == PluginType }):
-		snap.Chain = cnichain.Chained
+	for i, f := range inUse {
+		cf, plugins := readConfigFile(f)
+		switch {
+		case cf.Error != "":
+			return cnichain.Snapshot{Primary: files[0], Chain: cnichain.Unknown}, fmt.Errorf("reading %s: %s", f, cf.Error)
+		case i == 0 && slices.ContainsFunc(plugins, func(p map[string]any) bool { return p["type"] == "multus" }):
+			snap.Chain = cnichain.Unknown
+			return snap, nil
+		case slices.ContainsFunc(plugins, func(p map[string]any) bool { return p["type"] == PluginType }):
+			snap.Chain = cnichain.Chained
+			return snap, nil
+		}
 	}
 	return snap, nil
 }

@@ -23,7 +23,8 @@ var update = flag.Bool("update", false, "rewrite the expected findings in testda
 
 // installCase is a node's istio-cni install as testdata/<case>/ describes it: root/ holds the
 // node's files (real CNI configs, the plugin's kubeconfig), case.yaml the plugin binary to put
-// in the bin dir and what the pod-state source says; expected.json the result.
+// in the bin dir and what the pod-state source says; expected.json the result. A root with the
+// runtime's config (etc/containerd/config.toml) has the check read it, as meshdoctor does.
 type installCase struct {
 	// Binary: real (the istio-cni plugin test/setup.sh builds), script, empty, noexec, none.
 	Binary string    `json:"binary"`
@@ -154,6 +155,10 @@ func TestInstallCases(t *testing.T) {
 				t.Fatalf("binary %q", c.Binary)
 			}
 			chk := &Check{HostRoot: root, ConfDir: filepath.Join(root, "etc/cni/net.d"), BinDir: binDir}
+			// A case with the runtime's config (root/etc/containerd) is judged by what it loads.
+			if chk.Runtime, err = ReadRuntimeCNI(root); err != nil {
+				t.Fatal(err)
+			}
 			if c.Pods != nil {
 				chk.Pods = c.Pods
 			}

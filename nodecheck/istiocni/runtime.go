@@ -23,8 +23,34 @@ type RuntimeCNI struct {
 	// /etc/cni/net.d when its config does not set one).
 	ConfDir string `json:"confDir"`
 	// MaxConfNum is containerd's max_conf_num: how many config files it loads (1 by default:
-	// only the first in name order networks pods).
+	// only the first in name order networks pods; 0 or less: all of them). See Loads.
 	MaxConfNum int `json:"maxConfNum,omitempty"`
+}
+
+// Loads is how many config files of ConfDir, in name order, the runtime networks each pod with;
+// 0 means all of them. containerd's CRI plugin hands max_conf_num to go-cni, which loads that many
+// files (every one when it is 0 or less) as networks of their own: the first is the pod's default
+// network (eth0, the pod's IP), each other one attaches another interface and runs its own plugin
+// chain, so istio-cni chained in any of them runs for every pod. A file among them that does not
+// load fails them all. CRI-O (ocicni) networks pods through one config, and so does the libcni
+// convention when the runtime's config was not read (a nil RuntimeCNI).
+//
+// containerd's conf_template does not change this: containerd writes its template into ConfDir
+// only while no config there loads, so the files read are what it loads either way.
+func (r *RuntimeCNI) Loads() int {
+	if r == nil || r.Runtime != "containerd" {
+		return 1
+	}
+	return max(r.MaxConfNum, 0)
+}
+
+// loaded splits the config files of a directory, in name order, into those the runtime loads
+// (Loads) and the others.
+func loaded(files []string, loads int) (in, out []string) {
+	if loads <= 0 || loads >= len(files) {
+		return files, nil
+	}
+	return files[:loads], files[loads:]
 }
 
 // Where the runtimes keep their config on a node, and their default CNI config directory.

@@ -1,6 +1,7 @@
 package istiocni
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/cnichain"
 )
 
 // Where the runtime reads CNI config, from containerd's own default configs (the output of
@@ -137,7 +139,7 @@ func TestReadExclusions(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.dir, func(t *testing.T) {
-			ex, err := ReadExclusions(filepath.Join("testdata", c.dir, "root/etc/cni/net.d"))
+			ex, err := ReadExclusions(filepath.Join("testdata", c.dir, "root/etc/cni/net.d"), 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -149,7 +151,7 @@ func TestReadExclusions(t *testing.T) {
 			}
 		})
 	}
-	if _, err := ReadExclusions(filepath.Join(t.TempDir(), "nope")); err == nil {
+	if _, err := ReadExclusions(filepath.Join(t.TempDir(), "nope"), 1); err == nil {
 		t.Error("a CNI config directory that does not exist gave no error")
 	}
 }
@@ -180,7 +182,7 @@ func TestMultusNetworks(t *testing.T) {
 	}
 	root := t.TempDir()
 	copyTree(t, "testdata/multus-primary/root", root)
-	ex, err := ReadExclusions(filepath.Join(root, "etc/cni/net.d"))
+	ex, err := ReadExclusions(filepath.Join(root, "etc/cni/net.d"), 1)
 	if err != nil || !ex.Multus {
 		t.Errorf("the multus primary config read as %+v, %v", ex, err)
 	}
@@ -220,5 +222,62 @@ func TestAgentStartedAt(t *testing.T) {
 	}
 	if _, ok := NetworkedAt(nodecheck.Target{}); ok {
 		t.Error("a pod without containers has a networking time")
+	}
+}
+
+// What the runtime loads of a directory decides the chain in use and where exclude_namespaces
+// come from: one file (the libcni convention, max_conf_num 1), the first two, or all of them
+// (max_conf_num 0), on real config files (testdata/*/root/etc/cni/net.d).
+func TestChainInUseLoading(t *testing.T) {
+	cases := []struct {
+		dir       string
+		loads     int
+		chain     cnichain.Chain
+		exclusion string // the file exclude_namespaces are read from; "" none
+	}{
+		{dir: "chained-in-unused-file", loads: 1, chain: cnichain.Unchained},
+		{dir: "chained-in-unused-file", loads: 2, chain: cnichain.Chained, exclusion: "10-containerd-net.conflist"},
+		{dir: "max-conf-num-2-chained-in-third", loads: 2, chain: cnichain.Unchained},
+		{dir: "max-conf-num-2-chained-in-third", loads: 0, chain: cnichain.Chained, exclusion: "10-containerd-net.conflist"},
+		{dir: "complete", loads: 0, chain: cnichain.Chained, exclusion: "10-containerd-net.conflist"},
+		{dir: "multus-primary", loads: 0, chain: cnichain.Unknown, exclusion: "00-multus.conf"},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s, %d", c.dir, c.loads), func(t *testing.T) {
+			dir := filepath.Join("testdata", c.dir, "root/etc/cni/net.d")
+			snap, err := ChainInUseLoading(c.loads)(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if snap.Chain != c.chain || filepath.Dir(snap.Primary) != dir {
+				t.Errorf("chain %+v, want %s", snap, c.chain)
+			}
+			ex, err := ReadExclusions(dir, c.loads)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if filepath.Base(ex.File) != c.exclusion && (ex.File != "" || c.exclusion != "") {
+				t.Errorf("exclusions %+v, want them from %q", ex, c.exclusion)
+			}
+		})
+	}
+}
+
+// How many files each runtime loads, from its max_conf_num.
+func TestRuntimeLoads(t *testing.T) {
+	for _, c := range []struct {
+		r    *RuntimeCNI
+		want int
+	}{
+		{nil, 1},
+		{&RuntimeCNI{Runtime: "containerd", MaxConfNum: 1}, 1},
+		{&RuntimeCNI{Runtime: "containerd", MaxConfNum: 3}, 3},
+		{&RuntimeCNI{Runtime: "containerd", MaxConfNum: 0}, 0},
+		{&RuntimeCNI{Runtime: "containerd", MaxConfNum: -1}, 0},
+		{&RuntimeCNI{Runtime: "cri-o"}, 1},
+	} {
+		if got := c.r.Loads(); got != c.want {
+			t.Errorf("%+v loads %d, want %d", c.r, got, c.want)
+		}
 	}
 }

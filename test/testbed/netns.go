@@ -294,6 +294,29 @@ var (
 	NodeAddrV6    = netip.MustParseAddr("fd00:1::1")
 )
 
+// AddInterface gives n another interface, name, with the address prefix, the way multus attaches
+// a secondary network (net1) beside the pod's eth0: one end of a veth pair whose peer (name+"p")
+// stays inside too. It goes with the namespace.
+func (n *Netns) AddInterface(tb testing.TB, name string, prefix netip.Prefix) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
+	defer cancel()
+	addr := []string{"addr", "add", prefix.String(), "dev", name}
+	if prefix.Addr().Is6() {
+		addr = append(addr, "nodad")
+	}
+	for _, s := range [][]string{
+		{"link", "add", name, "type", "veth", "peer", "name", name + "p"},
+		addr,
+		{"link", "set", name, "up"},
+		{"link", "set", name + "p", "up"},
+	} {
+		if err := n.ip(ctx, append([]string{"-n", n.Name}, s...)...); err != nil {
+			tb.Fatalf("testbed: adding interface %s to %s: %v", name, n.Name, err)
+		}
+	}
+}
+
 // NodeInFront makes a namespace that stands for the node in front of the pod n: n's eth0peer
 // moves into it, with the pod's gateway addresses (169.254.1.1, fe80::1), an IPv6 address of its
 // own (fd00:1::1) and a route to each pod address through that link, the way a CNI wires a pod

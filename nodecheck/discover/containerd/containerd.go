@@ -264,10 +264,11 @@ func (r *Runtime) readySandboxes(ctx context.Context) (map[string]bool, error) {
 type sandboxMetadata struct {
 	Version  string
 	Metadata struct {
-		ID        string
-		Config    discover.Metadata
-		NetNSPath string
-		IP        string
+		ID            string
+		Config        discover.Metadata
+		NetNSPath     string
+		IP            string
+		AdditionalIPs []string
 	}
 }
 
@@ -294,7 +295,7 @@ func sandboxOf(ctr *containersapi.Container, pid uint32) *discover.Sandbox {
 		s.Problems = append(s.Problems, err.Error())
 	} else {
 		cfg := meta.Metadata.Config
-		s.NetnsPath, s.IP = meta.Metadata.NetNSPath, meta.Metadata.IP
+		s.NetnsPath, s.IP, s.AdditionalIPs = meta.Metadata.NetNSPath, meta.Metadata.IP, meta.Metadata.AdditionalIPs
 		s.Labels, s.Annotations = cfg.Labels, cfg.Annotations
 		s.HostNetwork = cfg.Linux.SecurityContext.NamespaceOptions.Network == discover.NamespaceModeNode
 		if cfg.Metadata.Name != "" {

@@ -101,6 +101,9 @@ func TestDiscoverRealSandboxes(t *testing.T) {
 				got.Labels["app"] != "ok" || got.Annotations[istiopod.AnnotationSidecarStatus] != status || got.SkipReason != "" {
 				t.Errorf("pod ok: %+v\nwant uid %s sandbox %s ip %s netns %s", got, ok.UID, ok.SandboxID, ok.IP, ok.Netns)
 			}
+			if !slices.Equal(got.IPs, []string{ok.IP}) {
+				t.Errorf("pod ok: IPs %v, want [%s] (a single-stack pod)", got.IPs, ok.IP)
+			}
 			if u := got.ProxyUser; u == nil || u.UID != 1337 {
 				t.Errorf("proxy user %+v", u)
 			}

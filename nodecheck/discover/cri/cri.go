@@ -176,6 +176,9 @@ func (r *Runtime) sandboxStatus(ctx context.Context, s *discover.Sandbox) string
 	}
 	if st.Network != nil {
 		s.IP = st.Network.Ip
+		for _, ip := range st.Network.AdditionalIps {
+			s.AdditionalIPs = append(s.AdditionalIPs, ip.GetIp())
+		}
 	}
 	if st.Annotations != nil {
 		s.Annotations = st.Annotations
