@@ -10,6 +10,9 @@
 // is a source of presence alone: it shows every loaded module and the built-in ones that have
 // parameters or a version (nf_conntrack, ip_set), so a module named there is never missing,
 // while one not named there tells nothing.
+//
+// It also reads the node's own nft version from its binary's bytes (hostnft.go): an old one
+// crashes on the tables istio-cni's native nftables mode writes in the node's netns.
 package netfilter
 
 import (
