@@ -54,6 +54,7 @@ const (
 	AmbientProbeSetMissingPod  Code = "AmbientProbeSetMissingPod"
 	AmbientHostRulesMissing    Code = "AmbientHostRulesMissing"
 	PodCreatedBeforeIstioCNI   Code = "PodCreatedBeforeIstioCNI"
+	NodeNftTooOld              Code = "NodeNftTooOld"
 )
 
 // AllCodes lists every code, in the contract's order, so reporters can initialise their series.
@@ -66,7 +67,7 @@ func AllCodes() []Code {
 		ProxyUIDMismatch, CaptureIntentDrift, InitArgsUnknownFlag, NetnsNotPods,
 		CaptureTargetNotListening, CaptureBypassed, CaptureExclusionIgnored,
 		SocketLBBeforeCapture, NetfilterFeatureMissing, IstioCNINotInChain, AmbientProbeSetMissingPod,
-		AmbientHostRulesMissing, PodCreatedBeforeIstioCNI,
+		AmbientHostRulesMissing, PodCreatedBeforeIstioCNI, NodeNftTooOld,
 	}
 }
 

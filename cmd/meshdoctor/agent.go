@@ -129,7 +129,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 	if o.node.chain = chainHistory(confDir, runtimeCNI.Loads(), log); o.node.chain == nil {
 		o.node.chain = cnichain.NewTimeline(0)
 	}
-	nodeChecks, closeNode, err := o.node.checks(o.hostRoot, nil, log)
+	nodeChecks, closeNode, err := o.node.checks(o.hostRoot, o.nodeNetnsPath(), nil, log)
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}

@@ -95,7 +95,7 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 		discovered = nil // bare namespaces say nothing of the node's pods
 	}
 	// Node findings first: pod checks link theirs with the node's conditions.
-	if rep.Findings, err = o.node.nodeFindings(cmd.Context(), o.hostRoot, discovered, log); err != nil {
+	if rep.Findings, err = o.node.nodeFindings(cmd.Context(), o.hostRoot, o.nodeNetnsPath(), discovered, log); err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}
 	podChecks, err := o.podChecks(cmd.Context(), nodeConditions(rep.Findings), log)

@@ -11,11 +11,13 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/ambienthost"
 	"github.com/meshdoctor/meshdoctor/nodecheck/cnichain"
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
 	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
 	"github.com/meshdoctor/meshdoctor/nodecheck/netfilter"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
 )
 
 // nodeOptions are the flags of the node-level checks (istio-cni's install state, log evidence):
@@ -108,9 +110,10 @@ func (n *nodeOptions) runtimeCNI(hostRoot string, log *slog.Logger) *istiocni.Ru
 }
 
 // checks builds the node checks. discovered are the pods discovery found (nil with --netns or
-// --node-only): the runtime's view of istio-cni-node and of the pods in CNI mode. close releases
+// --node-only): the runtime's view of istio-cni-node and of the pods in CNI mode. nodeNetns is the
+// node's network namespace, where istio-cni's native host table is looked for. close releases
 // what the checks hold.
-func (n *nodeOptions) checks(hostRoot string, discovered []nodecheck.Target, log *slog.Logger) (checks []nodecheck.NodeCheck, close func(), err error) {
+func (n *nodeOptions) checks(hostRoot, nodeNetns string, discovered []nodecheck.Target, log *slog.Logger) (checks []nodecheck.NodeCheck, close func(), err error) {
 	if n.since <= 0 {
 		return nil, nil, fmt.Errorf("--since %s: want a positive duration", n.since)
 	}
@@ -157,15 +160,16 @@ func (n *nodeOptions) checks(hostRoot string, discovered []nodecheck.Target, log
 	if discovered != nil {
 		cni.Pods = istiocni.FromTargets(discovered)
 	}
-	nf := &netfilter.Check{Reader: netfilter.Reader{HostRoot: hostRoot}}
+	nf := &netfilter.Check{Reader: netfilter.Reader{HostRoot: hostRoot}, HostRoot: hostRoot,
+		AmbientHost: ambienthost.Reader{NodeNetns: nodeNetns, Rules: nsread.Reader{}}}
 	return []nodecheck.NodeCheck{cni, nf, &logscan.Check{Scanner: scanner}}, scanner.Close, nil
 }
 
 // nodeFindings builds and runs the node checks: what `check` adds to every report. Its error is
 // for bad node flags, or, with --node-only, for no node check able to run; otherwise a check that
 // cannot run is a warning and the pods' report still stands.
-func (n *nodeOptions) nodeFindings(ctx context.Context, hostRoot string, discovered []nodecheck.Target, log *slog.Logger) ([]nodecheck.Finding, error) {
-	checks, closeChecks, err := n.checks(hostRoot, discovered, log)
+func (n *nodeOptions) nodeFindings(ctx context.Context, hostRoot, nodeNetns string, discovered []nodecheck.Target, log *slog.Logger) ([]nodecheck.Finding, error) {
+	checks, closeChecks, err := n.checks(hostRoot, nodeNetns, discovered, log)
 	if err != nil {
 		return nil, err
 	}

@@ -9,9 +9,22 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 )
 
-// Check is the node check of the netfilter features the capture needs.
+// Check is the node check of the netfilter features the capture needs, and of the node's own nft
+// where istio-cni's native nftables mode makes its version matter.
 type Check struct {
 	Reader Reader
+	// HostRoot is where the node's nft is looked for; empty skips it.
+	HostRoot string
+	// AmbientHost tells whether istio-cni's native host table is in the node's netns; nil never
+	// says NodeNftTooOld.
+	AmbientHost AmbientHost
+}
+
+// Detail is what the check read, for the debug page.
+type Detail struct {
+	Inventory
+	// HostNft is the node's nft, whether or not its version matters.
+	HostNft *HostNft `json:"hostNft,omitempty"`
 }
 
 // Name is the check's name in metrics and reports.
@@ -23,11 +36,19 @@ func (c *Check) CheckNode(ctx context.Context) (nodecheck.Result, error) {
 	if err != nil {
 		return nodecheck.Result{}, fmt.Errorf("reading the node's netfilter features: %w", err)
 	}
-	res := nodecheck.Result{Detail: inv}
+	detail := Detail{Inventory: inv}
+	var findings []nodecheck.Finding
 	if f, ok := Finding(inv); ok {
-		res.Findings = []nodecheck.Finding{f}
+		findings = append(findings, f)
 	}
-	return res, nil
+	if c.HostRoot != "" {
+		h := ReadHostNft(c.HostRoot)
+		if f, ok := judgeHostNft(ctx, &h, c.AmbientHost); ok {
+			findings = append(findings, f)
+		}
+		detail.HostNft = &h
+	}
+	return nodecheck.Result{Findings: findings, Detail: detail}, nil
 }
 
 // Finding is NetfilterFeatureMissing for an inventory with something missing: an error when what

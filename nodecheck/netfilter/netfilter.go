@@ -6,7 +6,13 @@
 // (/proc/config.gz, /boot/config-RELEASE), else the module lists (/proc/modules with
 // modules.builtin and modules.dep), else, on a kernel built without modules, the xtables
 // extensions the kernel registered (/proc/net/ip_tables_targets and _matches). A feature is
-// missing only when the source says so; where no source can tell, nothing is judged.
+// missing only when the source says so; where no source can tell, nothing is judged. /sys/module
+// is a source of presence alone: it shows every loaded module and the built-in ones that have
+// parameters or a version (nf_conntrack, ip_set), so a module named there is never missing,
+// while one not named there tells nothing.
+//
+// It also reads the node's own nft version from its binary's bytes (hostnft.go): an old one
+// crashes on the tables istio-cni's native nftables mode writes in the node's netns.
 package netfilter
 
 import (
@@ -95,11 +101,22 @@ type Inventory struct {
 }
 
 // Reader reads the node's kernel facts. HostRoot is where the node's filesystem is seen (its
-// /boot and /lib/modules); ProcDir is the kernel's /proc, "/proc" when empty (the kernel is the
-// same one in a container).
+// /boot and /lib/modules); ProcDir is the kernel's /proc, "/proc" when empty, and SysDir its
+// /sys, "/sys" when empty: the kernel is the same one in a container, and /sys/module belongs to
+// no namespace, so the sysfs every runtime mounts in a container shows the node's modules with
+// no mount of the host's /sys.
 type Reader struct {
 	HostRoot string
 	ProcDir  string
+	SysDir   string
+}
+
+func (r Reader) sysModuleDir() string {
+	dir := r.SysDir
+	if dir == "" {
+		dir = "/sys"
+	}
+	return filepath.Join(dir, "module")
 }
 
 func (r Reader) proc(name string) string {
@@ -110,14 +127,70 @@ func (r Reader) proc(name string) string {
 	return filepath.Join(dir, name)
 }
 
-// Read tells the missing features from the first source that can.
+// Read tells the missing features from the first source that can, less those /sys/module shows
+// present.
 func (r Reader) Read(ctx context.Context) (Inventory, error) {
+	inv, loaded, err := r.read(ctx)
+	if err != nil || (len(inv.Missing) == 0 && inv.NotJudged == "") {
+		return inv, err
+	}
+	return r.withSysModules(inv, loaded), nil
+}
+
+// withSysModules drops from inv's missing features those a module named in /sys/module provides,
+// and judges a node the module index could not tell about when loaded and /sys/module modules
+// provide every feature. An unreadable /sys/module changes nothing: it can only tell presence.
+func (r Reader) withSysModules(inv Inventory, loaded map[string]bool) Inventory {
+	dir := r.sysModuleDir()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return inv
+	}
+	sys := map[string]bool{}
+	for _, e := range entries {
+		sys[moduleName(e.Name())] = true
+	}
+	var shown []string
+	provided := func(f Feature) bool {
+		i := slices.IndexFunc(f.Modules, func(m string) bool { return sys[m] })
+		if i >= 0 && !slices.Contains(shown, f.Modules[i]) {
+			shown = append(shown, f.Modules[i])
+		}
+		return i >= 0
+	}
+	if inv.NotJudged != "" {
+		for _, f := range Features() {
+			if !slices.ContainsFunc(f.Modules, func(m string) bool { return loaded[m] }) && !provided(f) {
+				return inv
+			}
+		}
+		src := "modules: /proc/modules, " + dir
+		if len(shown) > 0 {
+			src += " (present there: " + strings.Join(shown, ", ") + ")"
+		}
+		return Inventory{Source: src}
+	}
+	var missing []Feature
+	for _, f := range inv.Missing {
+		if !provided(f) {
+			missing = append(missing, f)
+		}
+	}
+	if len(shown) > 0 {
+		inv.Source += fmt.Sprintf("; present in %s: %s", dir, strings.Join(shown, ", "))
+	}
+	inv.Missing = missing
+	return inv
+}
+
+// read is Read's first source that can tell, with the loaded modules when it read them.
+func (r Reader) read(ctx context.Context) (Inventory, map[string]bool, error) {
 	if err := ctx.Err(); err != nil {
-		return Inventory{}, err
+		return Inventory{}, nil, err
 	}
 	release, err := readTrimmed(r.proc("sys/kernel/osrelease"))
 	if err != nil {
-		return Inventory{}, fmt.Errorf("reading the kernel release: %w", err)
+		return Inventory{}, nil, fmt.Errorf("reading the kernel release: %w", err)
 	}
 	features := Features()
 	var tried []string
@@ -128,9 +201,9 @@ func (r Reader) Read(ctx context.Context) (Inventory, error) {
 			continue
 		}
 		if err != nil {
-			return Inventory{}, err
+			return Inventory{}, nil, err
 		}
-		return Inventory{Source: "kernel config " + path, Missing: missingByConfig(features, cfg)}, nil
+		return Inventory{Source: "kernel config " + path, Missing: missingByConfig(features, cfg)}, nil, nil
 	}
 	loaded, err := readLoadedModules(r.proc("modules"))
 	switch {
@@ -139,12 +212,12 @@ func (r Reader) Read(ctx context.Context) (Inventory, error) {
 		// and has registered every xtables extension it has.
 		xt, err := readXT(r.proc("net"))
 		if err != nil {
-			return Inventory{}, err
+			return Inventory{}, nil, err
 		}
 		return Inventory{Source: "kernel without modules: registered xtables extensions " + r.proc("net/ip_tables_targets") + ", _matches",
-			Missing: missingByXT(features, xt)}, nil
+			Missing: missingByXT(features, xt)}, nil, nil
 	case err != nil:
-		return Inventory{}, err
+		return Inventory{}, nil, err
 	}
 	modDir := filepath.Join(r.HostRoot, "lib", "modules", release)
 	builtin, errB := readModuleList(filepath.Join(modDir, "modules.builtin"), false)
@@ -152,7 +225,7 @@ func (r Reader) Read(ctx context.Context) (Inventory, error) {
 	if errB != nil || errD != nil {
 		tried = append(tried, fmt.Sprintf("no module index under %s (%v)", modDir, errors.Join(errB, errD)))
 		return Inventory{NotJudged: "no kernel config and no module index to tell built-in and installed modules from absent ones: " +
-			strings.Join(tried, "; ")}, nil
+			strings.Join(tried, "; ")}, loaded, nil
 	}
 	have := func(m string) bool { return loaded[m] || builtin[m] || installed[m] }
 	var missing []Feature
@@ -161,7 +234,7 @@ func (r Reader) Read(ctx context.Context) (Inventory, error) {
 			missing = append(missing, f)
 		}
 	}
-	return Inventory{Source: "modules: /proc/modules, " + modDir + "/modules.builtin, modules.dep", Missing: missing}, nil
+	return Inventory{Source: "modules: /proc/modules, " + modDir + "/modules.builtin, modules.dep", Missing: missing}, loaded, nil
 }
 
 func readTrimmed(path string) (string, error) {

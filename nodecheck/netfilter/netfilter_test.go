@@ -15,7 +15,9 @@ import (
 // testdata holds real captures of this test bed's kernel (6.18, built without modules): the
 // netfilter lines of /proc/config.gz, and /proc/net/ip_tables_targets and _matches. The module
 // lists of the modules cases are written in /proc/modules' and modules.dep's formats by the
-// cases themselves: the test bed's kernel has none.
+// cases themselves: the test bed's kernel has none. testdata/sys/module is a copy of the test
+// bed's own /sys/module entries of two built-in modules with parameters (nf_conntrack, ip_set),
+// laid under the fake root's sys by the cases that set sys.
 func TestRead(t *testing.T) {
 	realConfig := readFile(t, "testdata/config-6.18-firecracker.netfilter")
 	without := func(opts ...string) string {
@@ -25,14 +27,21 @@ func TestRead(t *testing.T) {
 		}
 		return s
 	}
+	modulesNoConntrack := "nf_nat 57344 2 xt_REDIRECT,iptable_nat, Live 0x0000000000000000\n"
 	modulesLoaded := "nf_conntrack 180224 3 xt_REDIRECT,nf_nat,xt_conntrack, Live 0x0000000000000000\n" +
 		"nf_nat 57344 2 xt_REDIRECT,iptable_nat, Live 0x0000000000000000\n"
+	modulePaths := []string{"net/netfilter/xt_REDIRECT", "net/netfilter/xt_owner", "net/ipv4/netfilter/iptable_nat",
+		"net/netfilter/nf_tables", "net/netfilter/nft_compat", "net/netfilter/nft_chain_nat", "net/netfilter/nft_redir",
+		"net/netfilter/nft_ct", "net/netfilter/xt_TPROXY", "net/ipv4/netfilter/iptable_mangle", "net/netfilter/xt_mark",
+		"net/netfilter/xt_connmark", "net/netfilter/xt_CT", "net/netfilter/xt_set", "net/netfilter/ipset/ip_set_hash_ip"}
+	// Every module but nf_conntrack loaded, in /proc/modules' format.
+	modulesAllButConntrack := modulesNoConntrack
+	for _, m := range modulePaths {
+		modulesAllButConntrack += filepath.Base(m) + " 16384 0 - Live 0x0000000000000000\n"
+	}
 	modulesDep := func(omit string) string {
 		var b strings.Builder
-		for _, m := range []string{"net/netfilter/xt_REDIRECT", "net/netfilter/xt_owner", "net/ipv4/netfilter/iptable_nat",
-			"net/netfilter/nf_tables", "net/netfilter/nft_compat", "net/netfilter/nft_chain_nat", "net/netfilter/nft_redir",
-			"net/netfilter/nft_ct", "net/netfilter/xt_TPROXY", "net/ipv4/netfilter/iptable_mangle", "net/netfilter/xt_mark",
-			"net/netfilter/xt_connmark", "net/netfilter/xt_CT", "net/netfilter/xt_set", "net/netfilter/ipset/ip_set_hash_ip"} {
+		for _, m := range modulePaths {
 			if !strings.HasSuffix(m, "/"+omit) {
 				b.WriteString("kernel/" + m + ".ko.zst: kernel/net/netfilter/x_tables.ko.zst\n")
 			}
@@ -42,6 +51,7 @@ func TestRead(t *testing.T) {
 	cases := []struct {
 		name           string
 		files          map[string]string // path under the fake root ("proc/..." is the kernel's /proc) → content
+		sys            bool              // testdata/sys copied to the fake root's sys
 		source         string
 		missing        []string
 		severity       nodecheck.Severity // of the finding, "" for none
@@ -63,6 +73,23 @@ func TestRead(t *testing.T) {
 			"host/lib/modules/6.18.0-test/modules.dep":     modulesDep("xt_owner")},
 			missing: []string{"xtables owner match"}, severity: nodecheck.SeverityError},
 		{name: "modules loaded, no index", files: map[string]string{"proc/modules": modulesLoaded}, notJudged: "no module index"},
+		{name: "modules: conntrack neither loaded nor indexed", files: map[string]string{"proc/modules": modulesNoConntrack,
+			"host/lib/modules/6.18.0-test/modules.builtin": "",
+			"host/lib/modules/6.18.0-test/modules.dep":     modulesDep("")},
+			missing: []string{"connection tracking"}, severity: nodecheck.SeverityError},
+		{name: "modules: conntrack built in, shown by /sys/module alone", sys: true, files: map[string]string{"proc/modules": modulesNoConntrack,
+			"host/lib/modules/6.18.0-test/modules.builtin": "",
+			"host/lib/modules/6.18.0-test/modules.dep":     modulesDep("")},
+			source: "present in " + "SYS/module: nf_conntrack"},
+		{name: "modules: /sys/module tells no absence", sys: true, files: map[string]string{"proc/modules": modulesNoConntrack,
+			"host/lib/modules/6.18.0-test/modules.builtin": "",
+			"host/lib/modules/6.18.0-test/modules.dep":     modulesDep("xt_owner")},
+			missing: []string{"xtables owner match"}, severity: nodecheck.SeverityError},
+		{name: "a stale /boot config, conntrack shown by /sys/module", sys: true, files: map[string]string{"host/boot/config-6.18.0-test": without("NF_CONNTRACK")},
+			source: "/boot/config-6.18.0-test; present in SYS/module: nf_conntrack"},
+		{name: "no index, every module loaded but conntrack, shown by /sys/module", sys: true, files: map[string]string{"proc/modules": modulesAllButConntrack},
+			source: "modules: /proc/modules, SYS/module (present there: nf_conntrack)"},
+		{name: "no index, /sys/module shows only some", sys: true, files: map[string]string{"proc/modules": modulesNoConntrack}, notJudged: "no module index"},
 		{name: "a kernel without modules", files: map[string]string{"proc/net/ip_tables_targets": readFile(t, "testdata/ip_tables_targets"),
 			"proc/net/ip_tables_matches": readFile(t, "testdata/ip_tables_matches")}, source: "kernel without modules"},
 		{name: "a kernel without modules nor TPROXY", files: map[string]string{
@@ -86,7 +113,13 @@ func TestRead(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			inv, err := Reader{HostRoot: filepath.Join(root, "host"), ProcDir: filepath.Join(root, "proc")}.Read(t.Context())
+			if c.sys {
+				if err := os.CopyFS(filepath.Join(root, "sys"), os.DirFS("testdata/sys")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.source = strings.ReplaceAll(c.source, "SYS", filepath.Join(root, "sys"))
+			inv, err := Reader{HostRoot: filepath.Join(root, "host"), ProcDir: filepath.Join(root, "proc"), SysDir: filepath.Join(root, "sys")}.Read(t.Context())
 			if c.err != "" {
 				if err == nil || !strings.Contains(err.Error(), c.err) {
 					t.Fatalf("error %v, want one saying %q", err, c.err)

@@ -143,6 +143,14 @@ func TestAgentDatesPodsAgainstTheCNIChain(t *testing.T) {
 		t.Errorf("the pod was networked between %s and %s, outside the window it is blamed on %+v", beforeRun, afterRun, gap)
 	}
 	t.Logf("timeline: %+v\nfinding: %s", tl, blamed.Message)
+	// The metrics count what the report says: the new code has a series that is not zero.
+	const series = `meshdoctor_findings{code="PodCreatedBeforeIstioCNI"}`
+	testbed.Eventually(t, 10*time.Second, series+" counted", func() error {
+		if v := metric(t, a.metrics, series); v < 1 {
+			return fmt.Errorf("%s = %v, want at least 1", series, v)
+		}
+		return nil
+	})
 	a.stop(t)
 
 	// No agent: `check` rebuilds from modification times what they prove. Another CNI's config
