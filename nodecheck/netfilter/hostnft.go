@@ -80,6 +80,10 @@ func underRoot(root, name string) (string, error) {
 		} else {
 			path = filepath.Join(filepath.Dir(path), target)
 		}
+		// A relative link climbing out (../../..) would name the agent's own file, not the node's.
+		if rel, err := filepath.Rel(root, path); err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			return "", fmt.Errorf("%s: a link leads out of %s", filepath.Join(root, name), root)
+		}
 	}
 	return "", fmt.Errorf("%s: too many links", filepath.Join(root, name))
 }

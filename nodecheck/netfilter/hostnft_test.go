@@ -90,3 +90,27 @@ func TestVersionBefore(t *testing.T) {
 		}
 	}
 }
+
+// Links resolve as on the node: an absolute one under the host root, and none may climb out of it.
+func TestUnderRoot(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"usr/sbin", "sbin", "bin"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "usr/sbin/nft"), []byte("x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, target := range map[string]string{"sbin/nft": "/usr/sbin/nft", "bin/nft": "../../../../../../etc/hostname"} {
+		if err := os.Symlink(target, filepath.Join(root, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := underRoot(root, "sbin/nft"); err != nil || got != filepath.Join(root, "usr/sbin/nft") {
+		t.Errorf("absolute link: %q, %v; want the node's usr/sbin/nft", got, err)
+	}
+	if got, err := underRoot(root, "bin/nft"); err == nil {
+		t.Errorf("a link out of the host root resolved to %q", got)
+	}
+}
