@@ -42,7 +42,8 @@ func TestKernelCauseOfMissingRules(t *testing.T) {
 		must(t, os.MkdirAll(filepath.Join(proc, "sys/kernel"), 0o755))
 		must(t, os.WriteFile(filepath.Join(proc, "sys/kernel/osrelease"), []byte("6.18.0-test\n"), 0o644))
 		must(t, os.WriteFile(filepath.Join(proc, "config.gz"), gz.Bytes(), 0o644))
-		return netfilter.Reader{HostRoot: t.TempDir(), ProcDir: proc}
+		// An empty /sys: this machine's own /sys/module would show what the config says is missing.
+		return netfilter.Reader{HostRoot: t.TempDir(), ProcDir: proc, SysDir: t.TempDir()}
 	}
 	sidecar := testbed.DefaultSidecarArgs()
 	cases := []struct {
