@@ -103,11 +103,14 @@ func (p Prober) Run(ctx context.Context, netnsPath string, probes []Probe) ([]Ou
 			return fmt.Errorf("in %s: %w", netnsPath, err)
 		}
 		defer ct.Close()
+		// The probes of one check mostly share a destination address (the captured one, the
+		// proxy's UID to it, an excluded port on it): its route is asked once.
+		sources := map[netip.Addr]netip.Addr{}
 		for i, pr := range probes {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			out[i] = probeHere(ct, pr, settle)
+			out[i] = probeHere(ct, pr, settle, sources)
 		}
 		return nil
 	})
@@ -120,13 +123,18 @@ func (p Prober) Run(ctx context.Context, netnsPath string, probes []Probe) ([]Ou
 // ephemeral ports a probe's source port is drawn from (Linux's default ip_local_port_range).
 const firstEphemeral, lastEphemeral = 32768, 60999
 
-// probeHere sends one probe from the calling thread's namespace and cleans up after it.
-func probeHere(ct *ctnetlink.Conn, pr Probe, settle time.Duration) Outcome {
+// probeHere sends one probe from the calling thread's namespace and cleans up after it. sources
+// keeps the source address found towards each destination address during one visit.
+func probeHere(ct *ctnetlink.Conn, pr Probe, settle time.Duration, sources map[netip.Addr]netip.Addr) Outcome {
 	o := Outcome{Probe: pr}
-	src, err := sourceFor(pr.Dst)
-	if err != nil {
-		o.Err = err
-		return o
+	src, ok := sources[pr.Dst.Addr()]
+	if !ok {
+		var err error
+		if src, err = sourceFor(pr.Dst); err != nil {
+			o.Err = err
+			return o
+		}
+		sources[pr.Dst.Addr()] = src
 	}
 	t, err := freeTuple(src, pr.Dst, ct)
 	if err != nil {
