@@ -1,9 +1,12 @@
 package netfilter
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +24,12 @@ func TestCheckNodeHostNft(t *testing.T) {
 	writer := testbed.AmbientInpod(t)
 	newer := []byte(readFile(t, "testdata/nft-1.1.4.rodata"))
 	thisNft := func(t *testing.T, root string) { copyHostNft(t, filepath.Join(root, "usr/sbin/nft")) }
+	// What this machine's nft says of itself (the test may run it; the product never does) is the
+	// oracle for what the reader finds in its bytes, and decides whether it is too old.
+	this := nftSaysItsVersion(t)
+	thisOld := versionBefore(this, NftFixedIn)
+	// An nft before the fix, whatever this machine's is: the bytes of the fixed one, renumbered.
+	older := bytes.Replace(newer, []byte("\x001.1.4\x00"), []byte("\x001.0.9\x00"), 1)
 	cases := []struct {
 		name    string
 		nft     func(t *testing.T, root string) // lays an nft under the host root
@@ -29,11 +38,14 @@ func TestCheckNodeHostNft(t *testing.T) {
 		table   *bool // what the detail says of istio-cni's native table
 		finding bool
 	}{
-		{name: "an old nft beside istio-cni's native table", nft: thisNft, args: []string{"--host", "--native-nftables", "--probe-ips", "10.9.8.7"},
-			version: "1.0.6", table: ptr(true), finding: true},
-		{name: "an old nft, no istio-cni side", nft: thisNft, version: "1.0.6", table: ptr(false)},
-		{name: "an old nft, istio-cni in iptables mode", nft: thisNft, args: []string{"--host", "--probe-ips", "10.9.8.7"},
-			version: "1.0.6", table: ptr(false)},
+		{name: "this machine's nft beside istio-cni's native table", nft: thisNft, args: []string{"--host", "--native-nftables", "--probe-ips", "10.9.8.7"},
+			version: this, table: tableIfOld(thisOld, true), finding: thisOld},
+		{name: "this machine's nft, no istio-cni side", nft: thisNft, version: this, table: tableIfOld(thisOld, false)},
+		{name: "this machine's nft, istio-cni in iptables mode", nft: thisNft, args: []string{"--host", "--probe-ips", "10.9.8.7"},
+			version: this, table: tableIfOld(thisOld, false)},
+		{name: "an old nft beside istio-cni's native table", args: []string{"--host", "--native-nftables", "--probe-ips", "10.9.8.7"},
+			nft: func(t *testing.T, root string) { writeFile(t, filepath.Join(root, "usr/sbin/nft"), older) }, version: "1.0.9",
+			table: ptr(true), finding: true},
 		{name: "a fixed nft beside istio-cni's native table", args: []string{"--host", "--native-nftables", "--probe-ips", "10.9.8.7"},
 			nft: func(t *testing.T, root string) { writeFile(t, filepath.Join(root, "usr/sbin/nft"), newer) }, version: "1.1.4"},
 		{name: "no nft beside istio-cni's native table", nft: func(t *testing.T, root string) {},
@@ -93,3 +105,25 @@ func TestCheckNodeHostNft(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// tableIfOld is what the detail says of istio-cni's native table: read only for an old nft.
+func tableIfOld(old, present bool) *bool {
+	if !old {
+		return nil
+	}
+	return ptr(present)
+}
+
+// nftSaysItsVersion runs this machine's nft --version ("nftables v1.0.6 (Lester Gooch #5)").
+func nftSaysItsVersion(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("/usr/sbin/nft", "--version").Output()
+	if err != nil {
+		t.Fatalf("the test bed's nft --version: %v", err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 2 || !strings.HasPrefix(f[1], "v") {
+		t.Fatalf("nft --version said %q", out)
+	}
+	return strings.TrimPrefix(f[1], "v")
+}
