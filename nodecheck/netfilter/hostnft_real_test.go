@@ -17,8 +17,9 @@ import (
 )
 
 // The node check on a node netns where istio-cni's own code (ambient-inpod --host) wrote its side,
-// with this machine's nft (1.0.6) or a newer one under the host root: NodeNftTooOld (info) only for
-// an old nft beside istio-cni's native table, and the version in the detail every time.
+// with this machine's nft (its version from its own --version), an older or a fixed one under the
+// host root: NodeNftTooOld (info) only for an old nft beside istio-cni's native table, and the
+// version in the detail every time.
 func TestCheckNodeHostNft(t *testing.T) {
 	testbed.RequirePrivileged(t)
 	writer := testbed.AmbientInpod(t)
