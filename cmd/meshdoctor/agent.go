@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
@@ -159,6 +160,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 
 	var runtime agent.Discoverer
 	var closeRuntime func() error
+	var listing *runtimeevents.Listing
 	netnsTargets, err := o.netnsOptions.targets()
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
@@ -170,7 +172,14 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 		if err != nil {
 			return &exitError{code: exitCannot, err: err}
 		}
-		runtime, closeRuntime = cniExcluding{Runtime: rt, confDir: confDir, loads: runtimeCNI.Loads(), chain: o.node.chain, log: log}, rt.Close
+		closeRuntime = rt.Close
+		if o.discovery.criEndpoint == "" {
+			// containerd's events say when the node's listing changed (the watch below).
+			listing = &runtimeevents.Listing{Runtime: rt, MaxAge: o.recheckInterval}
+			rt = listing
+			registerListingMetrics(m.Registry, listing)
+		}
+		runtime = cniExcluding{Runtime: rt, confDir: confDir, loads: runtimeCNI.Loads(), chain: o.node.chain, log: log}
 		log.Info("discovering pods", "through", where)
 	}
 	if closeRuntime != nil {
@@ -255,7 +264,7 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 					return
 				}
 				a.TriggerPod("", "", id, why)
-			}, log)
+			}, listing, log)
 		})
 	}
 	if o.metricsAddress != "" {
@@ -354,4 +363,22 @@ func (p agentPods) IstioCNIAgent(ctx context.Context) (istiocni.AgentState, erro
 // CNIModePods implements istiocni.PodStates.
 func (p agentPods) CNIModePods(ctx context.Context) ([]string, error) {
 	return istiocni.FromTargets(p.targets()).CNIModePods(ctx)
+}
+
+// registerListingMetrics counts how the agent's listings of the node's pods were answered: by
+// the runtime, or by the last listing while containerd's events said nothing changed.
+func registerListingMetrics(reg prometheus.Registerer, l *runtimeevents.Listing) {
+	for _, answered := range []string{"runtime", "cache"} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "meshdoctor_pod_listings_total",
+			Help:        "Listings of the node's pods the agent made, by what answered: the runtime, or the last listing while containerd's events said nothing changed.",
+			ConstLabels: prometheus.Labels{"answered": answered},
+		}, func() float64 {
+			st := l.Stats()
+			if answered == "cache" {
+				return float64(st.Cached)
+			}
+			return float64(st.Listed)
+		}))
+	}
 }

@@ -74,7 +74,15 @@ func TestAgentSeesNftablesChangesAtOnce(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(200 * time.Millisecond)
+	// And until its containerd subscription is over a second old: only then does it keep the
+	// node's listing between passes (runtimeevents.Listing).
+	testbed.Eventually(t, 10*time.Second, "subscribed to containerd's events", func() error {
+		if !strings.Contains(a.Logs(), `"msg":"subscribed to containerd's events"`) {
+			return fmt.Errorf("not subscribed yet")
+		}
+		return nil
+	})
+	time.Sleep(1500 * time.Millisecond)
 
 	var took []time.Duration
 	for i := range 3 {
@@ -86,6 +94,11 @@ func TestAgentSeesNftablesChangesAtOnce(t *testing.T) {
 	t.Logf("rule change → verdict on /metrics in %v (period 1h, debounce 1s, polled every 100ms)", roundAll(took))
 	if strings.Contains(a.Logs(), "nftables notifications stopped") {
 		t.Errorf("the pod's socket failed:\n%s", a.Logs())
+	}
+	// No container started or exited meanwhile: the passes the rule changes asked for were
+	// served the node's last listing, and still saw every change.
+	if cached := metric(t, a.metrics, `meshdoctor_pod_listings_total{answered="cache"}`); cached < 1 {
+		t.Errorf("no pass was served the cached listing (runtime %v)", metric(t, a.metrics, `meshdoctor_pod_listings_total{answered="runtime"}`))
 	}
 	a.stop(t)
 }
