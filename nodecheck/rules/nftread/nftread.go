@@ -184,7 +184,7 @@ func exchange(ctx context.Context, conn *netlink.Conn, where string, fn func(*tr
 	if err != nil {
 		return fmt.Errorf("netlink socket in %s: %w", where, err)
 	}
-	if err := fn(&transport{raw: raw, buf: make([]byte, recvBufferSize)}, raw); err != nil {
+	if err := fn(&transport{raw: raw}, raw); err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return fmt.Errorf("reading nftables in %s: %w", where, ctxErr)
 		}
