@@ -29,6 +29,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
 	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
 	"github.com/meshdoctor/meshdoctor/nodecheck/proxyready"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
 )
 
 // shutdownGrace bounds the HTTP servers' shutdown; with the checks' own cancellation the agent
@@ -146,7 +147,9 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 			cni = c
 		}
 	}
-	podChecks, err := o.podChecks(ctx, conditions, log)
+	// The agent reads every pod every recheck interval: its nftables reads are served from a
+	// cache while a pod's ruleset generation stays the same.
+	podChecks, err := o.podChecks(ctx, conditions, nsread.NewCachingReader(), log)
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}

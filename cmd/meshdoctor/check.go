@@ -98,7 +98,7 @@ func runCheck(cmd *cobra.Command, o checkOptions) error {
 	if rep.Findings, err = o.node.nodeFindings(cmd.Context(), o.hostRoot, o.nodeNetnsPath(), discovered, log); err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}
-	podChecks, err := o.podChecks(cmd.Context(), nodeConditions(rep.Findings), log)
+	podChecks, err := o.podChecks(cmd.Context(), nodeConditions(rep.Findings), nsread.Reader{}, log)
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}

@@ -46,8 +46,9 @@ func (o *checkOptions) registerNodeFlags(f *pflag.FlagSet) {
 }
 
 // podChecks builds every pod check, the one place `check` and `agent` get them from. conditions
-// are the node conditions pod checks link their findings with.
-func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.NodeConditions, log *slog.Logger) ([]nodecheck.Check, error) {
+// are the node conditions pod checks link their findings with; reader reads the pods' rules (and
+// istio-cni's node side), a caching one for the agent, which reads every pod again and again.
+func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.NodeConditions, reader nsread.Reader, log *slog.Logger) ([]nodecheck.Check, error) {
 	backend, err := resolveNodeBackend(ctx, *o, log)
 	if err != nil {
 		return nil, err
@@ -57,10 +58,10 @@ func (o *checkOptions) podChecks(ctx context.Context, conditions proxyready.Node
 	if err != nil {
 		return nil, err
 	}
-	capt := &capture.Check{Reader: nsread.Reader{}, NodeBackend: backend, Kernel: netfilter.Reader{HostRoot: o.hostRoot},
+	capt := &capture.Check{Reader: reader, NodeBackend: backend, Kernel: netfilter.Reader{HostRoot: o.hostRoot},
 		Readiness: proxyready.Readiness{Prober: proxyready.NetnsProber{Timeout: o.proxyReady.probeTimeout}}}
 	// Every ambient pod of a sweep is judged against one reading of istio-cni's node side.
-	capt.AmbientHost = &ambienthost.Cached{Reader: ambienthost.Reader{NodeNetns: o.nodeNetnsPath(), Rules: nsread.Reader{}}, TTL: 5 * time.Second}
+	capt.AmbientHost = &ambienthost.Cached{Reader: ambienthost.Reader{NodeNetns: o.nodeNetnsPath(), Rules: reader}, TTL: 5 * time.Second}
 	if o.trafficCanary {
 		capt.Traffic, capt.NodeNetns = canary.Prober{}, o.nodeNetnsPath()
 	}

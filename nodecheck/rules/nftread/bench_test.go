@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/meshdoctor/meshdoctor/nodecheck/innetns"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules"
 	"github.com/meshdoctor/meshdoctor/test/testbed"
 )
@@ -79,5 +80,88 @@ func BenchmarkDecode(b *testing.B) {
 		if _, err := decode(snap); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkReadUnchanged is the agent's re-check of a pod whose rules have not changed: "full"
+// dumps and decodes as every Read did before the cache, "cached" is a Cache serving the same
+// namespace from its confirmed entry (GETGEN, then a copy of the entry's Result). Both open
+// the netlink socket in the namespace, as every Read does; the "-here" pair is ReadHere on a
+// thread already in the namespace, as nsread reads it (the socket is then a plain socket(2)).
+//
+//	go test -run '^$' -bench ReadUnchanged -benchmem ./nodecheck/rules/nftread/
+func BenchmarkReadUnchanged(b *testing.B) {
+	ns := sidecarBenchNetns(b)
+	ctx := context.Background()
+	requireCookie(b, ctx, ns.Path())
+	want := fullRead(b, ctx, ns.Path())
+	b.Run("full", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := Read(ctx, ns.Path()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("cached", func(b *testing.B) {
+		c, clk := newTestCache()
+		prime(b, ctx, c, clk, ns.Path())
+		requireEqual(b, "hit", readVia(b, ctx, c, ns.Path(), true), want)
+		hits := c.Stats().Hits
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := c.Read(ctx, ns.Path()); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if s := c.Stats(); s.Hits-hits != uint64(b.N) {
+			b.Fatalf("%d hits in %d reads: %+v", s.Hits-hits, b.N, s)
+		}
+	})
+	here := func(b *testing.B, read func() error) {
+		b.ReportAllocs()
+		if err := innetns.Do(ctx, ns.Path(), func() error {
+			for b.Loop() {
+				if err := read(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("full-here", func(b *testing.B) {
+		here(b, func() error { _, err := ReadHere(ctx, ns.Path()); return err })
+	})
+	b.Run("cached-here", func(b *testing.B) {
+		c, clk := newTestCache()
+		prime(b, ctx, c, clk, ns.Path())
+		hits := c.Stats().Hits
+		here(b, func() error { _, err := c.ReadHere(ctx, ns.Path()); return err })
+		if s := c.Stats(); s.Hits-hits != uint64(b.N) {
+			b.Fatalf("%d hits in %d reads: %+v", s.Hits-hits, b.N, s)
+		}
+	})
+}
+
+// BenchmarkCloneResult is the copy a hit hands out, of the same rules: its B/op is about what
+// one cache entry holds.
+func BenchmarkCloneResult(b *testing.B) {
+	text, err := os.ReadFile(filepath.Join(snapshotDir, "sidecar-dual-stack.snap"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	snap, err := parseSnapshot(string(text))
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := decode(snap)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = cloneResult(res)
 	}
 }

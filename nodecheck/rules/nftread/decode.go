@@ -311,11 +311,23 @@ func decrement(b []byte) ([]byte, bool) {
 
 // decode builds the Result from a snapshot.
 func decode(s *snapshot) (*Result, error) {
+	res, _, err := decodeSnapshot(s)
+	return res, err
+}
+
+// volatileSetFlags mark a set whose elements change without a committed transaction: a
+// dynamic set is written by the packet path (dynset), a timeout set's elements expire.
+const volatileSetFlags = unix.NFT_SET_EVAL | unix.NFT_SET_TIMEOUT
+
+// decodeSnapshot is decode that also reports whether the Result may change while the ruleset
+// generation stays the same (see ruleDecoder.opaque, volatileSetFlags): such a Result is only
+// as good as the moment it was read, and is never cached.
+func decodeSnapshot(s *snapshot) (res *Result, volatile bool, err error) {
 	tables, err := parseTables(s.Tables)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	res := &Result{}
+	res = &Result{}
 	b := newBuilder()
 	for _, t := range tables {
 		if t.kind == tableOther {
@@ -325,12 +337,12 @@ func decode(s *snapshot) (*Result, error) {
 		b.addTable(t)
 	}
 	if len(b.tables) == 0 {
-		return res, nil
+		return res, false, nil
 	}
 
 	chains, err := parseChains(s.Chains)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	for _, c := range chains {
 		if bt := b.tables[c.table]; bt != nil {
@@ -340,7 +352,7 @@ func decode(s *snapshot) (*Result, error) {
 
 	sets, err := parseSets(s.Sets)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	setsByKey := make(map[setKey]*setInfo, len(sets))
 	for _, set := range sets {
@@ -349,11 +361,12 @@ func decode(s *snapshot) (*Result, error) {
 		}
 	}
 	if err := addElements(setsByKey, s.Elems); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	for _, set := range sets {
 		if b.tables[set.table] != nil {
 			res.NamedSets = append(res.NamedSets, set.named())
+			volatile = volatile || set.flags&volatileSetFlags != 0
 		}
 	}
 
@@ -367,11 +380,11 @@ func decode(s *snapshot) (*Result, error) {
 	}
 	for _, m := range s.Rules {
 		if err := b.addRule(m); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 	res.Sets = b.finish()
-	return res, nil
+	return res, volatile || b.dec.opaque, nil
 }
 
 // builder collects the model tables of each kernel table while the dumps are decoded.

@@ -123,6 +123,11 @@ type ruleDecoder struct {
 	conflict  bool
 	l4proto   int    // the protocol a `meta l4proto` match established, or -1
 	used      uint32 // registers written by this rule, the only ones to clear for the next
+	// opaque is set, for the whole Read, once an expression's raw data went into a MatchOther:
+	// data the decoder does not understand may be runtime state that changes without a ruleset
+	// generation (quota's consumed bytes, last's timestamp, what dynset adds to a set), so such
+	// a Result is never cached.
+	opaque bool
 }
 
 // bound is half of a range, as iptables-nft writes `--dport 1000:2000` in older versions
@@ -262,6 +267,7 @@ func (d *ruleDecoder) expr(name, data []byte) error {
 		d.setTarget(rules.Target{Name: "?" + string(name)})
 	}
 	d.other("nft %s %s", name, shortHex(data))
+	d.opaque = true
 	return nil
 }
 

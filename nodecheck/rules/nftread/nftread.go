@@ -37,6 +37,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -112,34 +113,18 @@ const maxGenerationRetries = 3
 // Read reads the nftables rules of the network namespace at netnsPath. A path that does not
 // exist gives an error wrapping innetns.ErrNetnsGone. Cancelling ctx aborts a pending request.
 func Read(ctx context.Context, netnsPath string) (*Result, error) {
-	snap, err := readSnapshot(ctx, netnsPath)
-	if err != nil {
-		return nil, err
-	}
-	res, err := decode(snap)
-	if err != nil {
-		return nil, fmt.Errorf("decoding nftables of %s: %w", netnsPath, err)
-	}
-	return res, nil
+	return (*Cache)(nil).Read(ctx, netnsPath)
 }
 
 // ReadHere reads the nftables rules of the network namespace the calling thread is in: for a
 // caller that has already entered a pod's namespace (innetns.Do) to read several things at once.
 // where names the namespace in errors.
 func ReadHere(ctx context.Context, where string) (*Result, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	// Without a NetNS option the socket is created on this thread, so in its namespace.
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		return nil, fmt.Errorf("opening a netfilter netlink socket in %s: %w", where, err)
-	}
-	return readAndDecode(ctx, conn, where)
+	return (*Cache)(nil).ReadHere(ctx, where)
 }
 
-// readSnapshot fetches the raw dumps of the namespace at netnsPath.
-func readSnapshot(ctx context.Context, netnsPath string) (*snapshot, error) {
+// dialIn opens a netfilter netlink socket in the namespace at netnsPath.
+func dialIn(ctx context.Context, netnsPath string) (*netlink.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -154,23 +139,41 @@ func readSnapshot(ctx context.Context, netnsPath string) (*snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening a netfilter netlink socket in %s: %w", netnsPath, err)
 	}
-	return fetchOn(ctx, conn, netnsPath)
+	return conn, nil
 }
 
-func readAndDecode(ctx context.Context, conn *netlink.Conn, where string) (*Result, error) {
-	snap, err := fetchOn(ctx, conn, where)
+// dialHere opens a netfilter netlink socket in the calling thread's namespace.
+func dialHere(ctx context.Context, where string) (*netlink.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// Without a NetNS option the socket is created on this thread, so in its namespace.
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, fmt.Errorf("opening a netfilter netlink socket in %s: %w", where, err)
+	}
+	return conn, nil
+}
+
+// readSnapshot fetches the raw dumps of the namespace at netnsPath.
+func readSnapshot(ctx context.Context, netnsPath string) (*snapshot, error) {
+	conn, err := dialIn(ctx, netnsPath)
 	if err != nil {
 		return nil, err
 	}
-	res, err := decode(snap)
-	if err != nil {
-		return nil, fmt.Errorf("decoding nftables of %s: %w", where, err)
-	}
-	return res, nil
+	var snap *snapshot
+	err = exchange(ctx, conn, netnsPath, func(t *transport, _ syscall.RawConn) error {
+		var err error
+		snap, err = fetch(t)
+		return err
+	})
+	return snap, err
 }
 
-// fetchOn dumps everything over conn, which it closes.
-func fetchOn(ctx context.Context, conn *netlink.Conn, where string) (*snapshot, error) {
+// exchange runs fn with a transport over conn, which it closes afterwards. Cancelling ctx
+// interrupts a pending request; fn's error is wrapped with where and, when ctx ended, ctx's
+// error rather than the interrupted receive's.
+func exchange(ctx context.Context, conn *netlink.Conn, where string, fn func(*transport, syscall.RawConn) error) error {
 	defer conn.Close()
 	// A deadline in the past wakes a blocked receive at once; netlink has no other way to be
 	// interrupted.
@@ -179,16 +182,15 @@ func fetchOn(ctx context.Context, conn *netlink.Conn, where string) (*snapshot, 
 
 	raw, err := conn.SyscallConn()
 	if err != nil {
-		return nil, fmt.Errorf("netlink socket in %s: %w", where, err)
+		return fmt.Errorf("netlink socket in %s: %w", where, err)
 	}
-	snap, err := fetch(&transport{raw: raw, buf: make([]byte, recvBufferSize)})
-	if err != nil {
+	if err := fn(&transport{raw: raw}, raw); err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("reading nftables in %s: %w", where, ctxErr)
+			return fmt.Errorf("reading nftables in %s: %w", where, ctxErr)
 		}
-		return nil, fmt.Errorf("reading nftables in %s: %w", where, err)
+		return fmt.Errorf("reading nftables in %s: %w", where, err)
 	}
-	return snap, nil
+	return nil
 }
 
 // snapshot is the raw material of one Read: the payload (nfgenmsg header and attributes) of

@@ -21,8 +21,11 @@ const recvBufferSize = 32 << 10
 // honours its context) still interrupts a blocked read.
 type transport struct {
 	raw syscall.RawConn
-	buf []byte
-	seq uint32
+	buf []byte // recvBufferSize, made by the first dump
+	// small receives the replies of plain GETs (GETGEN's is under a hundred bytes): a read the
+	// Cache serves sends nothing else and needs no dump-sized buffer.
+	small [512]byte
+	seq   uint32
 }
 
 // request sends one nf_tables request and returns the payloads of its replies: every message
@@ -50,6 +53,13 @@ func (t *transport) request(msgType uint16, flags uint16, family uint8, attrs []
 		return nil, fmt.Errorf("sending netlink request: %w", sendErr)
 	}
 
+	buf := t.small[:]
+	if flags&unix.NLM_F_DUMP != 0 {
+		if t.buf == nil {
+			t.buf = make([]byte, recvBufferSize)
+		}
+		buf = t.buf
+	}
 	want := uint16(unix.NFNL_SUBSYS_NFTABLES<<8) | reply
 	var out [][]byte
 	var interrupted bool
@@ -57,7 +67,7 @@ func (t *transport) request(msgType uint16, flags uint16, family uint8, attrs []
 		var n, recvFlags int
 		var recvErr error
 		if err := t.raw.Read(func(fd uintptr) bool {
-			n, _, recvFlags, _, recvErr = unix.Recvmsg(int(fd), t.buf, nil, 0)
+			n, _, recvFlags, _, recvErr = unix.Recvmsg(int(fd), buf, nil, 0)
 			return recvErr != unix.EAGAIN
 		}); err != nil {
 			return nil, err
@@ -66,10 +76,10 @@ func (t *transport) request(msgType uint16, flags uint16, family uint8, attrs []
 			return nil, fmt.Errorf("receiving netlink reply: %w", recvErr)
 		}
 		if recvFlags&unix.MSG_TRUNC != 0 {
-			return nil, fmt.Errorf("netlink reply larger than %d bytes", len(t.buf))
+			return nil, fmt.Errorf("netlink reply larger than %d bytes", len(buf))
 		}
 		// The payloads outlive the buffer, which the next datagram overwrites.
-		chunk := append([]byte(nil), t.buf[:n]...)
+		chunk := append([]byte(nil), buf[:n]...)
 		for len(chunk) > 0 {
 			if len(chunk) < hdrLen {
 				return nil, fmt.Errorf("truncated netlink message header (%d bytes)", len(chunk))

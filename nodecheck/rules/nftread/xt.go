@@ -33,6 +33,7 @@ func (d *ruleDecoder) xt(data []byte, isTarget bool) error {
 		t, tp, err := decodeXTTarget(d.ctx.family, name, rev, info)
 		if err != nil {
 			d.other("-j %s (revision %d, %v) %s", name, rev, xtCause(err), shortHex(bytes.TrimRight(info, "\x00")))
+			d.opaque = true
 			d.setTarget(rules.Target{Name: "?" + name})
 			return nil
 		}
@@ -49,6 +50,7 @@ func (d *ruleDecoder) xt(data []byte, isTarget bool) error {
 	ms, err := decodeXTMatch(d.ctx.family, name, rev, info)
 	if err != nil {
 		d.other("-m %s (revision %d, %v) %s", name, rev, xtCause(err), shortHex(bytes.TrimRight(info, "\x00")))
+		d.opaque = true
 		return nil
 	}
 	d.out.rule.Matches = append(d.out.rule.Matches, ms...)

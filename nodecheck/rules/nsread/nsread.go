@@ -22,17 +22,27 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/xtlegacy"
 )
 
-// Reader implements capture.RuleReader for the real kernel.
-type Reader struct{}
+// Reader implements capture.RuleReader for the real kernel. The zero Reader reads everything on
+// every call, which is all a one-shot `meshdoctor check` needs; a long-lived caller (the agent,
+// re-checking each pod every minute) uses NewCachingReader.
+type Reader struct {
+	// NFT, when not nil, keeps each namespace's decoded nftables rules and serves a read of a
+	// namespace whose ruleset generation has not moved from it (nftread.Cache). The legacy
+	// tables, addresses, routing and sockets are always read.
+	NFT *nftread.Cache
+}
+
+// NewCachingReader returns a Reader with an nftables cache of the default bounds.
+func NewCachingReader() Reader { return Reader{NFT: &nftread.Cache{}} }
 
 // ReadRules reads the rule sets of every backend and family, the addresses, the mark routing
 // and the listening sockets of netnsPath.
-func (Reader) ReadRules(ctx context.Context, netnsPath string) (rules.Snapshot, error) {
+func (r Reader) ReadRules(ctx context.Context, netnsPath string) (rules.Snapshot, error) {
 	var snap rules.Snapshot
 	// One entry into the pod's namespace for everything: each read opens its socket on this
 	// thread, which binds the socket to the namespace; the decoding then runs on plain data.
 	err := innetns.Do(ctx, netnsPath, func() error {
-		nft, err := nftread.ReadHere(ctx, netnsPath)
+		nft, err := r.NFT.ReadHere(ctx, netnsPath)
 		if err != nil {
 			return fmt.Errorf("reading nftables: %w", err)
 		}
