@@ -124,3 +124,105 @@ func TestScheduling(t *testing.T) {
 		t.Errorf("%d pods in the report, want 2", got)
 	}
 }
+
+// stoppingCheck finds every pod broken and, while checking the pods in change, changes them in
+// the runtime as the check runs: what a pod being stopped looks like to a check that started
+// before its sandbox was.
+type stoppingCheck struct {
+	rt     *fakeRuntime
+	mu     sync.Mutex
+	change map[string]func(*nodecheck.Target) bool // false removes the pod
+}
+
+func (c *stoppingCheck) stopChanging(ids ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range ids {
+		delete(c.change, id)
+	}
+}
+
+func (c *stoppingCheck) Name() string { return "stopping" }
+
+func (c *stoppingCheck) Check(_ context.Context, t nodecheck.Target) (nodecheck.Result, error) {
+	c.mu.Lock()
+	f := c.change[t.ID()]
+	c.mu.Unlock()
+	if f != nil {
+		c.rt.mu.Lock()
+		var kept []nodecheck.Target
+		for _, x := range c.rt.targets {
+			if x.ID() != t.ID() || f(&x) {
+				kept = append(kept, x)
+			}
+		}
+		c.rt.targets = kept
+		c.rt.mu.Unlock()
+	}
+	return nodecheck.Result{Findings: []nodecheck.Finding{{Code: nodecheck.ProxyNotReady, Severity: nodecheck.SeverityError}}}, nil
+}
+
+// TestBrokenWhileStoppingIsNotKept: a broken verdict is kept only when the runtime still lists
+// the pod as the check was given it; a pod that left the node, was recreated or whose containers
+// changed during its check keeps no verdict from that check.
+func TestBrokenWhileStoppingIsNotKept(t *testing.T) {
+	withProxy := func(name string) nodecheck.Target {
+		p := pod(name)
+		p.Containers = []nodecheck.Container{{Name: "istio-proxy", ID: "c-" + name, State: nodecheck.ContainerRunning}}
+		return p
+	}
+	rt := &fakeRuntime{targets: []nodecheck.Target{withProxy("steady"), withProxy("leaving"), withProxy("exiting"), withProxy("recreated")}}
+	c := &stoppingCheck{rt: rt, change: map[string]func(*nodecheck.Target) bool{
+		"ns/leaving": func(*nodecheck.Target) bool { return false },
+		"ns/exiting": func(p *nodecheck.Target) bool {
+			p.Containers = []nodecheck.Container{{Name: "istio-proxy", ID: "c-exiting", State: nodecheck.ContainerExited, ExitCode: 137}}
+			return true
+		},
+		"ns/recreated": func(p *nodecheck.Target) bool { p.UID = "uid-other"; return true },
+	}}
+	a, err := New(Config{Node: "n", Runtime: rt, Runner: &diagnose.Runner{Checks: []nodecheck.Check{c}},
+		RecheckInterval: time.Hour, Debounce: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error)
+	go func() { done <- a.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !a.Ready() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !a.Ready() {
+		t.Fatal("no sweep within 5 s")
+	}
+	if p, ok := a.Pod("ns/steady"); !ok || p.Outcome.Pod.Verdict != nodecheck.VerdictBroken {
+		t.Errorf("pod steady: %v %+v, want broken (nothing changed during its check)", ok, p.Outcome.Pod)
+	}
+	for _, name := range []string{"ns/leaving", "ns/exiting", "ns/recreated"} {
+		if p, ok := a.Pod(name); ok && p.Outcome.Pod.Verdict == nodecheck.VerdictBroken {
+			t.Errorf("pod %s: broken verdict kept from a check during which it changed", name)
+		}
+	}
+	// The changed pods are checked again soon (the runtime's events would ask too), and then,
+	// unchanged, their verdict stands.
+	c.stopChanging("ns/exiting", "ns/recreated")
+	for time.Now().Before(deadline) {
+		e, _ := a.Pod("ns/exiting")
+		r, _ := a.Pod("ns/recreated")
+		if e.Outcome.Pod.Verdict == nodecheck.VerdictBroken && r.Outcome.Pod.Verdict == nodecheck.VerdictBroken {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, name := range []string{"ns/exiting", "ns/recreated"} {
+		if p, _ := a.Pod(name); p.Outcome.Pod.Verdict != nodecheck.VerdictBroken {
+			t.Errorf("pod %s: verdict %q once it stopped changing, want broken", name, p.Outcome.Pod.Verdict)
+		}
+	}
+	if _, ok := a.Pod("ns/leaving"); ok {
+		t.Error("pod leaving still in the state after it left the node")
+	}
+	cancel()
+	<-done
+}

@@ -202,7 +202,11 @@ func (a *Agent) runPass(ctx context.Context, s *scheduler, p pass) error {
 		if !seen[key] {
 			gone = append(gone, *ps)
 			delete(a.pods, key)
-			delete(s.next, key)
+		}
+	}
+	for key := range s.next {
+		if !seen[key] {
+			delete(s.next, key) // also a pod that left before its first result was kept
 		}
 	}
 	for _, g := range gone {
@@ -235,6 +239,20 @@ func (a *Agent) runPass(ctx context.Context, s *scheduler, p pass) error {
 			if ctx.Err() != nil || len(out) != 1 {
 				return // shutting down: a check cut short says nothing about the pod
 			}
+			if out[0].Pod.Verdict == nodecheck.VerdictBroken {
+				if change := a.changedDuringCheck(ctx, j.t); change != "" {
+					// A pod being stopped loses its proxy and then its interface while the
+					// runtime still listed it as it was: what the check saw is the stopping,
+					// not a broken capture. The runtime's events ask for its next check; this
+					// one is due soon in case none does.
+					a.log.Info("pod changed while it was checked; its broken verdict is not kept", "pod", j.t.ID(), "change", change,
+						"codes", Codes(out[0].Pod.Findings))
+					mu.Lock()
+					s.next[j.t.ID()] = time.Now().Add(a.cfg.Debounce)
+					mu.Unlock()
+					return
+				}
+			}
 			ps := a.apply(j.t, out[0], j.why)
 			mu.Lock()
 			defer mu.Unlock()
@@ -259,6 +277,30 @@ func (a *Agent) runPass(ctx context.Context, s *scheduler, p pass) error {
 		a.log.Info("node sweep done", "why", p.why, "pods", len(seen), "checked", len(jobs), "duration", time.Since(start).String())
 	}
 	return nil
+}
+
+// changedDuringCheck lists the node again after a check found t broken and says how the pod
+// differs from what the check was given ("" when it does not, or when the runtime cannot say):
+// gone (its sandbox stopped), recreated, or its containers changed. A broken verdict is an alarm
+// on a pod; one that the pod's own stopping produced is a false one.
+func (a *Agent) changedDuringCheck(ctx context.Context, t nodecheck.Target) string {
+	targets, err := a.cfg.Runtime.Discover(ctx)
+	if err != nil {
+		return "" // the check's result stands on what it read
+	}
+	for _, now := range targets {
+		if now.ID() != t.ID() {
+			continue
+		}
+		switch {
+		case now.UID != t.UID:
+			return "recreated"
+		case !sameRun(t, now):
+			return "its containers changed"
+		}
+		return ""
+	}
+	return "left the node (its sandbox stopped)"
 }
 
 // apply records one pod's outcome, tells the observers, and logs what was checked and why.
