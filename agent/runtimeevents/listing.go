@@ -89,18 +89,21 @@ func (l *Listing) Stats() ListingStats {
 }
 
 // changed drops the cached listing: something on the node changed.
-func (l *Listing) changed() {
-	if l == nil {
-		return
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.epoch++
-	l.cached, l.hasCache = nil, false
-}
+func (l *Listing) changed() { l.moved(func() {}) }
 
 // subscribed records that the event subscription started (live) or ended.
 func (l *Listing) subscribed(live bool) {
+	l.moved(func() {
+		l.live = live
+		if live {
+			l.liveSince = time.Now()
+		}
+	})
+}
+
+// moved drops the cached listing and moves the epoch (so that a listing under way is not kept),
+// with also done under the lock. A nil Listing ignores it.
+func (l *Listing) moved(also func()) {
 	if l == nil {
 		return
 	}
@@ -108,8 +111,5 @@ func (l *Listing) subscribed(live bool) {
 	defer l.mu.Unlock()
 	l.epoch++
 	l.cached, l.hasCache = nil, false
-	l.live = live
-	if live {
-		l.liveSince = time.Now()
-	}
+	also()
 }

@@ -27,6 +27,28 @@ func sleeper(name string) kubelet.Container {
 	return kubelet.Container{Name: name, Command: []string{"sleep", "3600"}}
 }
 
+// watchedListing is a Listing over containerd discovery of n, told by a Watch of n's events
+// until the test ends.
+func watchedListing(t *testing.T, ctx context.Context, n *kubelet.Node, maxAge time.Duration) *runtimeevents.Listing {
+	t.Helper()
+	rt, err := containerd.New(n.Containerd.Address, "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &runtimeevents.Listing{Runtime: rt, MaxAge: maxAge}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan error, 1)
+	go func() {
+		watched <- runtimeevents.Watch(watchCtx, n.Containerd.Address, func(string, string) {}, l, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	t.Cleanup(func() {
+		stopWatch()
+		<-watched
+		_ = l.Close()
+	})
+	return l
+}
+
 // waitCached calls Discover until the listing serves from its cache (the subscription has
 // settled), and returns that listing. Errors are retried: after a restart the runtime's client
 // reconnects with a backoff of its own.
@@ -57,18 +79,7 @@ func TestListingFollowsTheNode(t *testing.T) {
 	if _, err := n.RunPod(ctx, kubelet.Pod{Namespace: "shop", Name: "first", Containers: []kubelet.Container{sleeper("app")}}); err != nil {
 		t.Fatal(err)
 	}
-	rt, err := containerd.New(n.Containerd.Address, "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &runtimeevents.Listing{Runtime: rt, MaxAge: time.Minute}
-	defer l.Close()
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	watched := make(chan error, 1)
-	go func() {
-		watched <- runtimeevents.Watch(watchCtx, n.Containerd.Address, func(string, string) {}, l, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	}()
-	defer func() { stopWatch(); <-watched }()
+	l := watchedListing(t, ctx, n, time.Minute)
 
 	cached := waitCached(t, ctx, l)
 	if got := names(cached); !slices.Equal(got, []string{"shop/first"}) {
@@ -175,18 +186,7 @@ func TestListingMaxAge(t *testing.T) {
 	n := kubelet.Start(t)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	rt, err := containerd.New(n.Containerd.Address, "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &runtimeevents.Listing{Runtime: rt, MaxAge: 500 * time.Millisecond}
-	defer l.Close()
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	watched := make(chan error, 1)
-	go func() {
-		watched <- runtimeevents.Watch(watchCtx, n.Containerd.Address, func(string, string) {}, l, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	}()
-	defer func() { stopWatch(); <-watched }()
+	l := watchedListing(t, ctx, n, 500*time.Millisecond)
 	waitCached(t, ctx, l)
 	time.Sleep(600 * time.Millisecond)
 	before := l.Stats()
@@ -198,7 +198,7 @@ func TestListingMaxAge(t *testing.T) {
 	}
 
 	// Without a subscription nothing is ever kept.
-	plain := &runtimeevents.Listing{Runtime: rt, MaxAge: time.Hour}
+	plain := &runtimeevents.Listing{Runtime: l.Runtime, MaxAge: time.Hour}
 	for range 3 {
 		if _, err := plain.Discover(ctx); err != nil {
 			t.Fatal(err)
