@@ -67,6 +67,12 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 	a.waitReady(b, 2*time.Minute)
 	waitB(b, 2*time.Minute, func() bool { v, _ := a.metric(`meshdoctor_pods{verdict="ok"}`); return v == benchPods })
 	time.Sleep(10 * time.Second) // the steady pods' subscriptions and first re-checks settle
+	// The agent's CPU over a steady minute (the 110 pods' periodic re-checks), to tell what the
+	// churn costs on top of it.
+	steady := time.Minute
+	steadyTicks := cpuTicks(b, a.cmd.Process.Pid)
+	time.Sleep(steady)
+	steadyMillicores := float64(cpuTicks(b, a.cmd.Process.Pid)-steadyTicks) / 100 / steady.Seconds() * 1000 // USER_HZ = 100
 
 	sample := func(start time.Time) loadSample {
 		m := func(series string) float64 { v, _ := a.metric(series); return v }
@@ -78,10 +84,12 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		start := time.Now()
+		churnTicks := cpuTicks(b, a.cmd.Process.Pid)
 		samples := []loadSample{sample(start)}
 		type churned struct {
 			name      string
 			requested time.Time
+			making    time.Duration // how long the test bed took to make the pod (RunPod)
 		}
 		var (
 			mu       sync.Mutex
@@ -90,7 +98,10 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 			skipped  atomic.Int64
 			wg       sync.WaitGroup
 		)
-		sem := make(chan struct{}, 32) // pods being made or living at once, beyond which a tick is skipped
+		// Pods being made or living at once, beyond which a tick is skipped: room for the asked
+		// rate's pods over their lifetime and 10 s of making and removing each.
+		inFlight := max(32, int(rate*(lifetime.Seconds()+10)))
+		sem := make(chan struct{}, inFlight)
 		tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
 		sampleTick := time.NewTicker(10 * time.Second)
 		for i := 0; time.Since(start) < window; {
@@ -112,7 +123,9 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
+				asked := time.Now()
 				p, err := node.RunPod(ctx, kubelet.InjectedPod("churn", name))
+				making := time.Since(asked)
 				var requested time.Time
 				if err == nil {
 					// The sandbox's start, as the runtime recorded it: RunPod also runs istio-init
@@ -132,13 +145,14 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 					failures = append(failures, err)
 					return
 				}
-				made = append(made, churned{name, requested})
+				made = append(made, churned{name, requested, making})
 			}()
 		}
 		tick.Stop()
 		sampleTick.Stop()
 		wg.Wait()
 		elapsed := time.Since(start)
+		churnMillicores := float64(cpuTicks(b, a.cmd.Process.Pid)-churnTicks) / 100 / elapsed.Seconds() * 1000
 		time.Sleep(70 * time.Second) // a full re-check period after the churn: what stays is a leak
 		samples = append(samples, sample(start))
 		if len(failures) > 0 {
@@ -158,6 +172,15 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 			lat = append(lat, at.Sub(c.requested))
 		}
 		slices.Sort(lat)
+		var makings []time.Duration
+		for _, c := range made {
+			makings = append(makings, c.making)
+		}
+		slices.Sort(makings)
+		if len(makings) > 0 {
+			b.Logf("the test bed took p50 %s, max %s to make a pod (sandbox, istio-init run to its end, proxy and app started)",
+				makings[len(makings)/2].Round(time.Millisecond), makings[len(makings)-1].Round(time.Millisecond))
+		}
 		pct := func(p float64) time.Duration {
 			if len(lat) == 0 {
 				return 0
@@ -178,8 +201,8 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 			}
 			return m
 		}
-		b.Logf("churn: %d pods made and removed in %s (%.2f/s achieved, %.0f/s asked, %d ticks skipped: 32 in flight), lifetime %s, %d steady pods",
-			len(made), elapsed.Round(time.Second), float64(len(made))/elapsed.Seconds(), rate, skipped.Load(), lifetime, benchPods)
+		b.Logf("churn: %d pods made and removed in %s (%.2f/s achieved, %.0f/s asked, %d ticks skipped: %d in flight), lifetime %s, %d steady pods",
+			len(made), elapsed.Round(time.Second), float64(len(made))/elapsed.Seconds(), rate, skipped.Load(), inFlight, lifetime, benchPods)
 		b.Logf("first check after the sandbox was created (the runtime's time): p50 %s, p95 %s, max %s; %d/%d within 2 s; %d never checked",
 			pct(0.5), pct(0.95), pct(1), within2s, len(lat), missed)
 		b.Logf("goroutines %v → %v (max %v), open fds %v → %v (max %v), RSS %.1f → %.1f MiB (max %.1f, %+.1f%%), pods ok at the end %v (want %d)",
@@ -187,11 +210,34 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 			first.fds, last.fds, maxOf(func(s loadSample) float64 { return s.fds }),
 			first.rssMiB, last.rssMiB, maxOf(func(s loadSample) float64 { return s.rssMiB }), (last.rssMiB/first.rssMiB-1)*100,
 			last.ok, benchPods)
+		// What one churned pod cost the agent (its discovery, first check, re-checks while it
+		// lived, its events and its removal), from the CPU above the steady minute's.
+		perPod := 0.0
+		if len(made) > 0 {
+			perPod = (churnMillicores - steadyMillicores) / 1000 * elapsed.Seconds() / float64(len(made)) * 1000
+		}
+		b.Logf("agent CPU: %.2f millicores steady (110 pods, 1 min), %.2f during the churn: %.1f ms of CPU per churned pod, so %.0f millicores at %.0f pods/s",
+			steadyMillicores, churnMillicores, perPod, steadyMillicores+perPod*rate, rate)
 		for _, s := range samples {
 			b.Logf("  +%s goroutines %v fds %v rss %.1f MiB ok %v broken %v", s.at, s.goroutines, s.fds, s.rssMiB, s.ok, s.broken)
 		}
+		// Every broken verdict the agent gave a churned pod, with its codes: a pod made or
+		// removed is never broken by being made or removed.
+		brokenChurned := brokenVerdicts(b, a.logs(), "churn/")
+		for i, l := range brokenChurned {
+			if i == 10 {
+				b.Logf("  … %d more", len(brokenChurned)-10)
+				break
+			}
+			b.Logf("  broken: %s", l)
+		}
+		b.Logf("%d broken verdicts of churned pods", len(brokenChurned))
+		b.ReportMetric(float64(len(brokenChurned)), "broken-churned-verdicts")
 		if missed > 0 || last.ok != benchPods || last.broken != 0 {
 			b.Errorf("%d churned pods never checked; at the end %v ok, %v broken (want %d, 0)", missed, last.ok, last.broken, benchPods)
+		}
+		if len(brokenChurned) > 0 {
+			b.Errorf("%d broken verdicts of churned pods, each made healthy and removed as kubelet removes a pod", len(brokenChurned))
 		}
 		if last.fds > first.fds+2 || last.goroutines > first.goroutines+5 {
 			b.Errorf("descriptors or goroutines grew: fds %v → %v, goroutines %v → %v", first.fds, last.fds, first.goroutines, last.goroutines)
@@ -200,6 +246,9 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 		b.ReportMetric(pct(0.95).Seconds(), "first-check-p95-s")
 		b.ReportMetric(float64(len(made))/elapsed.Seconds(), "churn-pods/s")
 		b.ReportMetric(last.rssMiB/first.rssMiB, "rss-end/start")
+		b.ReportMetric(steadyMillicores, "steady-millicores")
+		b.ReportMetric(churnMillicores, "churn-millicores")
+		b.ReportMetric(perPod, "cpu-ms/churned-pod")
 	}
 }
 
@@ -221,6 +270,28 @@ func firstChecks(b *testing.B, logs, prefix string) map[string]time.Time {
 		if _, ok := out[rec.Pod]; !ok {
 			out[rec.Pod] = rec.Time
 		}
+	}
+	return out
+}
+
+// brokenVerdicts returns, for each agent log line that gave a pod whose key starts with prefix
+// the verdict broken, the pod, why it was checked and the codes.
+func brokenVerdicts(b *testing.B, logs, prefix string) []string {
+	var out []string
+	for _, line := range strings.Split(logs, "\n") {
+		if !strings.Contains(line, `"verdict":"broken"`) || !strings.Contains(line, `"pod":"`+prefix) {
+			continue
+		}
+		var rec struct {
+			Time  time.Time `json:"time"`
+			Pod   string    `json:"pod"`
+			Why   string    `json:"why"`
+			Codes []string  `json:"codes"`
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			b.Fatalf("agent log line %q: %v", line, err)
+		}
+		out = append(out, fmt.Sprintf("%s %s (%s): %v", rec.Time.Format("15:04:05.000"), rec.Pod, rec.Why, rec.Codes))
 	}
 	return out
 }
