@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,9 +66,15 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 	defer cancel()
 	runPods(b, ctx, node, "bench", benchPods, 8)
 	empty := b.TempDir()
-	a := startBenchAgent(b, "meshdoctor", binary, "agent", "--kubeconfig=none", "--containerd-address", node.Containerd.Address,
+	// With MESHDOCTOR_BENCH_PROFILE_DIR, the agent writes its CPU profile of the whole run there
+	// when it is stopped at the end (go tool pprof -top FILE).
+	var profile []string
+	if dir := os.Getenv("MESHDOCTOR_BENCH_PROFILE_DIR"); dir != "" {
+		profile = []string{"--cpu-profile", filepath.Join(dir, "agent-churn-cpu.pprof")}
+	}
+	a := startBenchAgent(b, "meshdoctor", binary, append(profile, "agent", "--kubeconfig=none", "--containerd-address", node.Containerd.Address,
 		"--recheck-interval", "60s", "--node-backend", "none", "--node-name", "bench-node", "--state-dir", b.TempDir(),
-		"--cni-conf-dir", empty, "--cni-bin-dir", empty, "--pod-log-dir", node.Containerd.PodLogDir)
+		"--cni-conf-dir", empty, "--cni-bin-dir", empty, "--pod-log-dir", node.Containerd.PodLogDir)...)
 	a.waitReady(b, 2*time.Minute)
 	waitB(b, 2*time.Minute, func() bool { v, _ := a.metric(`meshdoctor_pods{verdict="ok"}`); return v == benchPods })
 	time.Sleep(10 * time.Second) // the steady pods' subscriptions and first re-checks settle
@@ -271,6 +279,16 @@ func BenchmarkAgentUnderChurn(b *testing.B) {
 		b.ReportMetric(steadyMillicores, "steady-millicores")
 		b.ReportMetric(churnMillicores, "churn-millicores")
 		b.ReportMetric(perPod, "cpu-ms/churned-pod")
+		if profile != nil {
+			// SIGTERM: the agent stops cleanly and writes its profile on the way out.
+			if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				b.Fatal(err)
+			}
+			if err := a.cmd.Wait(); err != nil {
+				b.Fatalf("agent stopped with %v", err)
+			}
+			b.Logf("profile of the agent: %s", profile[1])
+		}
 	}
 }
 
