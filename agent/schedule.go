@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshdoctor/meshdoctor/nodecheck"
 	"github.com/meshdoctor/meshdoctor/nodecheck/diagnose"
+	"github.com/meshdoctor/meshdoctor/nodecheck/discover"
 )
 
 // podLoop is the scheduler: one goroutine owns the due times, the pending triggers and the
@@ -284,7 +285,8 @@ func (a *Agent) runPass(ctx context.Context, s *scheduler, p pass) error {
 // gone (its sandbox stopped), recreated, or its containers changed. A broken verdict is an alarm
 // on a pod; one that the pod's own stopping produced is a false one.
 func (a *Agent) changedDuringCheck(ctx context.Context, t nodecheck.Target) string {
-	targets, err := a.cfg.Runtime.Discover(ctx)
+	// Fresh: the events that would have dropped a cached listing may still be on their way.
+	targets, err := a.cfg.Runtime.Discover(discover.Fresh(ctx))
 	if err != nil {
 		return "" // the check's result stands on what it read
 	}

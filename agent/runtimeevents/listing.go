@@ -46,13 +46,14 @@ type ListingStats struct {
 	Listed, Cached uint64
 }
 
-// Discover returns the cached listing when it still holds, else the runtime's. The returned
+// Discover returns the cached listing when it still holds and ctx does not ask for a fresh one
+// (discover.Fresh), else the runtime's. The returned
 // slice is the caller's: it may set fields of its targets (as cmd's CNI exclusions do); the
 // targets' maps and slices are shared with the cache and must not be modified.
 func (l *Listing) Discover(ctx context.Context) ([]nodecheck.Target, error) {
 	l.mu.Lock()
 	start := time.Now()
-	if l.hasCache && l.live && start.Sub(l.cachedAt) < l.MaxAge {
+	if l.hasCache && l.live && start.Sub(l.cachedAt) < l.MaxAge && !discover.WantsFresh(ctx) {
 		out := slices.Clone(l.cached)
 		l.served.Cached++
 		l.mu.Unlock()

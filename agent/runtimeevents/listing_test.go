@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshdoctor/meshdoctor/agent/runtimeevents"
 	"github.com/meshdoctor/meshdoctor/nodecheck"
+	"github.com/meshdoctor/meshdoctor/nodecheck/discover"
 	"github.com/meshdoctor/meshdoctor/nodecheck/discover/containerd"
 	"github.com/meshdoctor/meshdoctor/test/testbed/kubelet"
 )
@@ -195,6 +196,16 @@ func TestListingMaxAge(t *testing.T) {
 	}
 	if after := l.Stats(); after.Listed != before.Listed+1 {
 		t.Fatalf("a listing older than MaxAge was served: %+v → %+v", before, after)
+	}
+
+	// A caller that asks for the runtime's listing as it is now gets it, cache or not.
+	waitCached(t, ctx, l)
+	before = l.Stats()
+	if _, err := l.Discover(discover.Fresh(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	if after := l.Stats(); after.Listed != before.Listed+1 {
+		t.Fatalf("a fresh listing was served from the cache: %+v → %+v", before, after)
 	}
 
 	// Without a subscription nothing is ever kept.

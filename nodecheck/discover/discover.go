@@ -35,6 +35,15 @@ type Runtime interface {
 	Close() error
 }
 
+type freshKey struct{}
+
+// Fresh marks ctx as asking for the runtime's listing as it is now: a Runtime that keeps an
+// earlier listing (agent/runtimeevents.Listing) asks the runtime again for a Discover with it.
+func Fresh(ctx context.Context) context.Context { return context.WithValue(ctx, freshKey{}, true) }
+
+// WantsFresh reports whether ctx was marked with Fresh.
+func WantsFresh(ctx context.Context) bool { v, _ := ctx.Value(freshKey{}).(bool); return v }
+
 // Labels kubelet sets on sandboxes and containers.
 const (
 	LabelPodName       = "io.kubernetes.pod.name"
