@@ -29,6 +29,7 @@ import (
 	"github.com/meshdoctor/meshdoctor/nodecheck/istiocni"
 	"github.com/meshdoctor/meshdoctor/nodecheck/logscan"
 	"github.com/meshdoctor/meshdoctor/nodecheck/proxyready"
+	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nftread"
 	"github.com/meshdoctor/meshdoctor/nodecheck/rules/nsread"
 )
 
@@ -149,7 +150,9 @@ func runAgent(cmd *cobra.Command, o agentOptions) error {
 	}
 	// The agent reads every pod every recheck interval: its nftables reads are served from a
 	// cache while a pod's ruleset generation stays the same.
-	podChecks, err := o.podChecks(ctx, conditions, nsread.NewCachingReader(), log)
+	reader := nsread.NewCachingReader()
+	registerNftablesCacheMetrics(m.Registry, reader.NFT)
+	podChecks, err := o.podChecks(ctx, conditions, reader, log)
 	if err != nil {
 		return &exitError{code: exitCannot, err: err}
 	}
@@ -371,17 +374,31 @@ func (p agentPods) CNIModePods(ctx context.Context) ([]string, error) {
 // registerListingMetrics counts how the agent's listings of the node's pods were answered: by
 // the runtime, or by the last listing while containerd's events said nothing changed.
 func registerListingMetrics(reg prometheus.Registerer, l *runtimeevents.Listing) {
-	for _, answered := range []string{"runtime", "cache"} {
+	registerCountersBy(reg, "meshdoctor_pod_listings_total",
+		"Listings of the node's pods the agent made, by what answered: the runtime, or the last listing while containerd's events said nothing changed.",
+		"answered", map[string]func() uint64{
+			"runtime": func() uint64 { return l.Stats().Listed },
+			"cache":   func() uint64 { return l.Stats().Cached },
+		})
+}
+
+// registerNftablesCacheMetrics counts the pods' nftables reads by how they were served: from the
+// cache (the ruleset generation had not moved: one GETGEN, no dump) or by dumping the ruleset.
+func registerNftablesCacheMetrics(reg prometheus.Registerer, c *nftread.Cache) {
+	registerCountersBy(reg, "meshdoctor_nftables_reads_total",
+		"Reads of the pods' nftables rules, by how they were served: from the cache while the ruleset generation stayed the same, or by dumping the ruleset.",
+		"served", map[string]func() uint64{
+			"cache": func() uint64 { return c.Stats().Hits },
+			"dump":  func() uint64 { return c.Stats().Dumps },
+		})
+}
+
+// registerCountersBy registers one counter called name per value of label, each read at scrape
+// time from its count.
+func registerCountersBy(reg prometheus.Registerer, name, help, label string, counts map[string]func() uint64) {
+	for value, count := range counts {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name:        "meshdoctor_pod_listings_total",
-			Help:        "Listings of the node's pods the agent made, by what answered: the runtime, or the last listing while containerd's events said nothing changed.",
-			ConstLabels: prometheus.Labels{"answered": answered},
-		}, func() float64 {
-			st := l.Stats()
-			if answered == "cache" {
-				return float64(st.Cached)
-			}
-			return float64(st.Listed)
-		}))
+			Name: name, Help: help, ConstLabels: prometheus.Labels{label: value},
+		}, func() float64 { return float64(count()) }))
 	}
 }

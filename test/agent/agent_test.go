@@ -280,6 +280,18 @@ func TestAgentWithoutAPIServer(t *testing.T) {
 		}
 		return nil
 	})
+	// With the rules left alone, the re-checks are served the decoded rules from the cache (once
+	// a second read has confirmed them), and the verdicts stay what they were.
+	hits := metric(t, a.metrics, `meshdoctor_nftables_reads_total{served="cache"}`)
+	testbed.Eventually(t, 20*time.Second, "re-checks served from the nftables cache", func() error {
+		if v := metric(t, a.metrics, `meshdoctor_nftables_reads_total{served="cache"}`); v <= hits {
+			return fmt.Errorf("cache reads %v, dumps %v", v, metric(t, a.metrics, `meshdoctor_nftables_reads_total{served="dump"}`))
+		}
+		return nil
+	})
+	if ok, broken := metric(t, a.metrics, `meshdoctor_pods{verdict="ok"}`), metric(t, a.metrics, `meshdoctor_pods{verdict="broken"}`); ok != 1 || broken != 1 {
+		t.Errorf("with re-checks served from the cache: %v ok, %v broken, want 1 and 1", ok, broken)
+	}
 
 	a.stop(t)
 	// Logs are JSON lines saying what was checked and why.
